@@ -1,0 +1,80 @@
+//! Authentication for outbound HTTP requests, as [tower](https://docs.rs/tower) layers.
+//!
+//! Put an [`AuthLayer`] in front of any client service that takes `http::Request`s (a
+//! hyper-util client, a tonic `Channel`, an axum handler's outbound client) and every request
+//! leaves with credentials:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_auth::AuthLayer;
+//! # let client = tower::service_fn(|req: http::Request<String>| async move {
+//! #     assert_eq!(req.headers()["authorization"], "Bearer t0ken");
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! # });
+//!
+//! let svc = ServiceBuilder::new().layer(AuthLayer::bearer("t0ken")?).service(client);
+//! let res = svc.oneshot(http::Request::get("https://api.example/me").body(String::new())?).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Schemes
+//!
+//! | scheme | type | constructor | status |
+//! |---|---|---|---|
+//! | Basic (RFC 7617) | [`Basic`] | [`AuthLayer::basic`], [`AuthLayer::proxy_basic`] | done |
+//! | Bearer (RFC 6750) | [`Bearer`] | [`AuthLayer::bearer`] | done |
+//! | API key, header or query | [`ApiKey`] | [`AuthLayer::api_key`], [`AuthLayer::api_key_query`] | done |
+//! | any static header | [`HeaderCredential`] | [`AuthLayer::new`] | done |
+//! | a closure | [`FnAuth`] | [`AuthLayer::from_fn`] | done |
+//! | all of / first of | [`AllOf`], [`FirstOf`] | [`AuthLayer::new`] | done |
+//! | your own | [`Authenticator`] | [`AuthLayer::new`] | done |
+//!
+//! # How it works
+//!
+//! One engine, [`Auth`], runs every scheme. A scheme is an [`Authenticator`]: it adds
+//! credentials to each request and, if it answers challenges, looks at the response and may
+//! ask for one more exchange. Schemes that never retry cost one header insert per request and
+//! leave the request body type alone; schemes that retry get the body wrapped in a
+//! [`ReplayBody`] that buffers it (up to [`AuthLayer::body_limit`]) so it can be sent again.
+//!
+//! # Security
+//!
+//! - Header values built from credentials are marked sensitive, and every type holding a
+//!   secret prints it as `[redacted]` in `Debug`; errors never contain one.
+//! - A request that already carries the header a scheme would set is left alone: the caller's
+//!   explicit credentials win.
+//! - Basic over plain `http://` logs a warning (once per scheme).
+//! - A layer built with [`AuthLayer::basic`] and friends authenticates every request it sees.
+//!   A service that talks to several hosts must bind credentials to their origin (see the
+//!   planned router) and keep redirects in mind.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod api_key;
+mod authenticator;
+mod basic;
+mod bearer;
+mod body;
+mod combine;
+mod error;
+mod future;
+mod header;
+mod layer;
+mod secret;
+
+pub use api_key::{ApiKey, DEFAULT_API_KEY_HEADER, DEFAULT_API_KEY_PARAM};
+pub use authenticator::{
+    Action, AuthRequest, Authenticator, Authorize, BodyMode, BodyView, ErrorMode, FnAuth, JoinError, JoinMode, NoWait,
+    Once, Replay,
+};
+pub use basic::Basic;
+pub use bearer::Bearer;
+pub use body::{DEFAULT_BODY_LIMIT, ReplayBody};
+pub use combine::{AllOf, EitherWait, FirstOf, FirstOfState};
+pub use error::{BoxError, ConfigError, Error};
+pub use future::ResponseFuture;
+pub use header::HeaderCredential;
+pub use layer::{Auth, AuthLayer, MAX_EXCHANGES, ModeBody};
+pub use secret::{Secret, sensitive_header_value};

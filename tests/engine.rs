@@ -1,0 +1,314 @@
+//! The engine with in-process services: body types, retries, replay limits, waiting, errors.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_auth::{
+    Action, AllOf, ApiKey, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, BodyView, Error, FirstOf,
+    NoWait, Once, Replay, ReplayBody,
+};
+
+/// A body type of our own, standing in for tonic's: the service below accepts nothing else.
+#[derive(Debug, Default)]
+struct OnlyBody(Option<Bytes>);
+
+impl Body for OnlyBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[derive(Clone)]
+struct OnlyOneBodyType;
+
+impl Service<Request<OnlyBody>> for OnlyOneBodyType {
+    type Response = Response<String>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<String>, std::io::Error>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: Request<OnlyBody>) -> Self::Future {
+        let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        std::future::ready(Ok(Response::new(auth)))
+    }
+}
+
+#[tokio::test]
+async fn static_schemes_keep_the_body_type_and_the_error_type() {
+    // Compiles only if the request body type is passed through unchanged, and the error type
+    // is the inner service's own (std::io::Error here).
+    let svc = ServiceBuilder::new().layer(AuthLayer::bearer("tok").unwrap()).service(OnlyOneBodyType);
+    let res: Result<Response<String>, std::io::Error> = svc.oneshot(Request::new(OnlyBody::default())).await;
+    assert_eq!(res.unwrap().into_body(), "Bearer tok");
+}
+
+#[tokio::test]
+async fn caller_set_authorization_wins_and_headers_are_sensitive() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let inner = tower::service_fn(move |req: Request<Empty<Bytes>>| {
+        let v = req.headers()["authorization"].clone();
+        s.lock().unwrap().push(v);
+        async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::basic("alice", "pw").unwrap()).service(inner);
+    let mut req = Request::new(Empty::new());
+    req.headers_mut().insert("authorization", HeaderValue::from_static("Token mine"));
+    svc.clone().oneshot(req).await.unwrap();
+    svc.oneshot(Request::new(Empty::new())).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0], "Token mine");
+    assert_eq!(seen[1], "Basic YWxpY2U6cHc=");
+    assert!(seen[1].is_sensitive());
+}
+
+/// A challenge scheme for tests: sends `x-try: N`, retries on 401 while N < max.
+struct Retrier {
+    max: u32,
+}
+
+impl Authenticator for Retrier {
+    type Mode = Replay;
+    type Error = Infallible;
+    type State = u32;
+    type Wait = NoWait<Infallible>;
+    fn authorize(&self, req: &mut AuthRequest<'_>, n: &mut u32) -> Result<Authorize<Self::Wait>, Infallible> {
+        req.headers_mut().insert("x-try", HeaderValue::from(*n));
+        Ok(Authorize::Done)
+    }
+    fn on_response(&self, _: &http::request::Parts, res: &http::response::Parts, n: &mut u32) -> Action {
+        if res.status == StatusCode::UNAUTHORIZED && *n < self.max {
+            *n += 1;
+            Action::Retry
+        } else {
+            Action::Done
+        }
+    }
+}
+
+/// A server that answers 401 until it sees `x-try: accept_at`, recording every body it reads.
+fn challenging_server(
+    accept_at: u32,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+) -> impl Service<Request<ReplayBody<Full<Bytes>>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone {
+    tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+        let bodies = bodies.clone();
+        async move {
+            let n: u32 = req.headers()["x-try"].to_str().unwrap().parse().unwrap();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            bodies.lock().unwrap().push(body);
+            let status = if n >= accept_at { 200 } else { 401 };
+            Ok::<_, Infallible>(
+                Response::builder().status(status).body(Full::new(Bytes::from_static(b"challenge body"))).unwrap(),
+            )
+        }
+    })
+}
+
+#[tokio::test]
+async fn retry_replays_the_same_body() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 1 })).service(challenging_server(1, bodies.clone()));
+    let res = svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"payload"))).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(*bodies.lock().unwrap(), vec![Bytes::from_static(b"payload"); 2]);
+}
+
+#[tokio::test]
+async fn second_401_goes_back_unchanged_after_exactly_two_exchanges() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 1 })).service(challenging_server(9, bodies.clone()));
+    let res = svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"x"))).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "challenge body");
+    assert_eq!(bodies.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn engine_caps_exchanges_whatever_the_scheme_asks() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc =
+        ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 100 })).service(challenging_server(1000, bodies.clone()));
+    let res = svc.oneshot(Request::get("http://h/").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(bodies.lock().unwrap().len() as u32, tower_auth::MAX_EXCHANGES);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_returns_the_challenge_unchanged() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(Retrier { max: 1 }).body_limit(4))
+        .service(challenging_server(1, bodies.clone()));
+    let res = svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"too long"))).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 401, "never resent with a truncated body");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "challenge body", "challenge body untouched");
+    assert_eq!(*bodies.lock().unwrap(), vec![Bytes::from_static(b"too long")]);
+}
+
+/// A scheme whose credentials arrive later (like an OAuth2 token being fetched), and which can fail.
+struct Later {
+    token: Arc<Mutex<Option<&'static str>>>,
+    fetches: Arc<AtomicUsize>,
+    fail: bool,
+}
+
+impl Authenticator for Later {
+    type Mode = Once;
+    type Error = Error;
+    type State = ();
+    type Wait = Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>;
+    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Error> {
+        if let Some(t) = *self.token.lock().unwrap() {
+            req.headers_mut().insert("authorization", HeaderValue::from_static(t));
+            return Ok(Authorize::Done);
+        }
+        let (token, fetches, fail) = (self.token.clone(), self.fetches.clone(), self.fail);
+        Ok(Authorize::Wait(Box::pin(async move {
+            tokio::task::yield_now().await;
+            fetches.fetch_add(1, Ordering::SeqCst);
+            if fail {
+                return Err(Error::scheme("token endpoint answered 503"));
+            }
+            *token.lock().unwrap() = Some("Bearer fetched");
+            Ok(())
+        })))
+    }
+}
+
+#[tokio::test]
+async fn waiting_scheme_sends_after_credentials_arrive() {
+    let later = Later { token: Default::default(), fetches: Default::default(), fail: false };
+    let fetches = later.fetches.clone();
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(later)).service(OnlyOneBodyType);
+    let res = svc.clone().oneshot(Request::new(OnlyBody::default())).await.unwrap();
+    assert_eq!(res.into_body(), "Bearer fetched");
+    let res = svc.oneshot(Request::new(OnlyBody::default())).await.unwrap();
+    assert_eq!(res.into_body(), "Bearer fetched");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn failing_scheme_gives_a_typed_error() {
+    let later = Later { token: Default::default(), fetches: Default::default(), fail: true };
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(later)).service(OnlyOneBodyType);
+    let err: Error = svc.oneshot(Request::new(OnlyBody::default())).await.unwrap_err();
+    assert!(err.is_scheme());
+    assert!(err.to_string().contains("503"), "{err}");
+}
+
+#[tokio::test]
+async fn inner_errors_are_wrapped_when_the_scheme_can_fail() {
+    let later = Later { token: Arc::new(Mutex::new(Some("Bearer x"))), fetches: Default::default(), fail: false };
+    let inner = tower::service_fn(|_: Request<Empty<Bytes>>| async {
+        Err::<Response<Empty<Bytes>>, _>(std::io::Error::other("connection refused"))
+    });
+    let err = ServiceBuilder::new().layer(AuthLayer::new(later)).service(inner).oneshot(Request::new(Empty::new())).await.unwrap_err();
+    assert!(err.is_inner());
+    assert!(std::error::Error::source(&err).unwrap().to_string().contains("connection refused"));
+}
+
+/// A scheme that wants to hash the body before sending (Digest auth-int does).
+struct Hashing;
+
+impl Authenticator for Hashing {
+    type Mode = Replay;
+    type Error = Infallible;
+    type State = ();
+    type Wait = NoWait<Infallible>;
+    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+        match req.body() {
+            BodyView::Unavailable => Ok(Authorize::NeedBody),
+            BodyView::Empty => {
+                req.headers_mut().insert("x-len", HeaderValue::from(0));
+                Ok(Authorize::Done)
+            }
+            BodyView::Buffered(chunks) => {
+                let len: usize = chunks.iter().map(Bytes::len).sum();
+                req.headers_mut().insert("x-len", HeaderValue::from(len));
+                Ok(Authorize::Done)
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn need_body_buffers_before_sending() {
+    let inner = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+        let len = req.headers()["x-len"].to_str().unwrap().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Ok::<_, Infallible>(Response::new(format!("{len}:{}", body.len())))
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(Hashing)).service(inner);
+    let res = svc.clone().oneshot(Request::new(Full::new(Bytes::from_static(b"12345")))).await.unwrap();
+    assert_eq!(res.into_body(), "5:5");
+    let res = svc.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();
+    assert_eq!(res.into_body(), "0:0");
+}
+
+#[tokio::test]
+async fn all_of_sends_both_first_of_sends_one() {
+    let inner = tower::service_fn(|req: Request<Empty<Bytes>>| async move {
+        let h = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        Ok::<_, Infallible>(Response::new(format!("{}|{}", h("x-api-key"), h("authorization"))))
+    });
+    let both = AllOf::new(ApiKey::header("k").unwrap(), Bearer::new("t").unwrap());
+    let res = ServiceBuilder::new().layer(AuthLayer::new(both)).service(inner.clone()).oneshot(Request::new(Empty::new()));
+    assert_eq!(res.await.unwrap().into_body(), "k|Bearer t");
+    let one = FirstOf::new(ApiKey::header("k").unwrap(), Bearer::new("t").unwrap());
+    let res = ServiceBuilder::new().layer(AuthLayer::new(one)).service(inner).oneshot(Request::new(Empty::new()));
+    assert_eq!(res.await.unwrap().into_body(), "k|");
+}
+
+#[tokio::test]
+async fn query_api_key_keeps_the_rest_of_the_uri() {
+    let inner =
+        tower::service_fn(|req: Request<Empty<Bytes>>| async move { Ok::<_, Infallible>(Response::new(req.uri().to_string())) });
+    let svc = ServiceBuilder::new().layer(AuthLayer::api_key_query("s e/c").unwrap()).service(inner);
+    let req = Request::get("https://h.example:8443/a%20b/c?x=%41&y&api_key=old#frag").body(Empty::new()).unwrap();
+    let uri = svc.oneshot(req).await.unwrap().into_body();
+    assert_eq!(uri, "https://h.example:8443/a%20b/c?x=%41&y&api_key=s%20e%2Fc");
+}
+
+#[test]
+fn no_secret_in_debug_or_errors() {
+    let secrets = ["s3cretpw", "tok3nvalue", "ap1keyvalue"];
+    let debug = [
+        format!("{:?}", Basic::new("alice", secrets[0]).unwrap()),
+        format!("{:?}", AuthLayer::basic("alice", secrets[0]).unwrap()),
+        format!("{:?}", Basic::proxy("alice", secrets[0]).unwrap()),
+        format!("{:?}", Bearer::new(secrets[1]).unwrap()),
+        format!("{:?}", AuthLayer::bearer(secrets[1]).unwrap()),
+        format!("{:?}", ApiKey::header(secrets[2]).unwrap()),
+        format!("{:?}", ApiKey::query(secrets[2]).unwrap()),
+        format!("{:?}", tower_auth::HeaderCredential::new("x-token", secrets[1]).unwrap()),
+        format!("{:?}", tower_auth::Secret::new(secrets[0])),
+        format!("{:?}", AllOf::new(Bearer::new(secrets[1]).unwrap(), ApiKey::query(secrets[2]).unwrap())),
+        format!("{:?}", FirstOf::new(Basic::new("u", secrets[0]).unwrap(), ApiKey::header(secrets[2]).unwrap())),
+    ];
+    let errors = [
+        Basic::new("a:b", secrets[0]).unwrap_err().to_string(),
+        Basic::new("alice", format!("{}\n", secrets[0])).unwrap_err().to_string(),
+        Bearer::new(format!("{}\r\n", secrets[1])).unwrap_err().to_string(),
+        ApiKey::header(format!("{}\u{7f}", secrets[2])).unwrap_err().to_string(),
+        tower_auth::HeaderCredential::new("x", &format!("\n{}", secrets[1])).unwrap_err().to_string(),
+    ];
+    for text in debug.iter().chain(errors.iter()) {
+        for s in secrets {
+            assert!(!text.contains(s), "secret leaked in {text:?}");
+        }
+    }
+    assert!(debug.iter().all(|d| d.contains("redacted")), "{debug:?}");
+}
