@@ -63,6 +63,9 @@ mod future;
 mod header;
 mod layer;
 mod secret;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use api_key::{ApiKey, DEFAULT_API_KEY_HEADER, DEFAULT_API_KEY_PARAM};
 pub use authenticator::{
