@@ -101,8 +101,8 @@ impl Authenticator for Retrier {
 fn challenging_server(
     accept_at: u32,
     bodies: Arc<Mutex<Vec<Bytes>>>,
-) -> impl Service<Request<ReplayBody<Full<Bytes>>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-+ Clone {
+) -> impl Service<Request<ReplayBody<Full<Bytes>>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone
+{
     tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
         let bodies = bodies.clone();
         async move {
@@ -120,8 +120,10 @@ fn challenging_server(
 #[tokio::test]
 async fn retry_replays_the_same_body() {
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let svc = ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 1 })).service(challenging_server(1, bodies.clone()));
-    let res = svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"payload"))).unwrap()).await.unwrap();
+    let svc =
+        ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 1 })).service(challenging_server(1, bodies.clone()));
+    let res =
+        svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"payload"))).unwrap()).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(*bodies.lock().unwrap(), vec![Bytes::from_static(b"payload"); 2]);
 }
@@ -129,7 +131,8 @@ async fn retry_replays_the_same_body() {
 #[tokio::test]
 async fn second_401_goes_back_unchanged_after_exactly_two_exchanges() {
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let svc = ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 1 })).service(challenging_server(9, bodies.clone()));
+    let svc =
+        ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 1 })).service(challenging_server(9, bodies.clone()));
     let res = svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"x"))).unwrap()).await.unwrap();
     assert_eq!(res.status(), 401);
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "challenge body");
@@ -139,8 +142,9 @@ async fn second_401_goes_back_unchanged_after_exactly_two_exchanges() {
 #[tokio::test]
 async fn engine_caps_exchanges_whatever_the_scheme_asks() {
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let svc =
-        ServiceBuilder::new().layer(AuthLayer::new(Retrier { max: 100 })).service(challenging_server(1000, bodies.clone()));
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(Retrier { max: 100 }))
+        .service(challenging_server(1000, bodies.clone()));
     let res = svc.oneshot(Request::get("http://h/").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     assert_eq!(res.status(), 401);
     assert_eq!(bodies.lock().unwrap().len() as u32, tower_auth::MAX_EXCHANGES);
@@ -152,7 +156,10 @@ async fn body_over_the_limit_returns_the_challenge_unchanged() {
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(Retrier { max: 1 }).body_limit(4))
         .service(challenging_server(1, bodies.clone()));
-    let res = svc.oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"too long"))).unwrap()).await.unwrap();
+    let res = svc
+        .oneshot(Request::post("http://h/").body(Full::new(Bytes::from_static(b"too long"))).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401, "never resent with a truncated body");
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "challenge body", "challenge body untouched");
     assert_eq!(*bodies.lock().unwrap(), vec![Bytes::from_static(b"too long")]);
@@ -215,7 +222,12 @@ async fn inner_errors_are_wrapped_when_the_scheme_can_fail() {
     let inner = tower::service_fn(|_: Request<Empty<Bytes>>| async {
         Err::<Response<Empty<Bytes>>, _>(std::io::Error::other("connection refused"))
     });
-    let err = ServiceBuilder::new().layer(AuthLayer::new(later)).service(inner).oneshot(Request::new(Empty::new())).await.unwrap_err();
+    let err = ServiceBuilder::new()
+        .layer(AuthLayer::new(later))
+        .service(inner)
+        .oneshot(Request::new(Empty::new()))
+        .await
+        .unwrap_err();
     assert!(err.is_inner());
     assert!(std::error::Error::source(&err).unwrap().to_string().contains("connection refused"));
 }
@@ -265,7 +277,8 @@ async fn all_of_sends_both_first_of_sends_one() {
         Ok::<_, Infallible>(Response::new(format!("{}|{}", h("x-api-key"), h("authorization"))))
     });
     let both = AllOf::new(ApiKey::header("k").unwrap(), Bearer::new("t").unwrap());
-    let res = ServiceBuilder::new().layer(AuthLayer::new(both)).service(inner.clone()).oneshot(Request::new(Empty::new()));
+    let res =
+        ServiceBuilder::new().layer(AuthLayer::new(both)).service(inner.clone()).oneshot(Request::new(Empty::new()));
     assert_eq!(res.await.unwrap().into_body(), "k|Bearer t");
     let one = FirstOf::new(ApiKey::header("k").unwrap(), Bearer::new("t").unwrap());
     let res = ServiceBuilder::new().layer(AuthLayer::new(one)).service(inner).oneshot(Request::new(Empty::new()));
@@ -274,8 +287,9 @@ async fn all_of_sends_both_first_of_sends_one() {
 
 #[tokio::test]
 async fn query_api_key_keeps_the_rest_of_the_uri() {
-    let inner =
-        tower::service_fn(|req: Request<Empty<Bytes>>| async move { Ok::<_, Infallible>(Response::new(req.uri().to_string())) });
+    let inner = tower::service_fn(|req: Request<Empty<Bytes>>| async move {
+        Ok::<_, Infallible>(Response::new(req.uri().to_string()))
+    });
     let svc = ServiceBuilder::new().layer(AuthLayer::api_key_query("s e/c").unwrap()).service(inner);
     let req = Request::get("https://h.example:8443/a%20b/c?x=%41&y&api_key=old#frag").body(Empty::new()).unwrap();
     let uri = svc.oneshot(req).await.unwrap().into_body();
