@@ -62,6 +62,8 @@ mod error;
 mod future;
 mod header;
 mod layer;
+pub mod netrc;
+pub mod origin;
 mod secret;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
