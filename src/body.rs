@@ -272,7 +272,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.repr {
             Repr::Empty => SizeHint::with_exact(0),
-            Repr::Shared { shared, .. } => lock(shared).hint.clone(),
+            Repr::Shared { shared, .. } => lock(shared).hint,
         }
     }
 }

@@ -57,7 +57,11 @@ mod authenticator;
 mod basic;
 mod bearer;
 mod body;
+pub mod challenge;
 mod combine;
+#[cfg(feature = "digest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
+pub mod digest;
 mod error;
 mod future;
 mod header;
@@ -78,6 +82,8 @@ pub use basic::Basic;
 pub use bearer::Bearer;
 pub use body::{DEFAULT_BODY_LIMIT, ReplayBody};
 pub use combine::{AllOf, EitherWait, FirstOf, FirstOfState};
+#[cfg(feature = "digest")]
+pub use digest::{Algorithm, Digest, DigestState, Qop};
 pub use error::{BoxError, ConfigError, Error};
 pub use future::ResponseFuture;
 pub use header::HeaderCredential;

@@ -41,11 +41,20 @@ use tower_service::Service;
 
 use crate::secret::Secret;
 
+mod digest;
+pub use digest::DigestCheck;
+
 /// What a [`Check`] decided about a request.
 #[derive(Debug, Clone)]
 pub enum Verdict {
     /// The credentials are good: the request goes on to the route.
     Pass,
+    /// The credentials are good, and the response gets these headers (e.g.
+    /// `Authentication-Info`).
+    PassWith {
+        /// Headers added to the route's response.
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
     /// The request is answered with this status (usually `401`) and these headers (the
     /// challenge).
     Reject {
@@ -217,6 +226,14 @@ where
                 Verdict::Pass => {
                     stats.0.accepted.fetch_add(1, Ordering::SeqCst);
                     inner.call(Request::from_parts(parts, Body::from(body))).await
+                }
+                Verdict::PassWith { headers } => {
+                    stats.0.accepted.fetch_add(1, Ordering::SeqCst);
+                    let mut res = inner.call(Request::from_parts(parts, Body::from(body))).await?;
+                    for (name, value) in headers {
+                        res.headers_mut().append(name, value);
+                    }
+                    Ok(res)
                 }
                 Verdict::Reject { status, headers } => {
                     stats.0.rejected.fetch_add(1, Ordering::SeqCst);

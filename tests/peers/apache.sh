@@ -7,9 +7,10 @@
 #
 # Everything lives in DIR: httpd.conf (generated, self-contained: it never
 # reads /etc/apache2), logs/, run/ (pid, shm, scoreboard), www/ (documents,
-# CGI script, password files), env (the lines printed by `start`) and lock
-# (flock(1) file serialising concurrent start/stop calls from several test
-# processes). Apache listens on 127.0.0.1 only, on three free ephemeral ports.
+# CGI script, password files), env (the lines printed by `start`),
+# script.md5 (a live instance is reused only if this script is unchanged) and
+# lock (flock(1) file serialising concurrent start/stop calls from several
+# test processes). Apache listens on 127.0.0.1 only, on three free ephemeral ports.
 #
 # Credentials everywhere: alice / s3cret and bob / hunter2.
 #
@@ -23,7 +24,10 @@
 #                             (a nonce older than 1 s gets 401 + stale=true)
 #                             "hello stale\n"
 #   /digest-post/echo         Digest, realm "post-realm", CGI echo
-#   All Digest locations: algorithm MD5, qop "auth".
+#   /digest-nc/hello.txt      Digest, realm "nc-realm", AuthDigestNcCheck On:
+#                             challenges carry opaque="N" (must be echoed) and
+#                             a reused nonce needs a higher nc; "hello nc\n"
+#   All Digest locations: algorithm MD5, qop "auth", domain="/<location>/".
 #
 #   CGI echo: 200, Content-Type: text/plain, body = "<METHOD>\n" followed by
 #   the request body byte for byte; headers X-Echo-Method, X-Echo-Content-Length
@@ -44,18 +48,25 @@
 #     ("AuthDigestQop is deprecated: only 'auth' is supported"), and a request
 #     without qop (RFC 2069 style) is refused ("RFC 2069 is no longer
 #     supported"). So auth-int and SHA-256 cannot be tested against Apache.
-#   - Challenges carry realm, nonce, algorithm=MD5, qop="auth" (and opaque
-#     only when there is shared memory for client tracking, see AuthDigestShmemSize).
+#   - Challenges carry realm, nonce, algorithm=MD5, domain (from
+#     AuthDigestDomain), qop="auth"; opaque only with AuthDigestNcCheck On
+#     (or AuthDigestNonceLifetime 0), see /digest-nc.
+#   - A "uri" parameter that does not match the request target gives 400, not
+#     401. Through the forward proxies, Proxy-Authorization is accepted with
+#     uri= either the path ("/public/hello.txt", what curl sends) or the
+#     absolute URL.
 #   - stale=true is sent when a nonce outlives AuthDigestNonceLifetime.
 #   - Successful responses carry Authentication-Info with rspauth, cnonce, nc,
 #     qop; "nextnonce" is added only when the nonce is about to expire
 #     (nonce older than lifetime - 30 s), i.e. on every answer under
 #     /digest-stale (lifetime 1 s), never under the 300 s default lifetime.
-#   - Nonce-count checking (AuthDigestNcCheck) is off (the default) here.
+#   - Nonce-count checking (AuthDigestNcCheck) is off (the default) except
+#     under /digest-nc.
 #
 # User/Group: started as root, Apache's children switch to www-data (the
-# Debian apache2 package creates it; falls back to nobody/nogroup). DIR and
-# everything in it is made world-readable (directories a+rx). If www-data
+# Debian apache2 package creates it; falls back to nobody/nogroup). DIR, its
+# subdirectories and every file the children read are made world-readable
+# (a+rX); nothing is writable by www-data. If www-data
 # cannot reach DIR (e.g. DIR is under /root, mode 700), the files the
 # children read (www/) are put in a private mode-755 directory under /tmp
 # instead, recorded in DIR/www-dir and removed by `stop`. Config, logs and
@@ -64,6 +75,8 @@
 # caller's identity).
 
 set -euo pipefail
+# runuser lives in /usr/sbin, which a non-login PATH may lack.
+PATH=$PATH:/usr/sbin:/sbin
 
 readonly APACHE_BIN=/usr/sbin/apache2
 readonly MODULES=/usr/lib/apache2/modules
@@ -103,7 +116,8 @@ port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# A random free port in the kernel's ephemeral range, not among "$@".
+# A random free port in the kernel's ephemeral range, not among "$@". There
+# is still a window between picking and binding, so start retries on a clash.
 pick_port() {
     local lo hi port taken tries=0
     read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { lo=32768; hi=60999; }
@@ -114,6 +128,10 @@ pick_port() {
         taken=0
         for p in "$@"; do [ "$p" = "$port" ] && taken=1; done
         [ "$taken" = 0 ] || continue
+        # Skip ports held by any TCP socket, TIME_WAIT included: a client
+        # socket lingering on the port makes Apache's bind() fail even with
+        # SO_REUSEADDR. (Matches remote ports too, which is harmless.)
+        grep -q -- ":$(printf '%04X' "$port") " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
         port_in_use "$port" && continue
         printf '%s\n' "$port"
         return 0
@@ -173,7 +191,7 @@ stop_instance() {
             sleep 0.1
         done
     fi
-    rm -f "$DIR/env" "$DIR/run/httpd.pid"
+    rm -f "$DIR/env" "$DIR/run/httpd.pid" "$DIR/script.md5"
     if [ -s "$DIR/www-dir" ]; then
         local www
         www=$(cat "$DIR/www-dir")
@@ -193,6 +211,8 @@ write_content() { # $1: www dir
     printf 'hello basic\n' >"$www/htdocs/basic/hello.txt"
     printf 'hello digest\n' >"$www/htdocs/digest/hello.txt"
     printf 'hello stale\n' >"$www/htdocs/digest-stale/hello.txt"
+    mkdir -p "$www/htdocs/digest-nc"
+    printf 'hello nc\n' >"$www/htdocs/digest-nc/hello.txt"
 
     cat >"$www/cgi-bin/echo" <<'EOF'
 #!/bin/sh
@@ -214,7 +234,7 @@ EOF
     htpasswd -b -m "$www/auth/htpasswd" bob hunter2 2>/dev/null
     # Digest: htdigest format, user:realm:MD5(user:realm:password).
     : >"$www/auth/htdigest"
-    for r in digest-realm stale-realm post-realm proxy-digest; do
+    for r in digest-realm stale-realm post-realm nc-realm proxy-digest; do
         for u in alice:s3cret bob:hunter2; do
             printf '%s:%s:%s\n' "${u%%:*}" "$r" "$(md5_hex "${u%%:*}:$r:${u#*:}")" >>"$www/auth/htdigest"
         done
@@ -351,6 +371,17 @@ Listen 127.0.0.1:$p3
         AuthDigestDomain /digest-post/
         Require valid-user
     </Location>
+    <Location "/digest-nc/">
+        AuthType Digest
+        AuthName "nc-realm"
+        AuthDigestProvider file
+        AuthUserFile "$www/auth/htdigest"
+        AuthDigestAlgorithm MD5
+        AuthDigestQop auth
+        AuthDigestNcCheck On
+        AuthDigestDomain /digest-nc/
+        Require valid-user
+    </Location>
 </VirtualHost>
 
 # ------------------------------------------------ forward proxy, Basic auth --
@@ -401,11 +432,14 @@ print_env() {
 
 do_start() {
     local www attempt p1 p2 p3 i status tmp_env
-    if running_pid >/dev/null && healthy; then
+    # Reuse a live instance, unless it was configured by another version of
+    # this script.
+    if running_pid >/dev/null && healthy &&
+        [ "$(cat "$DIR/script.md5" 2>/dev/null)" = "$SCRIPT_MD5" ]; then
         print_env
         return 0
     fi
-    # Dead, half-started or unhealthy instance: clean up before starting anew.
+    # Dead, half-started, outdated or unhealthy instance: start anew.
     stop_instance
 
     [ -x "$APACHE_BIN" ] || die "$APACHE_BIN not found: install Apache with
@@ -464,7 +498,7 @@ do_start() {
         rm -f "$DIR/run/httpd.pid"
         if ! "$APACHE_BIN" -f "$DIR/httpd.conf" -k start >"$DIR/logs/start.log" 2>&1 9>&- </dev/null; then
             if grep -q 'Address already in use' "$DIR/logs/start.log" "$DIR/logs/error.log" 2>/dev/null; then
-                say "port clash (attempt $attempt), retrying with other ports"
+                say "port clash (attempt $attempt): $(grep -h 'could not bind' "$DIR/logs/start.log" "$DIR/logs/error.log" 2>/dev/null | head -n 1); retrying with other ports"
                 continue
             fi
             cat "$DIR/logs/start.log" >&2
@@ -483,6 +517,7 @@ do_start() {
         # Wait (up to 15 s) until all three ports answer as they should.
         for i in $(seq 1 150); do
             if running_pid >/dev/null && healthy; then
+                printf '%s\n' "$SCRIPT_MD5" >"$DIR/script.md5"
                 print_env
                 return 0
             fi
@@ -492,8 +527,8 @@ do_start() {
             sleep 0.1
         done
         if grep -q 'Address already in use' "$DIR/logs/error.log" 2>/dev/null; then
+            say "port clash (attempt $attempt): $(grep -h 'could not bind' "$DIR/logs/error.log" 2>/dev/null | head -n 1); retrying with other ports"
             stop_instance
-            say "port clash (attempt $attempt), retrying with other ports"
             continue
         fi
         status=$(probe "$p1" /public/hello.txt || true)
@@ -510,6 +545,8 @@ do_start() {
 }
 
 # ------------------------------------------------------------------- main ---
+
+SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
 
 case $cmd in
 start)

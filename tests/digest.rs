@@ -1,0 +1,279 @@
+//! Digest, Guess and proxy Digest against the `testing` verifier over real sockets.
+
+use axum::Router;
+use axum::routing::{any, get};
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_auth::digest::{Algorithm, Qop};
+use tower_auth::testing::{DigestCheck, RequireLayer, Stats, TestServer};
+use tower_auth::{AuthLayer, Digest};
+
+/// A route that echoes the credentials it received and the request body.
+async fn echo(headers: HeaderMap, body: Bytes) -> String {
+    let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    format!("{}|{}|{}", h("authorization"), h("proxy-authorization"), String::from_utf8_lossy(&body))
+}
+
+async fn serve(check: DigestCheck) -> (TestServer, Stats) {
+    let require = RequireLayer::new(check);
+    let stats = require.stats();
+    let app = Router::new().route("/{*path}", any(echo).layer(require));
+    (TestServer::start(app).await.unwrap(), stats)
+}
+
+type Svc = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    http::Response<hyper::body::Incoming>,
+    hyper_util::client::legacy::Error,
+>;
+
+fn client(layer: AuthLayer<Digest>) -> Svc {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    tower::util::BoxCloneService::new(ServiceBuilder::new().layer(layer).service(client))
+}
+
+async fn send(svc: &Svc, method: &str, url: &str, body: &'static str) -> (StatusCode, String) {
+    send_owned(svc.clone(), method.to_owned(), url.to_owned(), body).await
+}
+
+async fn send_owned(svc: Svc, method: String, url: String, body: &'static str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method.as_str())
+        .uri(url)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let status = res.status();
+    (status, String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned())
+}
+
+#[tokio::test]
+async fn n_sequential_requests_cost_n_plus_one_round_trips() {
+    let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret")).await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    for i in 0..20 {
+        let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+        assert_eq!(status, 200, "request {i}");
+        assert!(body.contains(&format!("nc={:08x}", i + 1)), "{body}");
+    }
+    assert_eq!(stats.requests(), 21);
+}
+
+#[tokio::test]
+async fn every_algorithm_and_qop_is_accepted() {
+    for algorithm in Algorithm::ALL {
+        for qop in [Qop::Auth, Qop::AuthInt, Qop::None] {
+            if algorithm.is_session() && qop == Qop::None {
+                continue; // -sess needs a cnonce, which is only sent with a qop (RFC 2617 §3.2.2)
+            }
+            let (server, stats) =
+                serve(DigestCheck::new("r").user("alice", "s3cret").algorithms(&[algorithm]).qop(&[qop])).await;
+            let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+            for _ in 0..3 {
+                let (status, body) = send(&svc, "POST", &server.url("/p?q=1"), "the body").await;
+                assert_eq!(status, 200, "{algorithm:?} {qop:?}");
+                assert!(body.ends_with("|the body"), "{body}");
+                assert!(body.contains(&format!("algorithm={}", algorithm.name())), "{body}");
+            }
+            assert_eq!(stats.requests(), 4, "{algorithm:?} {qop:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn strongest_algorithm_wins() {
+    let offered = [Algorithm::Md5, Algorithm::Sha256, Algorithm::Sha512_256, Algorithm::Sha1];
+    let (server, _) = serve(DigestCheck::new("r").user("alice", "s3cret").algorithms(&offered)).await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("algorithm=SHA-512-256"), "{body}");
+}
+
+#[tokio::test]
+async fn wrong_password_costs_exactly_two_round_trips() {
+    let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret")).await;
+    let svc = client(AuthLayer::digest("alice", "wrong").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!(stats.requests(), 2);
+    // Pre-authorised with the cached (wrong) space: still two.
+    stats.reset();
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!(stats.requests(), 2);
+}
+
+#[tokio::test]
+async fn stale_nonces_are_answered_without_failing() {
+    let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret").stale_after(3)).await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    for _ in 0..10 {
+        assert_eq!(send(&svc, "GET", &server.url("/a"), "").await.0, 200);
+    }
+    // 1 initial challenge + 10 requests + one stale retry for every 3 uses (after 3, 6, 9).
+    assert_eq!(stats.requests(), 1 + 10 + 3);
+}
+
+#[tokio::test]
+async fn nextnonce_is_honoured() {
+    let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret").stale_after(1).next_nonce(true)).await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    for _ in 0..10 {
+        assert_eq!(send(&svc, "GET", &server.url("/a"), "").await.0, 200);
+    }
+    assert_eq!(stats.requests(), 11, "each request used the nextnonce of the previous one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_use_distinct_nonce_counts() {
+    // The verifier rejects a nonce count it has seen: every 200 proves a distinct count.
+    let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret")).await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    assert_eq!(send(&svc, "GET", &server.url("/prime"), "").await.0, 200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (svc, url) = (svc.clone(), server.url(&format!("/c/{i}")));
+        tasks.spawn(async move { send_owned(svc, "GET".into(), url, "").await.0 });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(stats.requests(), 2 + 64);
+}
+
+#[tokio::test]
+async fn userhash_and_non_ascii_user_names() {
+    let (server, _) =
+        serve(DigestCheck::new("r").user("J\u{e4}s\u{f8}n Doe", "pw").userhash(true).algorithms(&[Algorithm::Sha256]))
+            .await;
+    let svc = client(AuthLayer::digest("J\u{e4}s\u{f8}n Doe", "pw").unwrap());
+    let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, 200);
+    let hashed = Algorithm::Sha256.hash(&["J\u{e4}s\u{f8}n Doe".as_bytes(), b"r"]);
+    assert!(body.contains(&format!("username=\"{hashed}\", userhash=true")), "{body}");
+
+    let (server, _) = serve(DigestCheck::new("r").user("J\u{e4}s\u{f8}n Doe", "pw")).await;
+    let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("username*=UTF-8''J%C3%A4s%C3%B8n%20Doe"), "{body}");
+}
+
+#[tokio::test]
+async fn quoted_values_are_escaped() {
+    let (server, _) = serve(DigestCheck::new("r \"quoted\" \\ realm").user("al\"ice", "pw")).await;
+    let svc = client(AuthLayer::digest("al\"ice", "pw").unwrap());
+    let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#"username="al\"ice", realm="r \"quoted\" \\ realm""#), "{body}");
+}
+
+async fn basic_or_both(offer_digest: bool) -> (TestServer, Stats) {
+    let basic = RequireLayer::basic("b", "alice", "s3cret");
+    let stats = basic.stats();
+    let mut app = Router::new().route("/basic", get(echo).route_layer(basic));
+    if offer_digest {
+        // A route that offers Basic and Digest: digest is checked, Basic is also challenged.
+        let digest = RequireLayer::new(DigestCheck::new("d").user("alice", "s3cret"));
+        let stats = digest.stats();
+        app = app.route(
+            "/both",
+            get(echo).route_layer(digest).layer(axum::middleware::map_response(
+                |mut res: axum::response::Response| async {
+                    if res.status() == 401 {
+                        res.headers_mut().append("www-authenticate", "Basic realm=\"d\"".parse().unwrap());
+                    }
+                    res
+                },
+            )),
+        );
+        return (TestServer::start(app).await.unwrap(), stats);
+    }
+    (TestServer::start(app).await.unwrap(), stats)
+}
+
+#[tokio::test]
+async fn guess_picks_basic_or_digest_and_remembers() {
+    let (server, stats) = basic_or_both(false).await;
+    let svc = client(AuthLayer::guess("alice", "s3cret").unwrap());
+    for _ in 0..3 {
+        let (status, body) = send(&svc, "GET", &server.url("/basic"), "").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("Basic "), "{body}");
+    }
+    assert_eq!(stats.requests(), 4);
+
+    let (server, stats) = basic_or_both(true).await;
+    let svc = client(AuthLayer::guess("alice", "s3cret").unwrap());
+    for _ in 0..3 {
+        let (status, body) = send(&svc, "GET", &server.url("/both"), "").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("Digest "), "Digest preferred over Basic: {body}");
+    }
+    assert_eq!(stats.requests(), 4);
+}
+
+#[tokio::test]
+async fn digest_never_downgrades_to_basic() {
+    let (server, stats) = basic_or_both(false).await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/basic"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!(stats.requests(), 1);
+}
+
+#[tokio::test]
+async fn proxy_digest_answers_407_with_proxy_authorization_only() {
+    let (server, stats) = serve(DigestCheck::new("p").user("alice", "s3cret").proxy(true)).await;
+    let svc = client(AuthLayer::proxy_digest("alice", "s3cret").unwrap());
+    for _ in 0..3 {
+        let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+        assert_eq!(status, 200);
+        let (authorization, proxy) = body.split_once('|').unwrap();
+        assert_eq!(authorization, "", "no Authorization to the origin");
+        assert!(proxy.starts_with("Digest "), "{body}");
+    }
+    assert_eq!(stats.requests(), 4);
+}
+
+#[tokio::test]
+async fn hostile_challenges_are_skipped_and_the_401_returned() {
+    let hostile: Vec<String> = vec![
+        "Digest realm=\"unterminated".into(),
+        "Digest nonce=\"n\"".into(),                               // no realm
+        "Digest realm=\"r\"".into(),                               // no nonce
+        "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-3".into(), // unknown algorithm
+        "Digest realm=\"r\", nonce=\"n\", qop=\"weird\"".into(),
+        format!("Digest realm=\"{}\", nonce=\"n\"", "x".repeat(100 << 10)), // hyper refuses 1 MB; the parser's own tests cover it
+        ",,,,,,".into(),
+    ];
+    for h in hostile {
+        let app = Router::new().route(
+            "/",
+            get(move || {
+                let h = h.clone();
+                async move { (StatusCode::UNAUTHORIZED, [("www-authenticate", h)], "no") }
+            }),
+        );
+        let server = TestServer::start(app).await.unwrap();
+        let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+        let (status, body) = send(&svc, "GET", &server.url("/"), "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"));
+    }
+}
+
+#[tokio::test]
+async fn auth_int_body_over_the_limit_returns_the_challenge() {
+    let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret").qop(&[Qop::AuthInt])).await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let mut svc =
+        ServiceBuilder::new().layer(AuthLayer::digest("alice", "s3cret").unwrap().body_limit(4)).service(client);
+    let req = Request::post(server.url("/a")).body(Full::new(Bytes::from_static(b"0123456789"))).unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(stats.requests(), 1);
+}

@@ -1,0 +1,233 @@
+//! Real peers for the integration tests: Apache httpd (Debian `apache2`) as a
+//! server and Debian's `curl` as a client. Std only.
+//!
+//! Include it from an integration test with
+//! `#[path = "support/peers.rs"] mod peers;` (or from `tests/support/mod.rs`).
+//!
+//! Apache is started by `tests/peers/apache.sh start target/peers/apache` on
+//! first use and left running for the other test binaries (the script reuses
+//! a live instance); stop it with `tests/peers/apache.sh stop target/peers/apache`.
+//! What it serves (paths, realms, users `alice`/`s3cret` and `bob`/`hunter2`)
+//! is described at the top of `tests/peers/apache.sh`.
+//!
+//! When a peer cannot be had, the functions return `None` after printing
+//! `skipping: …` on stderr, except under CI (`CI` set, non-empty, not `false`
+//! or `0`), where they panic with the reason and how to fix it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// Env var holding the Apache origin URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code, unreachable_pub)]
+pub const APACHE_URL_VAR: &str = "TOWER_AUTH_APACHE_URL";
+/// Env var holding the URL of the forward proxy that wants Basic proxy auth.
+#[allow(dead_code, unreachable_pub)]
+pub const APACHE_PROXY_BASIC_URL_VAR: &str = "TOWER_AUTH_APACHE_PROXY_BASIC_URL";
+/// Env var holding the URL of the forward proxy that wants Digest proxy auth.
+#[allow(dead_code, unreachable_pub)]
+pub const APACHE_PROXY_DIGEST_URL_VAR: &str = "TOWER_AUTH_APACHE_PROXY_DIGEST_URL";
+
+/// A running Apache peer. URLs have no trailing slash.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apache {
+    /// Origin server, e.g. `http://127.0.0.1:41234` (paths `/public/…`,
+    /// `/basic/…`, `/digest/…`, `/digest-stale/…`, `/digest-nc/…`,
+    /// `/digest-post/echo`, `/basic-post/echo`).
+    pub url: String,
+    /// Forward proxy requiring Basic proxy auth (realm `proxy-basic`).
+    pub proxy_basic_url: String,
+    /// Forward proxy requiring Digest proxy auth (realm `proxy-digest`).
+    pub proxy_digest_url: String,
+}
+
+/// The Apache peer: from the `TOWER_AUTH_APACHE_*` env vars if set, otherwise
+/// started (once per process) with `tests/peers/apache.sh start target/peers/apache`.
+///
+/// Returns `None` (after printing `skipping: {reason}`) when Apache cannot be
+/// had; panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn apache() -> Option<&'static Apache> {
+    static APACHE: OnceLock<Result<Apache, String>> = OnceLock::new();
+    match APACHE.get_or_init(find_apache) {
+        Ok(apache) => Some(apache),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+/// Path of Debian's `curl` (the `curl` found on `PATH`, checked by running
+/// `curl --version`).
+///
+/// Returns `None` (after printing `skipping: {reason}`) when there is none;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn curl() -> Option<PathBuf> {
+    static CURL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match CURL.get_or_init(find_curl) {
+        Ok(path) => Some(path.clone()),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+/// True when the `CI` env var is set, non-empty and not `false`/`0`.
+#[allow(dead_code)]
+fn in_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(value) => {
+            let value = value.trim();
+            !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false")
+        }
+        Err(_) => false,
+    }
+}
+
+#[allow(dead_code)]
+fn unavailable<T>(reason: &str) -> Option<T> {
+    if in_ci() {
+        panic!("{reason}\n(CI is set, so a missing peer is an error rather than a skip)");
+    }
+    eprintln!("skipping: {reason}");
+    None
+}
+
+#[allow(dead_code)]
+fn find_apache() -> Result<Apache, String> {
+    if let Some(apache) = apache_from_env()? {
+        return Ok(apache);
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/apache.sh";
+    let dir = "target/peers/apache";
+    let fix = format!(
+        "to fix: install Apache (`apt-get install apache2 apache2-utils`), then check \
+         `{script} start {dir}` by hand in {manifest}, or set {APACHE_URL_VAR}, \
+         {APACHE_PROXY_BASIC_URL_VAR} and {APACHE_PROXY_DIGEST_URL_VAR} to a running instance",
+        manifest = manifest_dir.display(),
+    );
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("start")
+        .arg(dir)
+        .current_dir(manifest_dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("Apache peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "Apache peer unavailable: `{script} start {dir}` failed ({status}):\n{stderr}{fix}",
+            status = output.status,
+            stderr = with_newline(stderr.trim_end()),
+        ));
+    }
+    parse_env_lines(&stdout).map_err(|e| {
+        format!(
+            "Apache peer unavailable: `{script} start {dir}` printed unexpected output ({e}):\n\
+             stdout:\n{stdout}stderr:\n{stderr}{fix}"
+        )
+    })
+}
+
+#[allow(dead_code)]
+fn with_newline(text: &str) -> String {
+    if text.is_empty() { String::new() } else { format!("{text}\n") }
+}
+
+/// `Ok(None)` when none of the env vars is set; an error when only some are.
+#[allow(dead_code)]
+fn apache_from_env() -> Result<Option<Apache>, String> {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let url = get(APACHE_URL_VAR);
+    let proxy_basic_url = get(APACHE_PROXY_BASIC_URL_VAR);
+    let proxy_digest_url = get(APACHE_PROXY_DIGEST_URL_VAR);
+    match (url, proxy_basic_url, proxy_digest_url) {
+        (None, None, None) => Ok(None),
+        (Some(url), Some(proxy_basic_url), Some(proxy_digest_url)) => Ok(Some(Apache {
+            url: trim_url(&url),
+            proxy_basic_url: trim_url(&proxy_basic_url),
+            proxy_digest_url: trim_url(&proxy_digest_url),
+        })),
+        _ => Err(format!(
+            "Apache peer unavailable: {APACHE_URL_VAR}, {APACHE_PROXY_BASIC_URL_VAR} and \
+             {APACHE_PROXY_DIGEST_URL_VAR} must be set together (some are missing); set all \
+             three (e.g. `export $(cat target/peers/apache/env)`) or none"
+        )),
+    }
+}
+
+#[allow(dead_code)]
+fn trim_url(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_owned()
+}
+
+/// Parses the `KEY=VALUE` lines printed by `apache.sh start`.
+#[allow(dead_code)]
+fn parse_env_lines(text: &str) -> Result<Apache, String> {
+    let (mut url, mut proxy_basic_url, mut proxy_digest_url) = (None, None, None);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').ok_or_else(|| format!("not a KEY=VALUE line: {line:?}"))?;
+        let slot = match key {
+            APACHE_URL_VAR => &mut url,
+            APACHE_PROXY_BASIC_URL_VAR => &mut proxy_basic_url,
+            APACHE_PROXY_DIGEST_URL_VAR => &mut proxy_digest_url,
+            _ => return Err(format!("unknown key {key:?}")),
+        };
+        if !value.starts_with("http://") {
+            return Err(format!("{key} is not an http:// URL: {value:?}"));
+        }
+        *slot = Some(trim_url(value));
+    }
+    let missing = |name: &str| format!("{name} missing");
+    Ok(Apache {
+        url: url.ok_or_else(|| missing(APACHE_URL_VAR))?,
+        proxy_basic_url: proxy_basic_url.ok_or_else(|| missing(APACHE_PROXY_BASIC_URL_VAR))?,
+        proxy_digest_url: proxy_digest_url.ok_or_else(|| missing(APACHE_PROXY_DIGEST_URL_VAR))?,
+    })
+}
+
+#[allow(dead_code)]
+fn find_curl() -> Result<PathBuf, String> {
+    let fix = "to fix: `apt-get install curl`";
+    let path = which("curl").ok_or_else(|| format!("curl peer unavailable: no `curl` on PATH; {fix}"))?;
+    let output = Command::new(&path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("curl peer unavailable: cannot run `{} --version`: {e}; {fix}", path.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !version.starts_with("curl ") {
+        return Err(format!(
+            "curl peer unavailable: `{} --version` failed ({}): {}{}; {fix}",
+            path.display(),
+            output.status,
+            version.trim(),
+            String::from_utf8_lossy(&output.stderr).trim(),
+        ));
+    }
+    Ok(path)
+}
+
+/// First executable file called `name` in `PATH`.
+#[allow(dead_code)]
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[allow(dead_code)]
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
