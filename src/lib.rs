@@ -59,6 +59,9 @@ mod bearer;
 mod body;
 pub mod challenge;
 mod combine;
+#[cfg(feature = "connector")]
+#[cfg_attr(docsrs, doc(cfg(feature = "connector")))]
+pub mod connector;
 #[cfg(feature = "digest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
 pub mod digest;
