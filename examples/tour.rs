@@ -17,7 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_auth::testing::{RequireLayer, Stats, TestServer};
+use tower_auth::digest::{Algorithm, Qop};
+use tower_auth::testing::{DigestCheck, RequireLayer, Stats, TestServer};
 use tower_auth::{AllOf, ApiKey, AuthLayer, Bearer, HeaderCredential};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,20 +34,29 @@ struct Row {
 
 /// Sends one request through `layer` to `route` and records the outcome as a row.
 macro_rules! case {
-    ($rows:ident, $server:ident, $stats:expr, $scheme:expr, $route:expr, $layer:expr, $expected:expr, $trips:expr) => {{
+    ($rows:ident, $server:ident, $stats:expr, $scheme:expr, $route:expr, $layer:expr, $expected:expr, $trips:expr) => {
+        case!($rows, $server, $stats, $scheme, $route, $layer, $expected, $trips, 1, 0)
+    };
+    ($rows:ident, $server:ident, $stats:expr, $scheme:expr, $route:expr, $layer:expr, $expected:expr, $trips:expr, $times:expr, $pause_ms:expr) => {{
         let stats: &Stats = $stats;
         stats.reset();
         let client = Client::builder(TokioExecutor::new()).build_http();
         let svc = ServiceBuilder::new().layer($layer).service(client);
-        let req = Request::post($server.url($route)).body(Full::new(Bytes::from_static(b"tour body"))).unwrap();
-        let actual = match svc.oneshot(req).await {
-            Ok(res) => {
-                let status = res.status();
-                let _ = res.into_body().collect().await;
-                Ok(status)
+        let mut actual = Err("not sent".to_string());
+        for i in 0..$times {
+            if i > 0 && $pause_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis($pause_ms)).await;
             }
-            Err(err) => Err(err.to_string()),
-        };
+            let req = Request::post($server.url($route)).body(Full::new(Bytes::from_static(b"tour body"))).unwrap();
+            actual = match svc.clone().oneshot(req).await {
+                Ok(res) => {
+                    let status = res.status();
+                    let _ = res.into_body().collect().await;
+                    Ok(status)
+                }
+                Err(err) => Err(err.to_string()),
+            };
+        }
         $rows.push(Row {
             scheme: $scheme,
             route: $route,
@@ -67,6 +77,14 @@ async fn main() -> Result<(), BoxError> {
     let both_key = RequireLayer::api_key_header("x-api-key", "k3y");
     let both_bearer = RequireLayer::bearer("tour", "t0ken");
     let custom = RequireLayer::api_key_header("private-token", "glpat-1");
+    let digest_check = |algorithms: &[Algorithm], qop: Qop| {
+        RequireLayer::new(DigestCheck::new("tour").user("alice", "s3cret").algorithms(algorithms).qop(&[qop]))
+    };
+    let md5 = digest_check(&[Algorithm::Md5], Qop::Auth);
+    let sha256 = digest_check(&[Algorithm::Sha256, Algorithm::Md5], Qop::Auth);
+    let sha512 = digest_check(&[Algorithm::Sha512_256, Algorithm::Sha256, Algorithm::Md5], Qop::Auth);
+    let auth_int = digest_check(&[Algorithm::Sha256], Qop::AuthInt);
+    let stale = RequireLayer::new(DigestCheck::new("tour").user("alice", "s3cret").stale_after(2));
 
     let ok = || async { "ok" };
     let app = Router::new()
@@ -76,6 +94,11 @@ async fn main() -> Result<(), BoxError> {
         .route("/api-key-query", post(ok).route_layer(key_query.clone()))
         .route("/all-of", post(ok).route_layer(both_key.clone()).route_layer(both_bearer.clone()))
         .route("/custom", post(ok).route_layer(custom.clone()))
+        .route("/digest-md5", post(ok).route_layer(md5.clone()))
+        .route("/digest-sha256", post(ok).route_layer(sha256.clone()))
+        .route("/digest-sha512-256", post(ok).route_layer(sha512.clone()))
+        .route("/digest-auth-int", post(ok).route_layer(auth_int.clone()))
+        .route("/digest-stale", post(ok).route_layer(stale.clone()))
         .route("/health", get(ok));
     let server = TestServer::start(app).await?;
 
@@ -134,8 +157,55 @@ async fn main() -> Result<(), BoxError> {
         1
     );
 
+    let digest = || AuthLayer::digest("alice", "s3cret");
+    case!(rows, server, &md5.stats(), "Digest MD5", "/digest-md5", digest()?, StatusCode::OK, 2);
+    case!(rows, server, &md5.stats(), "Digest MD5, 5 requests", "/digest-md5", digest()?, StatusCode::OK, 6, 5, 0);
+    case!(
+        rows,
+        server,
+        &md5.stats(),
+        "Digest, wrong password",
+        "/digest-md5",
+        AuthLayer::digest("alice", "nope")?,
+        StatusCode::UNAUTHORIZED,
+        2
+    );
+    case!(rows, server, &sha256.stats(), "Digest SHA-256 (over MD5)", "/digest-sha256", digest()?, StatusCode::OK, 2);
+    case!(rows, server, &sha512.stats(), "Digest SHA-512-256", "/digest-sha512-256", digest()?, StatusCode::OK, 2);
+    case!(
+        rows,
+        server,
+        &auth_int.stats(),
+        "Digest auth-int, POST body",
+        "/digest-auth-int",
+        digest()?,
+        StatusCode::OK,
+        2
+    );
+    case!(rows, server, &stale.stats(), "Digest, stale nonce x2", "/digest-stale", digest()?, StatusCode::OK, 6, 4, 0);
+    case!(
+        rows,
+        server,
+        &basic.stats(),
+        "Guess -> Basic",
+        "/basic",
+        AuthLayer::guess("alice", "s3cret")?,
+        StatusCode::OK,
+        2
+    );
+    case!(
+        rows,
+        server,
+        &md5.stats(),
+        "Guess -> Digest",
+        "/digest-md5",
+        AuthLayer::guess("alice", "s3cret")?,
+        StatusCode::OK,
+        2
+    );
+
     let mut failed = 0;
-    println!("{:<30} {:<16} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
+    println!("{:<30} {:<20} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
     for row in &rows {
         let actual = match &row.actual {
             Ok(s) => s.as_u16().to_string(),
@@ -144,7 +214,7 @@ async fn main() -> Result<(), BoxError> {
         let pass = row.actual.as_ref().is_ok_and(|s| *s == row.expected) && row.trips == row.expected_trips;
         failed += usize::from(!pass);
         println!(
-            "{:<30} {:<16} {:>8} {:>8} {:>5} (exp {})  {}",
+            "{:<30} {:<20} {:>8} {:>8} {:>5} (exp {})  {}",
             row.scheme,
             row.route,
             row.expected.as_u16(),
