@@ -240,7 +240,7 @@ impl Check for DigestCheck {
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
         let absolute = format!("http://{host}{target}");
-        if uri != target && uri != req.uri.to_string() && !(self.proxy && uri == absolute) {
+        if uri != target && req.uri != uri && !(self.proxy && uri == absolute) {
             return self.challenge(false);
         }
         let Some((user, password)) = self.find_user(&creds, algorithm) else { return self.challenge(false) };
