@@ -1,7 +1,5 @@
 //! Digest hash algorithms (RFC 7616 §3.3, §6.1) and the response computation (§3.4.1).
 
-use std::fmt::Write as _;
-
 use md5::Md5;
 use sha1::Sha1;
 use sha2::{Sha256, Sha512, Sha512_256};
@@ -115,12 +113,25 @@ impl Algorithm {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
+/// Lower-case hex, table-driven (`write!` per byte costs more than the hash itself).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
-    s
+    out
+}
+
+/// A nonce count as eight lower-case hex digits, without formatting machinery.
+pub(crate) fn nc_hex(nc: u32) -> [u8; 8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; 8];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = DIGITS[((nc >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 /// The quality of protection of one exchange.
@@ -187,13 +198,13 @@ impl Exchange<'_> {
     }
 
     fn kd(&self, ha2: &str) -> String {
-        let nc = format!("{:08x}", self.nc);
+        let nc = nc_hex(self.nc);
         match self.qop {
             Qop::None => self.algorithm.hash(&[self.ha1.as_bytes(), self.nonce.as_bytes(), ha2.as_bytes()]),
             qop => self.algorithm.hash(&[
                 self.ha1.as_bytes(),
                 self.nonce.as_bytes(),
-                nc.as_bytes(),
+                &nc,
                 self.cnonce.as_bytes(),
                 qop.name().as_bytes(),
                 ha2.as_bytes(),
@@ -271,6 +282,13 @@ mod tests {
         ex.qop = Qop::None;
         let ha2 = Algorithm::Sha256.hash(&[b"GET", b"/x"]);
         assert_eq!(ex.response(), Algorithm::Sha256.hash(&[ha1.as_bytes(), b"n", ha2.as_bytes()]));
+    }
+
+    #[test]
+    fn hex_helpers() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(&nc_hex(1), b"00000001");
+        assert_eq!(&nc_hex(0xdeadbeef), b"deadbeef");
     }
 
     #[test]

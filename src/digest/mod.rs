@@ -285,7 +285,7 @@ impl Digest {
             Some(f) => f(),
             None => {
                 let bytes: [u8; 16] = rand::random();
-                bytes.iter().map(|b| format!("{b:02x}")).collect()
+                algorithm::hex(&bytes)
             }
         }
     }
@@ -471,7 +471,9 @@ impl Digest {
         if d.qop != Qop::None {
             out.push_str(", qop=");
             out.push_str(d.qop.name());
-            out.push_str(&format!(", nc={nc:08x}, cnonce="));
+            out.push_str(", nc=");
+            out.push_str(std::str::from_utf8(&algorithm::nc_hex(nc)).unwrap_or("00000000"));
+            out.push_str(", cnonce=");
             push_quoted(&mut out, &cnonce);
         }
         if let Some(opaque) = &d.opaque {
