@@ -277,8 +277,7 @@ async fn all_of_sends_both_first_of_sends_one() {
         Ok::<_, Infallible>(Response::new(format!("{}|{}", h("x-api-key"), h("authorization"))))
     });
     let both = AllOf::new(ApiKey::header("k").unwrap(), Bearer::new("t").unwrap());
-    let res =
-        ServiceBuilder::new().layer(AuthLayer::new(both)).service(inner).oneshot(Request::new(Empty::new()));
+    let res = ServiceBuilder::new().layer(AuthLayer::new(both)).service(inner).oneshot(Request::new(Empty::new()));
     assert_eq!(res.await.unwrap().into_body(), "k|Bearer t");
     let one = FirstOf::new(ApiKey::header("k").unwrap(), Bearer::new("t").unwrap());
     let res = ServiceBuilder::new().layer(AuthLayer::new(one)).service(inner).oneshot(Request::new(Empty::new()));
