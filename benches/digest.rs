@@ -12,12 +12,14 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Empty;
 use tower::{Service, ServiceBuilder};
 use tower_auth::digest::Algorithm;
-use tower_auth::{AuthLayer, Digest, ReplayBody};
+use tower_auth::{AuthLayer, AuthRequest, Authenticator, Basic, BodyView, Digest, DigestState, ReplayBody};
 
 /// Polls a future that completes without waiting (every service here answers at once).
 fn ready<F: Future>(fut: F) -> F::Output {
@@ -71,6 +73,39 @@ fn bench(c: &mut Criterion) {
         ));
     group.bench_function("basic", |b| b.iter(|| ready(basic.call(request())).unwrap()));
     group.finish();
+
+    // The header computation alone: Digest::authorize on a request head, space already known.
+    let mut group = c.benchmark_group("authorize only");
+    let template = request().into_parts().0;
+    for algorithm in [Algorithm::Md5, Algorithm::Sha256] {
+        let digest = Arc::new(Digest::new("alice", "s3cret").unwrap());
+        let mut svc = ServiceBuilder::new().layer(AuthLayer::from_arc(Arc::clone(&digest))).service(server(algorithm));
+        assert_eq!(ready(svc.call(request())).unwrap().status(), 200);
+        group.bench_function(format!("digest {}", algorithm.name()), |b| {
+            b.iter_batched_ref(
+                || (clone_head(&template), DigestState::default()),
+                |(parts, state)| digest.authorize(&mut AuthRequest::new(parts, BodyView::Empty, 0), state).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    let basic = Basic::new("alice", "s3cret").unwrap();
+    group.bench_function("basic", |b| {
+        b.iter_batched_ref(
+            || clone_head(&template),
+            |parts| basic.authorize(&mut AuthRequest::new(parts, BodyView::Empty, 0), &mut ()).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn clone_head(p: &http::request::Parts) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = p.method.clone();
+    parts.uri = p.uri.clone();
+    parts.headers = p.headers.clone();
+    parts
 }
 
 criterion_group!(benches, bench);

@@ -206,7 +206,18 @@ pub enum BodyView<'a> {
 }
 
 impl<'a> AuthRequest<'a> {
-    pub(crate) fn new(parts: &'a mut Parts, body: BodyView<'a>, attempt: u32) -> Self {
+    /// A request to authorise. The engine makes these; make one yourself to test a scheme
+    /// without a service around it.
+    ///
+    /// ```
+    /// use tower_auth::{AuthRequest, Authenticator, Basic, BodyView};
+    ///
+    /// let (mut parts, ()) = http::Request::get("https://example.com/").body(()).unwrap().into_parts();
+    /// let basic = Basic::new("alice", "s3cret").unwrap();
+    /// basic.authorize(&mut AuthRequest::new(&mut parts, BodyView::Empty, 0), &mut ()).unwrap();
+    /// assert_eq!(parts.headers["authorization"], "Basic YWxpY2U6czNjcmV0");
+    /// ```
+    pub fn new(parts: &'a mut Parts, body: BodyView<'a>, attempt: u32) -> Self {
         AuthRequest { parts, body, attempt }
     }
 
