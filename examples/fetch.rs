@@ -1,0 +1,640 @@
+//! `fetch`: a small curl-like client built on tower-auth.
+//!
+//! ```text
+//! cargo run --release --example fetch -- [OPTIONS] URL
+//! ```
+//!
+//! The service stack, outermost first:
+//!
+//! 1. [`AuthLayer`] with the schemes given on the command line (combined with [`AllOf`]);
+//! 2. a counting layer written here ([`Count`]): it counts every exchange that left the auth
+//!    layer (a scheme that answers challenges makes more than one per request) and, with `-v`,
+//!    logs each one with its credentials redacted;
+//! 3. hyper-util's legacy client, over plain HTTP.
+//!
+//! Every scheme combination is a different service type; [`finish`] erases them all to one
+//! [`BoxCloneService`], so the rest of the program does not care which schemes are in use.
+//!
+//! Standard error always ends with one `summary ...` line (see [`Tally::summary`]), except for
+//! `--help` and usage errors, which print one `fetch: ...` line and exit with status 2.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, PROXY_AUTHORIZATION};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::percent_decode_str;
+use tower::util::BoxCloneService;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_auth::{
+    AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, ModeBody,
+    NoWait, Once,
+};
+
+/// The one service type every scheme combination is erased to.
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
+
+const USAGE: &str = "\
+usage: fetch [OPTIONS] URL
+
+Sends an HTTP request (plain http:// only) with credentials added by tower-auth layers.
+
+options:
+  -u, --user USER:PASS         Basic credentials (--basic, the default)
+      --basic                  use Basic for --user (the default)
+      --digest, --anyauth      not supported yet
+      --bearer TOKEN           a bearer token
+      --api-key NAME:VALUE     an API key in the header NAME
+      --api-key-query NAME=VALUE
+                               an API key in the query parameter NAME
+  -X, --request METHOD         the method (default GET, or POST with --data)
+  -d, --data DATA              the request body (sets Content-Type to
+                               application/x-www-form-urlencoded unless -H gives one)
+  -H, --header 'Name: value'   an extra request header (repeatable)
+  -n, --count N                send the request N times through one shared service (default 1)
+  -c, --concurrency C          at most C requests in flight at once (default 1)
+  -v, --verbose                log each exchange on stderr, credentials redacted
+  -h, --help                   print this help
+
+Several credential options combine: --api-key with --bearer sends both. The response body is
+printed on stdout when N is 1. Standard error ends with a summary line:
+  summary requests=N ok=K statuses=200:K[,401:M...] round_trips=R token_requests=T elapsed_ms=E
+Exit status: 0 if every response was 2xx, 1 otherwise, 2 for a usage or configuration error.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse(args) {
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Some(opts)) => opts,
+        Err(msg) => {
+            eprintln!("fetch: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("fetch: cannot start the runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(opts))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+/// What the command line asks for.
+struct Opts {
+    url: Uri,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    count: usize,
+    concurrency: usize,
+    verbose: bool,
+    creds: Creds,
+}
+
+/// The credentials given on the command line, already validated by tower-auth's constructors.
+#[derive(Default)]
+struct Creds {
+    /// `--user` or `--bearer`: both set `Authorization`, so only one of them may be given.
+    authz: Option<Authz>,
+    /// `--api-key`, and the header it goes in (for the log).
+    key_header: Option<(ApiKey, HeaderName)>,
+    /// `--api-key-query`, and the parameter it goes in (for the log).
+    key_query: Option<(ApiKey, String)>,
+}
+
+enum Authz {
+    Basic(Box<Basic>),
+    Bearer(Bearer),
+}
+
+/// Parses the arguments: `None` for `--help`. An error is the message after `fetch: `; it never
+/// contains a secret.
+fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
+    let mut url: Option<String> = None;
+    let mut method: Option<Method> = None;
+    let mut headers = HeaderMap::new();
+    let mut data: Option<String> = None;
+    let mut count = 1usize;
+    let mut concurrency = 1usize;
+    let mut verbose = false;
+    let mut creds = Creds::default();
+    // The option that set `creds.authz`, to name it in a conflict.
+    let mut authz_from = "";
+
+    let mut args = args.into_iter();
+    let mut only_positional = false;
+    while let Some(arg) = args.next() {
+        if only_positional || arg == "-" || !arg.starts_with('-') {
+            if url.is_some() {
+                return Err("more than one URL given (quote the URL if it contains spaces)".into());
+            }
+            url = Some(arg);
+            continue;
+        }
+        if arg == "--" {
+            only_positional = true;
+            continue;
+        }
+        // Split `--opt=value` and `-oVALUE`; `name` is the option as typed, without its value.
+        let (name, inline): (String, Option<String>) = if let Some(long) = arg.strip_prefix("--") {
+            match long.split_once('=') {
+                Some((n, v)) => (format!("--{n}"), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            }
+        } else if arg.len() > 2 && arg.is_char_boundary(2) {
+            (arg[..2].to_owned(), Some(arg[2..].to_owned()))
+        } else {
+            (arg.clone(), None)
+        };
+        let canonical = match name.as_str() {
+            "-u" | "--user" => "--user",
+            "--basic" => "--basic",
+            "--digest" => "--digest",
+            "--anyauth" => "--anyauth",
+            "--bearer" => "--bearer",
+            "--api-key" => "--api-key",
+            "--api-key-query" => "--api-key-query",
+            "-X" | "--request" => "--request",
+            "-d" | "--data" => "--data",
+            "-H" | "--header" => "--header",
+            "-n" | "--count" => "--count",
+            "-c" | "--concurrency" => "--concurrency",
+            "-v" | "--verbose" => "--verbose",
+            "-h" | "--help" => "--help",
+            // Only the name: what follows `=` could be a secret.
+            _ => return Err(format!("unknown option {name} (try --help)")),
+        };
+        let flag = matches!(canonical, "--basic" | "--digest" | "--anyauth" | "--verbose" | "--help");
+        if flag {
+            if inline.is_some() {
+                return Err(format!("{name}: takes no value"));
+            }
+            match canonical {
+                "--help" => return Ok(None),
+                "--verbose" => verbose = true,
+                "--basic" => {}
+                other => return Err(format!("not supported yet: {other}")),
+            }
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or_else(|| format!("{canonical}: missing value"))?,
+        };
+        match canonical {
+            "--user" => {
+                let (user, pass) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected USER:PASS"))?;
+                let basic = Basic::new(user, pass).map_err(|e| config(canonical, e))?;
+                set_authz(&mut creds, &mut authz_from, canonical, Authz::Basic(Box::new(basic)))?;
+            }
+            "--bearer" => {
+                let bearer = Bearer::new(&value).map_err(|e| config(canonical, e))?;
+                set_authz(&mut creds, &mut authz_from, canonical, Authz::Bearer(bearer))?;
+            }
+            "--api-key" => {
+                let (header, key) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected NAME:VALUE"))?;
+                let header = header.trim_matches([' ', '\t']);
+                let key_value =
+                    ApiKey::header_named(header, key.trim_matches([' ', '\t'])).map_err(|e| config(canonical, e))?;
+                let header_name =
+                    HeaderName::try_from(header).map_err(|_| format!("{canonical}: invalid header name"))?;
+                creds.key_header = Some((key_value, header_name));
+            }
+            "--api-key-query" => {
+                let (param, key) = value.split_once('=').ok_or_else(|| format!("{canonical}: expected NAME=VALUE"))?;
+                let key_value = ApiKey::query_named(param, key).map_err(|e| config(canonical, e))?;
+                creds.key_query = Some((key_value, param.to_owned()));
+            }
+            "--request" => {
+                method =
+                    Some(Method::from_bytes(value.as_bytes()).map_err(|_| format!("{canonical}: invalid method"))?);
+            }
+            "--data" => data = Some(value),
+            "--header" => {
+                let (h, v) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected 'Name: value'"))?;
+                let h = h.trim();
+                let hn = HeaderName::try_from(h).map_err(|_| format!("{canonical}: invalid header name {h:?}"))?;
+                // The value may be a credential: name the header, never the value.
+                let mut hv = HeaderValue::try_from(v.trim())
+                    .map_err(|_| format!("{canonical}: invalid value for header {h:?}"))?;
+                if hn == AUTHORIZATION || hn == PROXY_AUTHORIZATION {
+                    hv.set_sensitive(true);
+                }
+                headers.append(hn, hv);
+            }
+            "--count" => count = positive(canonical, &value)?,
+            "--concurrency" => concurrency = positive(canonical, &value)?,
+            _ => unreachable!("every option taking a value is handled"),
+        }
+    }
+
+    let url = url.ok_or("missing URL (try --help)")?;
+    let url = parse_url(&url)?;
+    let body = match data {
+        Some(d) => {
+            if !headers.contains_key(CONTENT_TYPE) {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+            }
+            Bytes::from(d)
+        }
+        None => Bytes::new(),
+    };
+    let method = method.unwrap_or(if body.is_empty() { Method::GET } else { Method::POST });
+    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds }))
+}
+
+fn set_authz(creds: &mut Creds, from: &mut &'static str, option: &'static str, authz: Authz) -> Result<(), String> {
+    if !from.is_empty() && *from != option {
+        return Err(format!("{option}: cannot be combined with {from} (both set Authorization)"));
+    }
+    *from = option;
+    creds.authz = Some(authz);
+    Ok(())
+}
+
+/// A configuration error from tower-auth, shown as it displays itself (it never holds a secret).
+fn config(option: &str, err: ConfigError) -> String {
+    format!("{option}: {err}")
+}
+
+fn positive(option: &str, value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{option}: expected a positive integer, got {value:?}")),
+    }
+}
+
+fn parse_url(raw: &str) -> Result<Uri, String> {
+    let shown = strip_userinfo(raw);
+    let uri: Uri = raw.parse().map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!("invalid URL {shown:?}: https is not supported (this example has no TLS)"));
+        }
+        Some(other) => return Err(format!("invalid URL {shown:?}: unsupported scheme {other:?}")),
+        None => return Err(format!("invalid URL {shown:?}: expected http://HOST[:PORT]/PATH")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("invalid URL {shown:?}: no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("invalid URL {shown:?}: credentials in the URL are not supported, use --user"));
+    }
+    Ok(uri)
+}
+
+/// The URL as given, with any `user:pass@` replaced, for messages.
+fn strip_userinfo(raw: &str) -> String {
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, raw),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let redacted = match rest[..end].rfind('@') {
+        Some(at) => format!("[redacted]@{}", &rest[at + 1..]),
+        None => rest.to_owned(),
+    };
+    match scheme {
+        Some(s) => format!("{s}://{redacted}"),
+        None => redacted,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service stack
+// ---------------------------------------------------------------------------------------------
+
+/// What the counting layer needs besides the counters: how to log an exchange safely.
+#[derive(Debug)]
+struct Redact {
+    verbose: bool,
+    key_header: Option<HeaderName>,
+    key_query: Option<String>,
+}
+
+/// Counters shared by every clone of the service.
+#[derive(Debug, Default)]
+struct Stats {
+    round_trips: AtomicU64,
+}
+
+/// The counting layer: sits between the auth layer and the client.
+#[derive(Debug, Clone)]
+struct CountLayer {
+    stats: Arc<Stats>,
+    redact: Arc<Redact>,
+}
+
+impl<S> Layer<S> for CountLayer {
+    type Service = Count<S>;
+    fn layer(&self, inner: S) -> Count<S> {
+        Count { inner, stats: Arc::clone(&self.stats), redact: Arc::clone(&self.redact) }
+    }
+}
+
+/// Counts each exchange the auth layer sends and, with `-v`, logs it on one line:
+/// `> METHOD URL auth=SCHEME [redacted] < STATUS`.
+#[derive(Debug, Clone)]
+struct Count<S> {
+    inner: S,
+    stats: Arc<Stats>,
+    redact: Arc<Redact>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for Count<S>
+where
+    S: Service<Request<B>, Response = Response<Incoming>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Incoming>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let line = self.redact.verbose.then(|| describe(&req, &self.redact));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await.map_err(Into::into);
+            if let Some(mut line) = line {
+                match &res {
+                    Ok(res) => {
+                        let _ = write!(line, " < {}", res.status());
+                    }
+                    Err(err) => {
+                        let _ = write!(line, " < error: {}", chain(err.as_ref()));
+                    }
+                }
+                eprintln!("{line}");
+            }
+            res
+        })
+    }
+}
+
+/// `> METHOD URL auth=...`: the scheme word of each credential header, never its value.
+fn describe<B>(req: &Request<B>, redact: &Redact) -> String {
+    let mut line = format!("> {} {}", req.method(), redacted_uri(req.uri(), redact.key_query.as_deref()));
+    let scheme = |name: &HeaderName| {
+        req.headers().get(name).map(|v| {
+            let word = v.to_str().ok().and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+            // A value with no scheme word (a bare token) is all secret.
+            if v.to_str().is_ok_and(|s| s.trim() == word) {
+                "[redacted]".to_owned()
+            } else {
+                format!("{word} [redacted]")
+            }
+        })
+    };
+    let _ = write!(line, " auth={}", scheme(&AUTHORIZATION).as_deref().unwrap_or("none"));
+    if let Some(proxy) = scheme(&PROXY_AUTHORIZATION) {
+        let _ = write!(line, " proxy-auth={proxy}");
+    }
+    if let Some(name) = &redact.key_header
+        && req.headers().contains_key(name)
+    {
+        let _ = write!(line, " {name}=[redacted]");
+    }
+    line
+}
+
+/// The URI with the API key's query parameter value replaced by `[redacted]`.
+fn redacted_uri(uri: &Uri, param: Option<&str>) -> String {
+    let (Some(param), Some(query)) = (param, uri.query()) else { return uri.to_string() };
+    let base = uri.to_string();
+    let base = base.split_once('?').map_or(base.as_str(), |(b, _)| b);
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
+            let decoded = percent_decode_str(&raw.replace('+', " ")).decode_utf8_lossy().into_owned();
+            if decoded == param { format!("{raw}=[redacted]") } else { pair.to_owned() }
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
+}
+
+/// An error and its sources, `: `-separated (hyper-util's own message is terse).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let _ = write!(out, ": {s}");
+        source = s.source();
+    }
+    out
+}
+
+/// No credentials: the scheme of a run without credential options.
+#[derive(Debug)]
+struct NoAuth;
+
+impl Authenticator for NoAuth {
+    type Mode = Once;
+    type Error = Infallible;
+    type State = ();
+    type Wait = NoWait<Infallible>;
+    fn authorize(&self, _: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+        Ok(Authorize::Done)
+    }
+}
+
+/// The client the auth layer of scheme `A` wraps: its body type depends on the scheme's mode
+/// (`Full<Bytes>` itself for schemes that never retry, `ReplayBody<Full<Bytes>>` otherwise).
+type Inner<A> = Count<Client<HttpConnector, ModeBody<A, Full<Bytes>>>>;
+
+/// Builds `AuthLayer(auth) -> Count -> Client` and erases its type.
+fn finish<A>(auth: A, count: &CountLayer) -> Svc
+where
+    A: Authenticator,
+    ModeBody<A, Full<Bytes>>: http_body::Body + Send + Unpin + 'static,
+    <ModeBody<A, Full<Bytes>> as http_body::Body>::Data: Send,
+    <ModeBody<A, Full<Bytes>> as http_body::Body>::Error: Into<BoxError>,
+    Auth<Inner<A>, A>: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    <Auth<Inner<A>, A> as Service<Request<Full<Bytes>>>>::Error: Into<BoxError>,
+    <Auth<Inner<A>, A> as Service<Request<Full<Bytes>>>>::Future: Send + 'static,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http::<ModeBody<A, Full<Bytes>>>();
+    let svc = AuthLayer::new(auth).layer(count.layer(client));
+    BoxCloneService::new(svc.map_err(Into::into))
+}
+
+/// Adds the query API key, if any, then builds the stack.
+fn with_key_query<A>(acc: A, key: Option<ApiKey>, count: &CountLayer) -> Svc
+where
+    A: Authenticator,
+    AllOf<A, ApiKey>: Authenticator<Mode = Once, Error = Infallible>,
+    A: Authenticator<Mode = Once, Error = Infallible>,
+{
+    match key {
+        Some(key) => finish(AllOf::new(acc, key), count),
+        None => finish(acc, count),
+    }
+}
+
+/// Turns the command line's credentials into one scheme: `Authorization` (Basic or Bearer),
+/// then the header API key, then the query API key, each added with [`AllOf`].
+fn build(creds: Creds, count: &CountLayer) -> Svc {
+    let Creds { authz, key_header, key_query } = creds;
+    let header = key_header.map(|(k, _)| k);
+    let query = key_query.map(|(k, _)| k);
+    match (authz, header) {
+        (Some(Authz::Basic(b)), Some(k)) => with_key_query(AllOf::new(*b, k), query, count),
+        (Some(Authz::Basic(b)), None) => with_key_query(*b, query, count),
+        (Some(Authz::Bearer(t)), Some(k)) => with_key_query(AllOf::new(t, k), query, count),
+        (Some(Authz::Bearer(t)), None) => with_key_query(t, query, count),
+        (None, Some(k)) => with_key_query(k, query, count),
+        (None, None) => match query {
+            Some(q) => finish(q, count),
+            None => finish(NoAuth, count),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+// ---------------------------------------------------------------------------------------------
+
+/// The outcome of every request.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Response status code (or `None` for a transport error) -> count.
+    statuses: BTreeMap<Option<u16>, usize>,
+    last_body: Option<Bytes>,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn ok(&self) -> usize {
+        self.statuses.iter().filter(|(code, _)| code.is_some_and(|c| (200..300).contains(&c))).map(|(_, n)| n).sum()
+    }
+
+    /// `summary requests=N ok=K statuses=200:K,401:M,err:E round_trips=R token_requests=T elapsed_ms=E`.
+    fn summary(&self, requests: usize, round_trips: u64, token_requests: u64, elapsed_ms: u128) -> String {
+        let mut statuses: Vec<String> =
+            self.statuses.iter().filter_map(|(code, n)| code.map(|c| format!("{c}:{n}"))).collect();
+        if let Some(errors) = self.statuses.get(&None) {
+            statuses.push(format!("err:{errors}"));
+        }
+        format!(
+            "summary requests={requests} ok={} statuses={} round_trips={round_trips} token_requests={token_requests} \
+             elapsed_ms={elapsed_ms}",
+            self.ok(),
+            statuses.join(",")
+        )
+    }
+}
+
+async fn run(opts: Opts) -> ExitCode {
+    let Opts { url, method, headers, body, count, concurrency, verbose, creds } = opts;
+    let stats = Arc::new(Stats::default());
+    // OAuth2 token fetches will be counted here; no scheme fetches tokens yet.
+    let token_requests = Arc::new(AtomicU64::new(0));
+    let redact = Redact {
+        verbose,
+        key_header: creds.key_header.as_ref().map(|(_, name)| name.clone()),
+        key_query: creds.key_query.as_ref().map(|(_, param)| param.clone()),
+    };
+    let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact) };
+    let svc = build(creds, &count_layer);
+
+    let template = Arc::new((method, url, headers, body));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let keep_body = count == 1;
+    let started = Instant::now();
+
+    // `concurrency` workers share the `count` requests: at most that many are in flight.
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(count) {
+        let mut svc = svc.clone();
+        let (template, tally, next) = (Arc::clone(&template), Arc::clone(&tally), Arc::clone(&next));
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let (method, url, headers, body) = &*template;
+                let mut req = Request::new(Full::new(body.clone()));
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = url.clone();
+                *req.headers_mut() = headers.clone();
+                let outcome = match svc.ready().await {
+                    Ok(svc) => match svc.call(req).await {
+                        // Read the whole body: it is printed, or the connection is reused.
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            match res.into_body().collect().await {
+                                Ok(body) => Ok((status, body.to_bytes())),
+                                Err(err) => Err(BoxError::from(err)),
+                            }
+                        }
+                        Err(err) => Err(err),
+                    },
+                    Err(err) => Err(err),
+                };
+                let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    Ok((status, body)) => {
+                        *tally.statuses.entry(Some(status)).or_default() += 1;
+                        if keep_body {
+                            tally.last_body = Some(body);
+                        }
+                    }
+                    Err(err) => {
+                        *tally.statuses.entry(None).or_default() += 1;
+                        tally.first_error.get_or_insert_with(|| chain(err.as_ref()));
+                    }
+                }
+            }
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        if let Err(err) = joined {
+            eprintln!("fetch: a worker failed: {err}");
+        }
+    }
+    let elapsed_ms = started.elapsed().as_millis();
+
+    let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(body) = &tally.last_body {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(body).and_then(|()| out.flush());
+    }
+    if let Some(err) = &tally.first_error {
+        eprintln!("fetch: request failed: {err}");
+    }
+    let round_trips = stats.round_trips.load(Ordering::Relaxed);
+    eprintln!("{}", tally.summary(count, round_trips, token_requests.load(Ordering::Relaxed), elapsed_ms));
+    if tally.ok() == count { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}

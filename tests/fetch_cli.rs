@@ -1,0 +1,461 @@
+//! The `fetch` example as a command-line program: exit codes, the summary line, usage errors,
+//! and that no secret reaches standard error.
+//!
+//! The binary is `target/<profile>/examples/fetch`, which `cargo test` builds with the
+//! examples; if it is missing or older than its sources (`cargo test --test fetch_cli` alone
+//! does not build examples), the first test to need it builds it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::{any, get};
+use base64::Engine as _;
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret-pw";
+const TOKEN: &str = "t0ken-abc123";
+const KEY: &str = "k3y-value-xyz";
+const QKEY: &str = "q-secret-789";
+
+// ---------------------------------------------------------------------------------------------
+// The server: one for the whole test binary, on its own thread.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Shared {
+    /// Requests seen per `/alt/{id}`.
+    alternate: Mutex<HashMap<String, usize>>,
+    /// (in flight, most in flight) per `/slow/{id}`.
+    slow: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+fn server() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app()).await.unwrap();
+            });
+        });
+        rx.recv().unwrap()
+    })
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/basic", get(basic))
+        .route("/bearer", get(bearer))
+        .route("/key", get(key))
+        .route("/query", get(query))
+        .route("/both", get(both))
+        .route("/echo", any(echo))
+        .route("/alt/{id}", get(alternate))
+        .route("/slow/{id}", get(slow))
+        .route("/max/{id}", get(max_in_flight))
+        .with_state(Arc::new(Shared::default()))
+}
+
+fn basic_value() -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}")))
+}
+
+fn header_is(headers: &HeaderMap, name: &str, want: &str) -> bool {
+    headers.get(name).is_some_and(|v| v == want)
+}
+
+fn gate(ok: bool, body: &'static str) -> (StatusCode, &'static str) {
+    if ok { (StatusCode::OK, body) } else { (StatusCode::UNAUTHORIZED, "denied") }
+}
+
+async fn basic(headers: HeaderMap) -> (StatusCode, &'static str) {
+    gate(header_is(&headers, "authorization", &basic_value()), "hello alice")
+}
+
+async fn bearer(headers: HeaderMap) -> (StatusCode, &'static str) {
+    gate(header_is(&headers, "authorization", &format!("Bearer {TOKEN}")), "hello bearer")
+}
+
+async fn key(headers: HeaderMap) -> (StatusCode, &'static str) {
+    gate(header_is(&headers, "x-api-key", KEY), "hello key")
+}
+
+async fn query(uri: Uri) -> (StatusCode, &'static str) {
+    let q = uri.query().unwrap_or("");
+    let pairs: Vec<&str> = q.split('&').collect();
+    gate(pairs.contains(&format!("api_key={QKEY}").as_str()) && pairs.contains(&"x=1"), "hello query")
+}
+
+async fn both(headers: HeaderMap) -> (StatusCode, &'static str) {
+    let ok = header_is(&headers, "x-api-key", KEY) && header_is(&headers, "authorization", &format!("Bearer {TOKEN}"));
+    gate(ok, "hello both")
+}
+
+async fn echo(method: Method, headers: HeaderMap, body: Bytes) -> String {
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let extra = headers.get("x-extra").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    format!("{method} {ct} {extra} {}", String::from_utf8_lossy(&body))
+}
+
+/// 401 for the 1st, 3rd, 5th... request of each id, 200 for the others.
+async fn alternate(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> StatusCode {
+    let mut map = s.alternate.lock().unwrap();
+    let n = map.entry(id).or_default();
+    *n += 1;
+    if *n % 2 == 1 { StatusCode::UNAUTHORIZED } else { StatusCode::OK }
+}
+
+async fn slow(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> &'static str {
+    {
+        let mut map = s.slow.lock().unwrap();
+        let (now, max) = map.entry(id.clone()).or_default();
+        *now += 1;
+        *max = (*max).max(*now);
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    s.slow.lock().unwrap().get_mut(&id).unwrap().0 -= 1;
+    "slow"
+}
+
+async fn max_in_flight(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> String {
+    s.slow.lock().unwrap().get(&id).map_or(0, |(_, max)| *max).to_string()
+}
+
+fn url(path: &str) -> String {
+    format!("http://{}{path}", server())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------------------------
+
+fn fetch_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/fetch_cli-<hash> -> target/<profile>/examples/fetch
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(|p| p.parent()).expect("test binary in target/<profile>/deps");
+        let bin = profile_dir.join("examples").join(format!("fetch{}", std::env::consts::EXE_SUFFIX));
+        // `cargo test` builds the examples; `cargo test --test fetch_cli` alone does not, and
+        // may leave a binary older than the sources: build it then.
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&bin).is_some_and(|built| newest_source().is_some_and(|src| src <= built)) {
+            return bin;
+        }
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--example", "fetch", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --example fetch");
+        assert!(status.success() && bin.exists(), "could not build {}", bin.display());
+        bin
+    })
+}
+
+/// The newest modification time of the files the example is built from.
+fn newest_source() -> Option<std::time::SystemTime> {
+    fn walk(dir: &std::path::Path, newest: &mut Option<std::time::SystemTime>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(m) = entry.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(m));
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest = None;
+    walk(&root.join("src"), &mut newest);
+    for file in ["examples/fetch.rs", "Cargo.toml", "Cargo.lock"] {
+        let m = std::fs::metadata(root.join(file)).and_then(|m| m.modified()).ok();
+        newest = newest.max(m);
+    }
+    newest
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The fields of the summary line, which must be the last line of stderr, and the only one.
+    fn summary(&self) -> HashMap<String, String> {
+        let last = self.stderr.lines().last().unwrap_or_else(|| panic!("empty stderr: {self:?}"));
+        assert!(last.starts_with("summary "), "last stderr line is not the summary: {self:?}");
+        assert_eq!(self.stderr.matches("summary ").count(), 1, "{self:?}");
+        let fields: HashMap<String, String> = last["summary ".len()..]
+            .split(' ')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad field {kv:?} in {last:?}"));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        let keys = ["requests", "ok", "statuses", "round_trips", "token_requests", "elapsed_ms"];
+        let order: Vec<&str> = last["summary ".len()..].split(' ').map(|kv| kv.split('=').next().unwrap()).collect();
+        assert_eq!(order, keys, "summary fields and their order: {last:?}");
+        assert!(fields["elapsed_ms"].parse::<u64>().is_ok(), "{last:?}");
+        fields
+    }
+
+    /// Checks requests, ok, statuses, round_trips and token_requests.
+    fn assert_summary(&self, requests: usize, ok: usize, statuses: &str, round_trips: usize) {
+        let s = self.summary();
+        assert_eq!(s["requests"], requests.to_string(), "{self:?}");
+        assert_eq!(s["ok"], ok.to_string(), "{self:?}");
+        assert_eq!(s["statuses"], statuses, "{self:?}");
+        assert_eq!(s["round_trips"], round_trips.to_string(), "{self:?}");
+        assert_eq!(s["token_requests"], "0", "{self:?}");
+    }
+
+    /// A usage error: status 2, one line on stderr naming the problem, nothing else.
+    fn assert_usage_error(&self, fragment: &str) {
+        assert_eq!(self.code, 2, "{self:?}");
+        assert_eq!(self.stderr.lines().count(), 1, "exactly one line: {self:?}");
+        assert!(self.stderr.starts_with("fetch: "), "{self:?}");
+        assert!(self.stderr.contains(fragment), "expected {fragment:?} in {self:?}");
+        assert!(self.stdout.is_empty(), "{self:?}");
+    }
+}
+
+fn fetch(args: &[&str]) -> Run {
+    let out = Command::new(fetch_bin()).args(args).output().expect("run fetch");
+    Run {
+        code: out.status.code().expect("fetch exited normally"),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn assert_no_secret(text: &str) {
+    let basic_b64 = basic_value()["Basic ".len()..].to_owned();
+    for secret in [PASS, TOKEN, KEY, QKEY, basic_b64.as_str()] {
+        assert!(!text.contains(secret), "secret {secret:?} leaked: {text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn basic_with_the_right_password_succeeds_and_prints_the_body() {
+    let run = fetch(&["-u", &format!("{USER}:{PASS}"), &url("/basic")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "hello alice");
+    run.assert_summary(1, 1, "200:1", 1);
+}
+
+#[test]
+fn basic_with_a_wrong_password_exits_1() {
+    let run = fetch(&["--user", &format!("{USER}:wrong"), &url("/basic")]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stdout, "denied");
+    run.assert_summary(1, 0, "401:1", 1);
+}
+
+#[test]
+fn no_credentials_sends_none() {
+    let run = fetch(&[&url("/basic")]);
+    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_summary(1, 0, "401:1", 1);
+}
+
+#[test]
+fn bearer_with_equals_form() {
+    let run = fetch(&[&format!("--bearer={TOKEN}"), &url("/bearer")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "hello bearer");
+    run.assert_summary(1, 1, "200:1", 1);
+}
+
+#[test]
+fn api_key_in_a_header() {
+    let run = fetch(&["--api-key", &format!("X-API-Key:{KEY}"), &url("/key")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "hello key");
+    run.assert_summary(1, 1, "200:1", 1);
+}
+
+#[test]
+fn api_key_in_the_query_keeps_the_rest_of_the_query() {
+    let run = fetch(&["--api-key-query", &format!("api_key={QKEY}"), &url("/query?x=1")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "hello query");
+    run.assert_summary(1, 1, "200:1", 1);
+}
+
+#[test]
+fn api_key_and_bearer_combine() {
+    let both = fetch(&["--api-key", &format!("X-API-Key:{KEY}"), "--bearer", TOKEN, &url("/both")]);
+    assert_eq!(both.code, 0, "{both:?}");
+    assert_eq!(both.stdout, "hello both");
+    both.assert_summary(1, 1, "200:1", 1);
+
+    let only_bearer = fetch(&["--bearer", TOKEN, &url("/both")]);
+    assert_eq!(only_bearer.code, 1, "{only_bearer:?}");
+    only_bearer.assert_summary(1, 0, "401:1", 1);
+}
+
+#[test]
+fn method_body_and_headers_are_sent() {
+    let run = fetch(&["-X", "PUT", "-d", "hello", "-H", "Content-Type: text/plain", "-H", "X-Extra: 1", &url("/echo")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "PUT text/plain 1 hello");
+
+    // -d alone means POST, form-encoded, like curl.
+    let run = fetch(&["--data=a=1", &url("/echo")]);
+    assert_eq!(run.stdout, "POST application/x-www-form-urlencoded - a=1", "{run:?}");
+
+    let run = fetch(&[&url("/echo")]);
+    assert_eq!(run.stdout, "GET - - ", "{run:?}");
+}
+
+#[test]
+fn twenty_requests_at_most_four_in_flight() {
+    let id = "twenty";
+    let run = fetch(&["-u", &format!("{USER}:{PASS}"), "-n", "20", "-c", "4", &url(&format!("/slow/{id}"))]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.is_empty(), "the body is printed only when N is 1: {run:?}");
+    run.assert_summary(20, 20, "200:20", 20);
+
+    let max = fetch(&[&url(&format!("/max/{id}"))]);
+    let max: usize = max.stdout.parse().unwrap();
+    assert!((2..=4).contains(&max), "at most 4 in flight, and some concurrency: {max}");
+}
+
+#[test]
+fn sequential_by_default() {
+    let id = "sequential";
+    let run = fetch(&["--count=5", &url(&format!("/slow/{id}"))]);
+    run.assert_summary(5, 5, "200:5", 5);
+    assert_eq!(fetch(&[&url(&format!("/max/{id}"))]).stdout, "1");
+}
+
+#[test]
+fn mixed_statuses_are_sorted_and_exit_1() {
+    let run = fetch(&["-n", "6", "-c", "2", &url("/alt/mixed")]);
+    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_summary(6, 3, "200:3,401:3", 6);
+}
+
+#[test]
+fn transport_errors_are_counted_as_err() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = fetch(&["-n", "2", &format!("http://127.0.0.1:{port}/")]);
+    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_summary(2, 0, "err:2", 2);
+    assert!(run.stderr.contains("fetch: request failed:"), "{run:?}");
+}
+
+#[test]
+fn usage_errors_name_the_option_and_exit_2() {
+    let u = url("/basic");
+    let cases: &[(&[&str], &str)] = &[
+        (&["-u", "alice", &u], "fetch: --user: expected USER:PASS"),
+        (&["--user"], "fetch: --user: missing value"),
+        (&["-n", "0", &u], "fetch: --count: expected a positive integer, got \"0\""),
+        (&["--count", "-3", &u], "fetch: --count: expected a positive integer"),
+        (&["-c", "x", &u], "fetch: --concurrency: expected a positive integer, got \"x\""),
+        (&[], "fetch: missing URL"),
+        (&["--frobnicate", &u], "fetch: unknown option --frobnicate"),
+        (&["ht!tp://"], "fetch: invalid URL \"ht!tp://\": "),
+        (&["https://example.com/"], "https is not supported"),
+        (&[&u, &u], "more than one URL"),
+        (&["--api-key", "X-API-Key:", &u], "fetch: --api-key: invalid API key: it is empty"),
+        (&["--api-key", "nocolon", &u], "fetch: --api-key: expected NAME:VALUE"),
+        (&["--api-key-query", "novalue", &u], "fetch: --api-key-query: expected NAME=VALUE"),
+        (&["--api-key-query", "api_key=", &u], "fetch: --api-key-query: invalid API key: it is empty"),
+        (&["--bearer", "", &u], "fetch: --bearer: invalid bearer token: it is empty"),
+        (&["-u", "al:ice", "--bearer", TOKEN, &u], "cannot be combined with --user"),
+        (&["--digest", "-u", "a:b", &u], "fetch: not supported yet: --digest"),
+        (&["--anyauth", &u], "fetch: not supported yet: --anyauth"),
+        (&["-H", "NoColon", &u], "fetch: --header: expected 'Name: value'"),
+        (&["-X", "GE T", &u], "fetch: --request: invalid method"),
+    ];
+    for (args, fragment) in cases {
+        let run = fetch(args);
+        run.assert_usage_error(fragment);
+    }
+}
+
+#[test]
+fn usage_errors_never_echo_a_secret() {
+    let u = url("/basic");
+    let cases: &[(&[&str], &str)] = &[
+        (&["-u", &format!("{USER}:{PASS}\u{1}"), &u], "--user: invalid Basic password"),
+        (&["--bearer", &format!("{TOKEN}\r\nX-Evil: 1"), &u], "--bearer: invalid bearer token"),
+        (&["--api-key", &format!("X-API-Key:{KEY}\n"), &u], "--api-key: invalid API key"),
+        (&[&format!("--pasword={PASS}"), &u], "unknown option --pasword"),
+        (&["-H", &format!("Authorization: Bearer {TOKEN}\u{7f}"), &u], "invalid value for header \"Authorization\""),
+    ];
+    for (args, fragment) in cases {
+        let run = fetch(args);
+        run.assert_usage_error(fragment);
+        assert_no_secret(&run.stderr);
+    }
+}
+
+#[test]
+fn verbose_logs_each_exchange_without_secrets() {
+    let run = fetch(&[
+        "-v",
+        "-n",
+        "3",
+        "-u",
+        &format!("{USER}:{PASS}"),
+        "--api-key",
+        &format!("X-API-Key:{KEY}"),
+        "--api-key-query",
+        &format!("api_key={QKEY}"),
+        &url("/basic?x=1"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_summary(3, 3, "200:3", 3);
+    assert_no_secret(&run.stderr);
+    let exchanges: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("> ")).collect();
+    assert_eq!(exchanges.len(), 3, "{run:?}");
+    for line in exchanges {
+        assert!(line.starts_with(&format!("> GET {}", url("/basic?x=1&api_key=[redacted]"))), "{line}");
+        assert!(line.contains("auth=Basic [redacted]"), "{line}");
+        assert!(line.contains("x-api-key=[redacted]"), "{line}");
+        assert!(line.ends_with("< 200 OK"), "{line}");
+    }
+
+    // A bearer token, and one given by hand with -H, are redacted as well.
+    let run = fetch(&["-v", "--bearer", TOKEN, &url("/bearer")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("auth=Bearer [redacted]"), "{run:?}");
+    assert_no_secret(&run.stderr);
+    let run = fetch(&["-v", "-H", &format!("Authorization: Bearer {TOKEN}"), &url("/bearer")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("auth=Bearer [redacted]"), "{run:?}");
+    assert_no_secret(&run.stderr);
+}
+
+#[test]
+fn help_exits_0() {
+    let run = fetch(&["--help"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("usage: fetch"), "{run:?}");
+    assert!(run.stderr.is_empty(), "{run:?}");
+}
