@@ -35,14 +35,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::percent_decode_str;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_auth::connector::ForwardProxy;
 use tower_auth::{
-    AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, ModeBody,
-    NoWait, Once,
+    AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, Digest,
+    ModeBody, NoWait, Once,
 };
 
 /// The one service type every scheme combination is erased to.
@@ -54,9 +55,15 @@ usage: fetch [OPTIONS] URL
 Sends an HTTP request (plain http:// only) with credentials added by tower-auth layers.
 
 options:
-  -u, --user USER:PASS         Basic credentials (--basic, the default)
-      --basic                  use Basic for --user (the default)
-      --digest, --anyauth      not supported yet
+  -u, --user USER:PASS         credentials for the server: Basic by default
+      --basic                  send --user as Basic, pre-emptively (the default)
+      --digest                 answer the server's Digest challenge with --user (RFC 7616)
+      --anyauth                Digest if the server offers it, else Basic (Guess)
+  -x, --proxy URL              send requests through this HTTP proxy (http://host:port)
+  -U, --proxy-user USER:PASS   credentials for the proxy: Basic by default
+      --proxy-basic            send --proxy-user as Basic, pre-emptively (the default)
+      --proxy-digest           answer the proxy's Digest challenge (407) with --proxy-user
+      --proxy-anyauth          Digest if the proxy offers it, else Basic
       --bearer TOKEN           a bearer token
       --api-key NAME:VALUE     an API key in the header NAME
       --api-key-query NAME=VALUE
@@ -113,22 +120,57 @@ struct Opts {
     concurrency: usize,
     verbose: bool,
     creds: Creds,
+    proxy: Option<Uri>,
 }
 
 /// The credentials given on the command line, already validated by tower-auth's constructors.
 #[derive(Default)]
 struct Creds {
-    /// `--user` or `--bearer`: both set `Authorization`, so only one of them may be given.
-    authz: Option<Authz>,
-    /// `--api-key`, and the header it goes in (for the log).
-    key_header: Option<(ApiKey, HeaderName)>,
-    /// `--api-key-query`, and the parameter it goes in (for the log).
-    key_query: Option<(ApiKey, String)>,
+    /// Schemes that add a fixed header or query parameter to every request.
+    statics: Vec<StaticScheme>,
+    /// `--user` with `--digest` or `--anyauth`.
+    digest: Option<Digest>,
+    /// `--proxy-user` with `--proxy-digest` or `--proxy-anyauth`.
+    proxy_digest: Option<Digest>,
+    /// The header of `--api-key` (for the log).
+    key_header: Option<HeaderName>,
+    /// The parameter of `--api-key-query` (for the log).
+    key_query: Option<String>,
 }
 
-enum Authz {
+/// How `--user` or `--proxy-user` is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UserMode {
+    Basic,
+    Digest,
+    Any,
+}
+
+/// A scheme that never retries.
+enum StaticScheme {
     Basic(Box<Basic>),
     Bearer(Bearer),
+    Key(ApiKey),
+}
+
+/// Every static scheme of the command line, applied in order: fetch's own `AllOf` over a list.
+struct Statics(Vec<StaticScheme>);
+
+impl Authenticator for Statics {
+    type Mode = Once;
+    type Error = Infallible;
+    type State = ();
+    type Wait = NoWait<Infallible>;
+    fn authorize(&self, req: &mut AuthRequest<'_>, state: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+        for scheme in &self.0 {
+            match scheme {
+                StaticScheme::Basic(b) => b.authorize(req, state)?,
+                StaticScheme::Bearer(b) => b.authorize(req, state)?,
+                StaticScheme::Key(k) => k.authorize(req, state)?,
+            };
+        }
+        Ok(Authorize::Done)
+    }
 }
 
 /// Parses the arguments: `None` for `--help`. An error is the message after `fetch: `; it never
@@ -142,8 +184,13 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut concurrency = 1usize;
     let mut verbose = false;
     let mut creds = Creds::default();
-    // The option that set `creds.authz`, to name it in a conflict.
+    // `--user` / `--bearer` both set Authorization: only one of them may be given.
     let mut authz_from = "";
+    let mut user: Option<(String, String)> = None;
+    let mut user_mode = UserMode::Basic;
+    let mut proxy: Option<Uri> = None;
+    let mut proxy_user: Option<(String, String)> = None;
+    let mut proxy_mode = UserMode::Basic;
 
     let mut args = args.into_iter();
     let mut only_positional = false;
@@ -175,6 +222,11 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--basic" => "--basic",
             "--digest" => "--digest",
             "--anyauth" => "--anyauth",
+            "-x" | "--proxy" => "--proxy",
+            "-U" | "--proxy-user" => "--proxy-user",
+            "--proxy-basic" => "--proxy-basic",
+            "--proxy-digest" => "--proxy-digest",
+            "--proxy-anyauth" => "--proxy-anyauth",
             "--bearer" => "--bearer",
             "--api-key" => "--api-key",
             "--api-key-query" => "--api-key-query",
@@ -188,7 +240,17 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             // Only the name: what follows `=` could be a secret.
             _ => return Err(format!("unknown option {name} (try --help)")),
         };
-        let flag = matches!(canonical, "--basic" | "--digest" | "--anyauth" | "--verbose" | "--help");
+        let flag = matches!(
+            canonical,
+            "--basic"
+                | "--digest"
+                | "--anyauth"
+                | "--proxy-basic"
+                | "--proxy-digest"
+                | "--proxy-anyauth"
+                | "--verbose"
+                | "--help"
+        );
         if flag {
             if inline.is_some() {
                 return Err(format!("{name}: takes no value"));
@@ -196,8 +258,12 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             match canonical {
                 "--help" => return Ok(None),
                 "--verbose" => verbose = true,
-                "--basic" => {}
-                other => return Err(format!("not supported yet: {other}")),
+                "--basic" => user_mode = UserMode::Basic,
+                "--digest" => user_mode = UserMode::Digest,
+                "--anyauth" => user_mode = UserMode::Any,
+                "--proxy-basic" => proxy_mode = UserMode::Basic,
+                "--proxy-digest" => proxy_mode = UserMode::Digest,
+                _ => proxy_mode = UserMode::Any,
             }
             continue;
         }
@@ -207,13 +273,23 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         };
         match canonical {
             "--user" => {
-                let (user, pass) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected USER:PASS"))?;
-                let basic = Basic::new(user, pass).map_err(|e| config(canonical, e))?;
-                set_authz(&mut creds, &mut authz_from, canonical, Authz::Basic(Box::new(basic)))?;
+                let (u, p) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected USER:PASS"))?;
+                set_authz(&mut authz_from, canonical)?;
+                user = Some((u.to_owned(), p.to_owned()));
             }
             "--bearer" => {
                 let bearer = Bearer::new(&value).map_err(|e| config(canonical, e))?;
-                set_authz(&mut creds, &mut authz_from, canonical, Authz::Bearer(bearer))?;
+                set_authz(&mut authz_from, canonical)?;
+                creds.statics.push(StaticScheme::Bearer(bearer));
+            }
+            "--proxy" => {
+                let uri: Uri = value.parse().map_err(|_| format!("{canonical}: invalid proxy URL {value:?}"))?;
+                ForwardProxy::new(uri.clone()).map_err(|e| config(canonical, e))?;
+                proxy = Some(uri);
+            }
+            "--proxy-user" => {
+                let (u, p) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected USER:PASS"))?;
+                proxy_user = Some((u.to_owned(), p.to_owned()));
             }
             "--api-key" => {
                 let (header, key) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected NAME:VALUE"))?;
@@ -222,12 +298,14 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                     ApiKey::header_named(header, key.trim_matches([' ', '\t'])).map_err(|e| config(canonical, e))?;
                 let header_name =
                     HeaderName::try_from(header).map_err(|_| format!("{canonical}: invalid header name"))?;
-                creds.key_header = Some((key_value, header_name));
+                creds.statics.push(StaticScheme::Key(key_value));
+                creds.key_header = Some(header_name);
             }
             "--api-key-query" => {
                 let (param, key) = value.split_once('=').ok_or_else(|| format!("{canonical}: expected NAME=VALUE"))?;
                 let key_value = ApiKey::query_named(param, key).map_err(|e| config(canonical, e))?;
-                creds.key_query = Some((key_value, param.to_owned()));
+                creds.statics.push(StaticScheme::Key(key_value));
+                creds.key_query = Some(param.to_owned());
             }
             "--request" => {
                 method =
@@ -252,6 +330,31 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         }
     }
 
+    if let Some((u, p)) = user {
+        let option = "--user";
+        match user_mode {
+            UserMode::Basic => {
+                let basic = Basic::new(u, p).map_err(|e| config(option, e))?;
+                creds.statics.insert(0, StaticScheme::Basic(Box::new(basic)));
+            }
+            UserMode::Digest => creds.digest = Some(Digest::new(u, p).map_err(|e| config(option, e))?),
+            UserMode::Any => creds.digest = Some(Digest::guess(u, p).map_err(|e| config(option, e))?),
+        }
+    }
+    if let Some((u, p)) = proxy_user {
+        let option = "--proxy-user";
+        if proxy.is_none() {
+            return Err(format!("{option}: needs --proxy"));
+        }
+        match proxy_mode {
+            UserMode::Basic => {
+                let basic = Basic::proxy(u, p).map_err(|e| config(option, e))?;
+                creds.statics.push(StaticScheme::Basic(Box::new(basic)));
+            }
+            UserMode::Digest => creds.proxy_digest = Some(Digest::proxy(u, p).map_err(|e| config(option, e))?),
+            UserMode::Any => creds.proxy_digest = Some(Digest::proxy_guess(u, p).map_err(|e| config(option, e))?),
+        }
+    }
     let url = url.ok_or("missing URL (try --help)")?;
     let url = parse_url(&url)?;
     let body = match data {
@@ -264,15 +367,14 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         None => Bytes::new(),
     };
     let method = method.unwrap_or(if body.is_empty() { Method::GET } else { Method::POST });
-    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds }))
+    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy }))
 }
 
-fn set_authz(creds: &mut Creds, from: &mut &'static str, option: &'static str, authz: Authz) -> Result<(), String> {
+fn set_authz(from: &mut &'static str, option: &'static str) -> Result<(), String> {
     if !from.is_empty() && *from != option {
         return Err(format!("{option}: cannot be combined with {from} (both set Authorization)"));
     }
     *from = option;
-    creds.authz = Some(authz);
     Ok(())
 }
 
@@ -457,69 +559,43 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// No credentials: the scheme of a run without credential options.
-#[derive(Debug)]
-struct NoAuth;
-
-impl Authenticator for NoAuth {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-    fn authorize(&self, _: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
-        Ok(Authorize::Done)
-    }
-}
-
-/// The client the auth layer of scheme `A` wraps: its body type depends on the scheme's mode
-/// (`Full<Bytes>` itself for schemes that never retry, `ReplayBody<Full<Bytes>>` otherwise).
-type Inner<A> = Count<Client<HttpConnector, ModeBody<A, Full<Bytes>>>>;
+/// The client the auth layer of scheme `A` wraps, over connector `C`: its body type depends on
+/// the scheme's mode (`Full<Bytes>` itself for schemes that never retry, `ReplayBody<Full<Bytes>>`
+/// otherwise).
+type Inner<A, C> = Count<Client<C, ModeBody<A, Full<Bytes>>>>;
 
 /// Builds `AuthLayer(auth) -> Count -> Client` and erases its type.
-fn finish<A>(auth: A, count: &CountLayer) -> Svc
+fn finish<A, C>(auth: A, count: &CountLayer, connector: C) -> Svc
 where
     A: Authenticator,
+    C: Connect + Clone + Send + Sync + 'static,
     ModeBody<A, Full<Bytes>>: http_body::Body + Send + Unpin + 'static,
     <ModeBody<A, Full<Bytes>> as http_body::Body>::Data: Send,
     <ModeBody<A, Full<Bytes>> as http_body::Body>::Error: Into<BoxError>,
-    Auth<Inner<A>, A>: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
-    <Auth<Inner<A>, A> as Service<Request<Full<Bytes>>>>::Error: Into<BoxError>,
-    <Auth<Inner<A>, A> as Service<Request<Full<Bytes>>>>::Future: Send + 'static,
+    Auth<Inner<A, C>, A>: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    <Auth<Inner<A, C>, A> as Service<Request<Full<Bytes>>>>::Error: Into<BoxError>,
+    <Auth<Inner<A, C>, A> as Service<Request<Full<Bytes>>>>::Future: Send + 'static,
 {
-    let client = Client::builder(TokioExecutor::new()).build_http::<ModeBody<A, Full<Bytes>>>();
+    let client = Client::builder(TokioExecutor::new()).build::<C, ModeBody<A, Full<Bytes>>>(connector);
     let svc = AuthLayer::new(auth).layer(count.layer(client));
     BoxCloneService::new(svc.map_err(Into::into))
 }
 
-/// Adds the query API key, if any, then builds the stack.
-fn with_key_query<A>(acc: A, key: Option<ApiKey>, count: &CountLayer) -> Svc
-where
-    A: Authenticator,
-    AllOf<A, ApiKey>: Authenticator<Mode = Once, Error = Infallible>,
-    A: Authenticator<Mode = Once, Error = Infallible>,
-{
-    match key {
-        Some(key) => finish(AllOf::new(acc, key), count),
-        None => finish(acc, count),
+/// Turns the command line's credentials into one scheme: Digest for the server and for the
+/// proxy where asked, then every static scheme, combined with [`AllOf`].
+fn build(creds: Creds, count: &CountLayer, proxy: Option<ForwardProxy>) -> Svc {
+    match proxy {
+        Some(connector) => build_with(creds, count, connector),
+        None => build_with(creds, count, HttpConnector::new()),
     }
 }
 
-/// Turns the command line's credentials into one scheme: `Authorization` (Basic or Bearer),
-/// then the header API key, then the query API key, each added with [`AllOf`].
-fn build(creds: Creds, count: &CountLayer) -> Svc {
-    let Creds { authz, key_header, key_query } = creds;
-    let header = key_header.map(|(k, _)| k);
-    let query = key_query.map(|(k, _)| k);
-    match (authz, header) {
-        (Some(Authz::Basic(b)), Some(k)) => with_key_query(AllOf::new(*b, k), query, count),
-        (Some(Authz::Basic(b)), None) => with_key_query(*b, query, count),
-        (Some(Authz::Bearer(t)), Some(k)) => with_key_query(AllOf::new(t, k), query, count),
-        (Some(Authz::Bearer(t)), None) => with_key_query(t, query, count),
-        (None, Some(k)) => with_key_query(k, query, count),
-        (None, None) => match query {
-            Some(q) => finish(q, count),
-            None => finish(NoAuth, count),
-        },
+fn build_with<C: Connect + Clone + Send + Sync + 'static>(creds: Creds, count: &CountLayer, connector: C) -> Svc {
+    let statics = Statics(creds.statics);
+    match (creds.digest, creds.proxy_digest) {
+        (None, None) => finish(statics, count, connector),
+        (Some(d), None) | (None, Some(d)) => finish(AllOf::new(d, statics), count, connector),
+        (Some(d), Some(p)) => finish(AllOf::new(AllOf::new(d, p), statics), count, connector),
     }
 }
 
@@ -558,17 +634,15 @@ impl Tally {
 }
 
 async fn run(opts: Opts) -> ExitCode {
-    let Opts { url, method, headers, body, count, concurrency, verbose, creds } = opts;
+    let Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy } = opts;
     let stats = Arc::new(Stats::default());
     // OAuth2 token fetches will be counted here; no scheme fetches tokens yet.
     let token_requests = Arc::new(AtomicU64::new(0));
-    let redact = Redact {
-        verbose,
-        key_header: creds.key_header.as_ref().map(|(_, name)| name.clone()),
-        key_query: creds.key_query.as_ref().map(|(_, param)| param.clone()),
-    };
+    let redact = Redact { verbose, key_header: creds.key_header.clone(), key_query: creds.key_query.clone() };
     let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact) };
-    let svc = build(creds, &count_layer);
+    // Checked when parsed: a proxy URL that ForwardProxy refuses never gets here.
+    let proxy = proxy.and_then(|uri| ForwardProxy::new(uri).ok());
+    let svc = build(creds, &count_layer, proxy);
 
     let template = Arc::new((method, url, headers, body));
     let tally = Arc::new(Mutex::new(Tally::default()));

@@ -18,6 +18,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::{any, get};
 use base64::Engine as _;
+use tower_auth::digest::Algorithm;
+use tower_auth::testing::{DigestCheck, RequireLayer};
 
 const USER: &str = "alice";
 const PASS: &str = "s3cret-pw";
@@ -64,6 +66,21 @@ fn app() -> Router {
         .route("/alt/{id}", get(alternate))
         .route("/slow/{id}", get(slow))
         .route("/max/{id}", get(max_in_flight))
+        .route(
+            "/basic-challenge",
+            get(|| async { "hello basic" }).route_layer(RequireLayer::basic("fetch", USER, PASS)),
+        )
+        .route(
+            "/digest",
+            get(|| async { "hello digest" }).route_layer(RequireLayer::new(
+                DigestCheck::new("fetch").user(USER, PASS).algorithms(&[Algorithm::Sha256]),
+            )),
+        )
+        .route(
+            "/proxied",
+            get(|| async { "through the proxy" })
+                .route_layer(RequireLayer::new(DigestCheck::new("proxy").user(USER, PASS).proxy(true))),
+        )
         .with_state(Arc::new(Shared::default()))
 }
 
@@ -265,6 +282,33 @@ fn basic_with_the_right_password_succeeds_and_prints_the_body() {
 }
 
 #[test]
+fn digest_answers_the_challenge_once_then_reuses_the_nonce() {
+    let run = fetch(&["--digest", "-u", &format!("{USER}:{PASS}"), "-n", "5", &url("/digest")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_summary(5, 5, "200:5", 6);
+    let run = fetch(&["--digest", "-u", &format!("{USER}:wrong"), &url("/digest")]);
+    assert_eq!(run.code, 1, "{run:?}");
+    run.assert_summary(1, 0, "401:1", 2);
+}
+
+#[test]
+fn anyauth_picks_basic_when_only_basic_is_offered() {
+    let run = fetch(&["--anyauth", "-u", &format!("{USER}:{PASS}"), "-n", "3", &url("/basic-challenge")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_summary(3, 3, "200:3", 4);
+}
+
+#[test]
+fn proxy_digest_through_a_forward_proxy() {
+    // The test server plays the proxy: requests reach it in absolute form with Proxy-Authorization.
+    let proxy = format!("http://{}", server());
+    let run = fetch(&["-x", &proxy, "-U", &format!("{USER}:{PASS}"), "--proxy-digest", "-n", "4", &url("/proxied")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "");
+    run.assert_summary(4, 4, "200:4", 5);
+}
+
+#[test]
 fn basic_with_a_wrong_password_exits_1() {
     let run = fetch(&["--user", &format!("{USER}:wrong"), &url("/basic")]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -372,6 +416,9 @@ fn usage_errors_name_the_option_and_exit_2() {
     let u = url("/basic");
     let cases: &[(&[&str], &str)] = &[
         (&["-u", "alice", &u], "fetch: --user: expected USER:PASS"),
+        (&["-U", "alice:x", &u], "fetch: --proxy-user: needs --proxy"),
+        (&["-x", "ftp://proxy", &u], "fetch: --proxy: invalid proxy"),
+        (&["--digest", "-u", "al\nice:x", &u], "fetch: --user: invalid Digest user name"),
         (&["--user"], "fetch: --user: missing value"),
         (&["-n", "0", &u], "fetch: --count: expected a positive integer, got \"0\""),
         (&["--count", "-3", &u], "fetch: --count: expected a positive integer"),
@@ -387,8 +434,6 @@ fn usage_errors_name_the_option_and_exit_2() {
         (&["--api-key-query", "api_key=", &u], "fetch: --api-key-query: invalid API key: it is empty"),
         (&["--bearer", "", &u], "fetch: --bearer: invalid bearer token: it is empty"),
         (&["-u", "al:ice", "--bearer", TOKEN, &u], "cannot be combined with --user"),
-        (&["--digest", "-u", "a:b", &u], "fetch: not supported yet: --digest"),
-        (&["--anyauth", &u], "fetch: not supported yet: --anyauth"),
         (&["-H", "NoColon", &u], "fetch: --header: expected 'Name: value'"),
         (&["-X", "GE T", &u], "fetch: --request: invalid method"),
     ];
