@@ -147,14 +147,18 @@ impl Authenticator for ApiKey {
 pub(crate) fn with_query_param(uri: &Uri, name: &str, value: &str) -> Option<Uri> {
     let path = uri.path();
     let query = uri.query().filter(|q| !q.is_empty());
-    let mut out = String::with_capacity(path.len() + query.map_or(0, str::len) + name.len() + value.len() + 2);
+    let mut out = String::with_capacity(path.len() + query.map_or(0, str::len) + name.len() + value.len() + 3);
     out.push_str(path);
     out.push('?');
     let mut replaced = false;
     let mut first = true;
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        let same = percent_decode_str(&raw_name.replace('+', " ")).decode_utf8().is_ok_and(|n| n == name);
+        let same = if raw_name.contains(['%', '+']) {
+            percent_decode_str(&raw_name.replace('+', " ")).decode_utf8().is_ok_and(|n| n == name)
+        } else {
+            raw_name == name
+        };
         if same && replaced {
             continue;
         }

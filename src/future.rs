@@ -162,6 +162,7 @@ where
 {
     type Output = Result<Response<ResB>, ErrorOut<A, S, B>>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let this = self.as_mut().project();

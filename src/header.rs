@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::fmt;
 
 use http::HeaderValue;
-use http::header::{Entry, HeaderName};
+use http::header::{Entry, HeaderName, PROXY_AUTHORIZATION};
 
 use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
 use crate::error::ConfigError;
@@ -66,12 +66,25 @@ impl HeaderCredential {
     }
 
     /// Inserts the header unless the request has one of that name already.
+    ///
+    /// `Proxy-Authorization` is only added to `http://` requests (sent to the proxy in absolute
+    /// form): an `https://` request goes through a `CONNECT` tunnel to the origin, and the proxy's
+    /// credentials must not travel inside it (the tunnel's own `CONNECT` is the connector's to
+    /// authenticate).
     #[inline]
     pub(crate) fn apply(&self, req: &mut AuthRequest<'_>) {
+        if self.name == PROXY_AUTHORIZATION && !proxy_may_see(req.uri()) {
+            return;
+        }
         if let Entry::Vacant(slot) = req.headers_mut().entry(&self.name) {
             slot.insert(self.value.clone());
         }
     }
+}
+
+/// Whether `Proxy-Authorization` may go with a request to `uri`: not into a tunnel.
+pub(crate) fn proxy_may_see(uri: &http::Uri) -> bool {
+    uri.scheme() != Some(&http::uri::Scheme::HTTPS)
 }
 
 impl fmt::Debug for HeaderCredential {

@@ -184,10 +184,12 @@ where
     type Error = <A::Error as ErrorMode>::Out<S::Error>;
     type Future = ResponseFuture<S, A, B, ResB>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(A::Error::inner)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         if !<A::Mode as BodyMode>::REPLAY {

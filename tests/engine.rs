@@ -325,3 +325,21 @@ fn no_secret_in_debug_or_errors() {
     }
     assert!(debug.iter().all(|d| d.contains("redacted")), "{debug:?}");
 }
+
+#[tokio::test]
+async fn proxy_credentials_never_go_into_a_tunnel() {
+    let inner = tower::service_fn(|req: Request<Empty<Bytes>>| async move {
+        Ok::<_, Infallible>(Response::new(req.headers().contains_key("proxy-authorization").to_string()))
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::proxy_basic("alice", "pw").unwrap()).service(inner);
+    let sent = |uri: &'static str| svc.clone().oneshot(Request::get(uri).body(Empty::new()).unwrap());
+    assert_eq!(sent("http://origin.example/").await.unwrap().into_body(), "true", "absolute-form through the proxy");
+    assert_eq!(sent("https://origin.example/").await.unwrap().into_body(), "false", "https goes through a tunnel");
+    let inner = tower::service_fn(|req: Request<ReplayBody<Empty<Bytes>>>| async move {
+        let res = Response::builder().status(407).header("proxy-authenticate", r#"Digest realm="p", nonce="n""#);
+        Ok::<_, Infallible>(res.body(req.headers().contains_key("proxy-authorization").to_string()).unwrap())
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::proxy_digest("alice", "pw").unwrap()).service(inner);
+    let res = svc.oneshot(Request::get("https://origin.example/").body(Empty::new()).unwrap()).await.unwrap();
+    assert_eq!(res.into_body(), "false");
+}

@@ -77,6 +77,7 @@ use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyVi
 use crate::basic::check_text;
 use crate::challenge::{self, Challenge, push_quoted};
 use crate::error::ConfigError;
+use crate::header::proxy_may_see;
 use crate::layer::AuthLayer;
 use crate::origin::{OriginKey, key_of_uri};
 use crate::secret::Secret;
@@ -580,7 +581,7 @@ impl Authenticator for Digest {
         state: &mut DigestState,
     ) -> Result<Authorize<Self::Wait>, std::convert::Infallible> {
         let header = self.target.credentials_header();
-        if req.headers().contains_key(&header) {
+        if req.headers().contains_key(&header) || (self.target == Target::Proxy && !proxy_may_see(req.uri())) {
             return Ok(Authorize::Done);
         }
         let Some(space) = self.current_space(req.uri()) else {
