@@ -412,6 +412,12 @@ pub fn parse_params(value: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
 pub fn push_quoted(out: &mut String, value: &str) {
     out.reserve(value.len() + 2);
     out.push('"');
+    // Most values (nonces, hashes, paths) need no escape: copy them whole.
+    if !value.bytes().any(|b| b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t')) {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for c in value.chars() {
         match c {
             '"' | '\\' => {

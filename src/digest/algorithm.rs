@@ -93,7 +93,12 @@ impl Algorithm {
 
     /// The lower-case hex hash of `parts` joined by `:`.
     pub fn hash(self, parts: &[&[u8]]) -> String {
-        fn run<D: sha2::Digest>(parts: &[&[u8]]) -> String {
+        self.hash_hex(parts).as_str().to_owned()
+    }
+
+    /// [`hash`](Self::hash) without a heap allocation, for the per-request path.
+    pub(crate) fn hash_hex(self, parts: &[&[u8]]) -> Hex {
+        fn run<D: sha2::Digest>(parts: &[&[u8]]) -> Hex {
             let mut d = D::new();
             for (i, part) in parts.iter().enumerate() {
                 if i > 0 {
@@ -101,7 +106,7 @@ impl Algorithm {
                 }
                 d.update(part);
             }
-            hex(&d.finalize())
+            Hex::of(&d.finalize())
         }
         match self {
             Algorithm::Md5 | Algorithm::Md5Sess => run::<Md5>(parts),
@@ -113,15 +118,35 @@ impl Algorithm {
     }
 }
 
-/// Lower-case hex, table-driven (`write!` per byte costs more than the hash itself).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+/// Lower-case hex of up to 64 bytes (the longest hash here), on the stack.
+#[derive(Clone, Copy)]
+pub(crate) struct Hex {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Hex {
+    pub(crate) fn of(bytes: &[u8]) -> Hex {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = Hex { buf: [0; 128], len: 0 };
+        for (i, b) in bytes.iter().take(64).enumerate() {
+            hex.buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            hex.buf[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        hex.len = bytes.len().min(64) * 2;
+        hex
     }
-    out
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A nonce count as eight lower-case hex digits, without formatting machinery.
@@ -188,20 +213,21 @@ pub(crate) fn session_ha1(algorithm: Algorithm, base: &str, nonce: &str, cnonce:
 }
 
 impl Exchange<'_> {
-    fn ha2(&self, method: &str) -> String {
+    fn ha2(&self, method: &str) -> Hex {
         match (self.qop, self.body_hash) {
             (Qop::AuthInt, Some(body)) => {
-                self.algorithm.hash(&[method.as_bytes(), self.uri.as_bytes(), body.as_bytes()])
+                self.algorithm.hash_hex(&[method.as_bytes(), self.uri.as_bytes(), body.as_bytes()])
             }
-            _ => self.algorithm.hash(&[method.as_bytes(), self.uri.as_bytes()]),
+            _ => self.algorithm.hash_hex(&[method.as_bytes(), self.uri.as_bytes()]),
         }
     }
 
-    fn kd(&self, ha2: &str) -> String {
+    fn kd(&self, ha2: &Hex) -> Hex {
+        let ha2 = ha2.as_str();
         let nc = nc_hex(self.nc);
         match self.qop {
-            Qop::None => self.algorithm.hash(&[self.ha1.as_bytes(), self.nonce.as_bytes(), ha2.as_bytes()]),
-            qop => self.algorithm.hash(&[
+            Qop::None => self.algorithm.hash_hex(&[self.ha1.as_bytes(), self.nonce.as_bytes(), ha2.as_bytes()]),
+            qop => self.algorithm.hash_hex(&[
                 self.ha1.as_bytes(),
                 self.nonce.as_bytes(),
                 &nc,
@@ -214,13 +240,18 @@ impl Exchange<'_> {
 
     /// The `response` parameter.
     pub(crate) fn response(&self) -> String {
+        self.response_hex().as_str().to_owned()
+    }
+
+    /// The `response` parameter, on the stack.
+    pub(crate) fn response_hex(&self) -> Hex {
         self.kd(&self.ha2(self.method))
     }
 
     /// The `rspauth` a server sends in Authentication-Info (RFC 7616 §3.5: A2 has an empty
     /// method).
     pub(crate) fn rspauth(&self) -> String {
-        self.kd(&self.ha2(""))
+        self.kd(&self.ha2("")).as_str().to_owned()
     }
 }
 
@@ -286,7 +317,8 @@ mod tests {
 
     #[test]
     fn hex_helpers() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(Hex::of(&[0x00, 0x0f, 0xa5, 0xff]).as_str(), "000fa5ff");
+        assert_eq!(Hex::of(&[0xab; 64]).as_str(), "ab".repeat(64));
         assert_eq!(&nc_hex(1), b"00000001");
         assert_eq!(&nc_hex(0xdeadbeef), b"deadbeef");
     }

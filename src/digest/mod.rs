@@ -163,6 +163,9 @@ struct DigestSpace {
     algorithm: Algorithm,
     qop: Qop,
     opaque: Option<String>,
+    /// `, realm="…"` and `, opaque="…"` (or nothing), quoted once.
+    realm_param: String,
+    opaque_param: String,
     /// `username="…"` (or `username*=…`, plus `userhash=true`), rendered once.
     username: String,
     /// H(user:realm:password): derived from the password, never printed.
@@ -172,6 +175,8 @@ struct DigestSpace {
 
 struct NonceState {
     nonce: String,
+    /// `, nonce="…"`, quoted once.
+    param: String,
     nc: AtomicU32,
     /// For `-sess` algorithms: the cnonce and session H(A1) fixed for this nonce.
     session: Option<(String, String)>,
@@ -182,8 +187,23 @@ struct Sent {
     space: Arc<Space>,
     nonce: Arc<NonceState>,
     nc: u32,
-    cnonce: String,
+    cnonce: Cnonce,
     uri: String,
+}
+
+/// A client nonce: ours on the stack, or a string (injected, or fixed for `-sess`).
+enum Cnonce {
+    Hex(algorithm::Hex),
+    Owned(String),
+}
+
+impl Cnonce {
+    fn as_str(&self) -> &str {
+        match self {
+            Cnonce::Hex(h) => h.as_str(),
+            Cnonce::Owned(s) => s,
+        }
+    }
 }
 
 /// Progress of one request through [`Digest`].
@@ -282,12 +302,14 @@ impl Digest {
     }
 
     fn new_cnonce(&self) -> String {
+        self.new_cnonce_hex().map_or_else(|f| f(), |h| h.as_str().to_owned())
+    }
+
+    /// A fresh cnonce on the stack (128 bits from a CSPRNG), or the injected generator.
+    fn new_cnonce_hex(&self) -> Result<algorithm::Hex, &CnonceFn> {
         match &self.cnonce {
-            Some(f) => f(),
-            None => {
-                let bytes: [u8; 16] = rand::random();
-                algorithm::hex(&bytes)
-            }
+            Some(f) => Err(&**f),
+            None => Ok(algorithm::Hex::of(&rand::random::<[u8; 16]>())),
         }
     }
 
@@ -415,10 +437,20 @@ impl Digest {
                     username.extend(utf8_percent_encode(&self.user, ATTR_CHAR));
                 }
                 let ha1 = ha1_base(*algorithm, &self.user, realm, self.password.expose());
+                let opaque = challenge.param("opaque").map(str::to_owned);
+                let mut realm_param = String::from(", realm=");
+                push_quoted(&mut realm_param, realm);
+                let opaque_param = opaque.as_deref().map_or_else(String::new, |o| {
+                    let mut p = String::from(", opaque=");
+                    push_quoted(&mut p, o);
+                    p
+                });
                 let space = DigestSpace {
                     algorithm: *algorithm,
                     qop: *qop,
-                    opaque: challenge.param("opaque").map(str::to_owned),
+                    opaque,
+                    realm_param,
+                    opaque_param,
                     username: if userhash { format!("{username}, userhash=true") } else { username },
                     nonce: RwLock::new(Arc::new(NonceState::new(*algorithm, &ha1, nonce, || self.new_cnonce()))),
                     ha1,
@@ -439,8 +471,12 @@ impl Digest {
         let nonce = Arc::clone(&d.nonce.read().unwrap_or_else(|p| p.into_inner()));
         let nc = nonce.nc.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let (cnonce, ha1) = match &nonce.session {
-            Some((cnonce, ha1)) => (cnonce.clone(), ha1.as_str()),
-            None => (if d.qop == Qop::None { String::new() } else { self.new_cnonce() }, d.ha1.as_str()),
+            Some((cnonce, ha1)) => (Cnonce::Owned(cnonce.clone()), ha1.as_str()),
+            None if d.qop == Qop::None => (Cnonce::Owned(String::new()), d.ha1.as_str()),
+            None => match self.new_cnonce_hex() {
+                Ok(hex) => (Cnonce::Hex(hex), d.ha1.as_str()),
+                Err(f) => (Cnonce::Owned(f()), d.ha1.as_str()),
+            },
         };
         let uri = request_target(req.uri(), self.target);
         let exchange = Exchange {
@@ -448,26 +484,24 @@ impl Digest {
             ha1,
             nonce: &nonce.nonce,
             nc,
-            cnonce: &cnonce,
+            cnonce: cnonce.as_str(),
             qop: d.qop,
             method: req.method().as_str(),
             uri: &uri,
             body_hash,
         };
-        let response = exchange.response();
+        let response = exchange.response_hex();
         let mut out = String::with_capacity(256 + uri.len());
         out.push_str("Digest ");
         out.push_str(&d.username);
-        out.push_str(", realm=");
-        push_quoted(&mut out, &space.realm);
-        out.push_str(", nonce=");
-        push_quoted(&mut out, &nonce.nonce);
+        out.push_str(&d.realm_param);
+        out.push_str(&nonce.param);
         out.push_str(", uri=");
         push_quoted(&mut out, &uri);
         out.push_str(", algorithm=");
         out.push_str(d.algorithm.name());
         out.push_str(", response=\"");
-        out.push_str(&response);
+        out.push_str(response.as_str());
         out.push('"');
         if d.qop != Qop::None {
             out.push_str(", qop=");
@@ -475,12 +509,17 @@ impl Digest {
             out.push_str(", nc=");
             out.push_str(std::str::from_utf8(&algorithm::nc_hex(nc)).unwrap_or("00000000"));
             out.push_str(", cnonce=");
-            push_quoted(&mut out, &cnonce);
+            match &cnonce {
+                // Ours: hex digits, nothing to escape.
+                Cnonce::Hex(hex) => {
+                    out.push('"');
+                    out.push_str(hex.as_str());
+                    out.push('"');
+                }
+                Cnonce::Owned(s) => push_quoted(&mut out, s),
+            }
         }
-        if let Some(opaque) = &d.opaque {
-            out.push_str(", opaque=");
-            push_quoted(&mut out, opaque);
-        }
+        out.push_str(&d.opaque_param);
         let mut value = HeaderValue::try_from(out).ok()?;
         value.set_sensitive(true);
         Some((value, Sent { space: Arc::clone(space), nonce, nc, cnonce, uri }))
@@ -502,7 +541,7 @@ impl Digest {
                 ha1,
                 nonce: &sent.nonce.nonce,
                 nc: sent.nc,
-                cnonce: &sent.cnonce,
+                cnonce: sent.cnonce.as_str(),
                 qop: d.qop,
                 method: "",
                 uri: &sent.uri,
@@ -526,7 +565,9 @@ impl NonceState {
             let sess = session_ha1(algorithm, ha1, nonce, &cnonce);
             (cnonce, sess)
         });
-        NonceState { nonce: nonce.to_owned(), nc: AtomicU32::new(0), session }
+        let mut param = String::from(", nonce=");
+        push_quoted(&mut param, nonce);
+        NonceState { nonce: nonce.to_owned(), param, nc: AtomicU32::new(0), session }
     }
 }
 
