@@ -1,4 +1,5 @@
 //! The pre-authorised Digest path: one request through the Digest layer, once the protection
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 //! space is known (no 401), against Basic in the same run, around an in-process service that
 //! answers at once. `cargo bench --bench digest`
 //!

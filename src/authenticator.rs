@@ -1,108 +1,4 @@
 //! The scheme trait every authenticator implements, and the pieces of its signature.
-//!
-//! An [`Authenticator`] is a small state machine with no I/O of its own. The engine
-//! ([`Auth`](crate::Auth)) asks it to [`authorize`](Authenticator::authorize) each outgoing
-//! request (add a header, a query parameter…), sends the request, and, for schemes that answer
-//! challenges, shows it the response through [`on_response`](Authenticator::on_response), which
-//! may ask for another exchange with new credentials. That is `httpx.Auth.auth_flow` without
-//! generators, and `requests.auth.AuthBase.__call__` when nothing is retried.
-//!
-//! Three associated types choose what the engine does around the scheme, at compile time:
-//!
-//! - [`Mode`](Authenticator::Mode): [`Once`] (the scheme never retries: the request body type is
-//!   passed through unchanged and nothing is buffered) or [`Replay`] (the engine wraps the body in
-//!   a [`ReplayBody`](crate::ReplayBody) so the request can be sent again);
-//! - [`Error`](Authenticator::Error): [`Infallible`] (the layer keeps the wrapped service's error
-//!   type) or [`Error`](crate::Error) (the scheme can fail, for example fetching a token);
-//! - [`Wait`](Authenticator::Wait): the future returned when credentials are not ready yet
-//!   ([`NoWait`] for schemes that never wait).
-//!
-//! # A custom scheme
-//!
-//! A scheme that signs each request with a header computed from the method and path:
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use http::HeaderValue;
-//! use tower_auth::{Action, AuthRequest, Authenticator, Authorize, NoWait, Once};
-//!
-//! struct Signed { key_id: &'static str }
-//!
-//! impl Authenticator for Signed {
-//!     type Mode = Once;
-//!     type Error = Infallible;
-//!     type State = ();
-//!     type Wait = NoWait<Infallible>;
-//!
-//!     fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
-//!         let line = format!("{} {} {}", self.key_id, req.method(), req.uri().path());
-//!         let mut value = HeaderValue::try_from(line).expect("ASCII");
-//!         value.set_sensitive(true);
-//!         req.headers_mut().insert("x-signature", value);
-//!         Ok(Authorize::Done)
-//!     }
-//! }
-//! # let _ = tower_auth::AuthLayer::new(Signed { key_id: "k1" });
-//! ```
-//!
-//! # A scheme with several extra exchanges
-//!
-//! A scheme may answer more than one response per request (like an `httpx` `auth_flow` that
-//! yields several times, or NTLM's three legs). Per-request progress lives in
-//! [`State`](Authenticator::State). Here a server wants a first token, answers `401` with a
-//! `x-step: 2` header, wants a second token, and so on; the scheme follows until the server is
-//! satisfied. The engine stops after [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) in any case.
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use http::{HeaderValue, StatusCode};
-//! use tower_auth::{Action, AuthRequest, Authenticator, Authorize, NoWait, Replay};
-//!
-//! struct Stepwise;
-//!
-//! impl Authenticator for Stepwise {
-//!     type Mode = Replay;
-//!     type Error = Infallible;
-//!     type State = u32; // the step the server asked for
-//!     type Wait = NoWait<Infallible>;
-//!
-//!     fn authorize(&self, req: &mut AuthRequest<'_>, step: &mut u32) -> Result<Authorize<Self::Wait>, Infallible> {
-//!         let value = HeaderValue::from_str(&format!("step-{}", *step)).unwrap();
-//!         req.headers_mut().insert("x-token", value);
-//!         Ok(Authorize::Done)
-//!     }
-//!
-//!     fn on_response(&self, _: &http::request::Parts, res: &http::response::Parts, step: &mut u32) -> Action {
-//!         match res.headers.get("x-step").and_then(|v| v.to_str().ok()?.parse().ok()) {
-//!             Some(next) if res.status == StatusCode::UNAUTHORIZED && next > *step => {
-//!                 *step = next;
-//!                 Action::Retry
-//!             }
-//!             _ => Action::Done,
-//!         }
-//!     }
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_auth::{AuthLayer, ReplayBody};
-//!
-//! // The server wants step-0, then step-1, then step-2.
-//! let server = tower::service_fn(|req: http::Request<ReplayBody<String>>| async move {
-//!     let step: u32 = req.headers()["x-token"].to_str().unwrap()[5..].parse().unwrap();
-//!     let res = if step < 2 {
-//!         http::Response::builder().status(401).header("x-step", (step + 1).to_string()).body(String::new())
-//!     } else {
-//!         http::Response::builder().body("welcome".to_string())
-//!     };
-//!     Ok::<_, Infallible>(res.unwrap())
-//! });
-//! let svc = ServiceBuilder::new().layer(AuthLayer::new(Stepwise)).service(server);
-//! let res = svc.oneshot(http::Request::new(String::new())).await.unwrap();
-//! assert_eq!(res.into_body(), "welcome");
-//! # }
-//! ```
 
 use std::convert::Infallible;
 use std::fmt;
@@ -115,9 +11,111 @@ use http::{HeaderMap, Method, Uri};
 use crate::body::ReplayBody;
 use crate::error::{BoxError, Error};
 
-/// An authentication scheme, driven by the engine ([`Auth`](crate::Auth)).
+/// An authentication scheme, driven by the engine ([`Auth`](crate::Auth)); implement it for your own.
 ///
-/// See the [module documentation](self) for examples of custom schemes.
+/// An [`Authenticator`] is a small state machine with no I/O of its own. The engine
+/// ([`Auth`](crate::Auth)) asks it to [`authorize`](Authenticator::authorize) each outgoing
+/// request (add a header, a query parameter…), sends the request, and, for schemes that answer
+/// challenges, shows it the response through [`on_response`](Authenticator::on_response), which
+/// may ask for another exchange with new credentials. That is `httpx.Auth.auth_flow` without
+/// generators, and `requests.auth.AuthBase.__call__` when nothing is retried.
+///
+/// Three associated types choose what the engine does around the scheme, at compile time:
+///
+/// - [`Mode`](Authenticator::Mode): [`Once`] (the scheme never retries: the request body type is
+///   passed through unchanged and nothing is buffered) or [`Replay`] (the engine wraps the body in
+///   a [`ReplayBody`](crate::ReplayBody) so the request can be sent again);
+/// - [`Error`](Authenticator::Error): [`Infallible`] (the layer keeps the wrapped service's error
+///   type) or [`Error`](crate::Error) (the scheme can fail, for example fetching a token);
+/// - [`Wait`](Authenticator::Wait): the future returned when credentials are not ready yet
+///   ([`NoWait`] for schemes that never wait).
+///
+/// # A custom scheme
+///
+/// A scheme that signs each request with a header computed from the method and path:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::HeaderValue;
+/// use tower_auth::{Action, AuthRequest, Authenticator, Authorize, NoWait, Once};
+///
+/// struct Signed { key_id: &'static str }
+///
+/// impl Authenticator for Signed {
+///     type Mode = Once;
+///     type Error = Infallible;
+///     type State = ();
+///     type Wait = NoWait<Infallible>;
+///
+///     fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+///         let line = format!("{} {} {}", self.key_id, req.method(), req.uri().path());
+///         let mut value = HeaderValue::try_from(line).expect("ASCII");
+///         value.set_sensitive(true);
+///         req.headers_mut().insert("x-signature", value);
+///         Ok(Authorize::Done)
+///     }
+/// }
+/// # let _ = tower_auth::AuthLayer::new(Signed { key_id: "k1" });
+/// ```
+///
+/// # A scheme with several extra exchanges
+///
+/// A scheme may answer more than one response per request (like an `httpx` `auth_flow` that
+/// yields several times, or NTLM's three legs). Per-request progress lives in
+/// [`State`](Authenticator::State). Here a server wants a first token, answers `401` with a
+/// `x-step: 2` header, wants a second token, and so on; the scheme follows until the server is
+/// satisfied. The engine stops after [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) in any case.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{HeaderValue, StatusCode};
+/// use tower_auth::{Action, AuthRequest, Authenticator, Authorize, NoWait, Replay};
+///
+/// struct Stepwise;
+///
+/// impl Authenticator for Stepwise {
+///     type Mode = Replay;
+///     type Error = Infallible;
+///     type State = u32; // the step the server asked for
+///     type Wait = NoWait<Infallible>;
+///
+///     fn authorize(&self, req: &mut AuthRequest<'_>, step: &mut u32) -> Result<Authorize<Self::Wait>, Infallible> {
+///         let value = HeaderValue::from_str(&format!("step-{}", *step)).unwrap();
+///         req.headers_mut().insert("x-token", value);
+///         Ok(Authorize::Done)
+///     }
+///
+///     fn on_response(&self, _: &http::request::Parts, res: &http::response::Parts, step: &mut u32) -> Action {
+///         match res.headers.get("x-step").and_then(|v| v.to_str().ok()?.parse().ok()) {
+///             Some(next) if res.status == StatusCode::UNAUTHORIZED && next > *step => {
+///                 *step = next;
+///                 Action::Retry
+///             }
+///             _ => Action::Done,
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_auth::{AuthLayer, ReplayBody};
+///
+/// // The server wants step-0, then step-1, then step-2.
+/// let server = tower::service_fn(|req: http::Request<ReplayBody<String>>| async move {
+///     let step: u32 = req.headers()["x-token"].to_str().unwrap()[5..].parse().unwrap();
+///     let res = if step < 2 {
+///         http::Response::builder().status(401).header("x-step", (step + 1).to_string()).body(String::new())
+///     } else {
+///         http::Response::builder().body("welcome".to_string())
+///     };
+///     Ok::<_, Infallible>(res.unwrap())
+/// });
+/// let svc = ServiceBuilder::new().layer(AuthLayer::new(Stepwise)).service(server);
+/// let res = svc.oneshot(http::Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.into_body(), "welcome");
+/// # }
+/// ```
 pub trait Authenticator: Send + Sync + 'static {
     /// [`Once`] if the scheme never asks for a retry, [`Replay`] if it may.
     type Mode: BodyMode;

@@ -277,6 +277,17 @@ where
     }
 }
 
+/// An empty body, made from `B`'s own default. tower-http's `FollowRedirect` needs `Default`
+/// request bodies, so this lets it sit below a layer whose scheme replays (the router, Digest).
+impl<B> Default for ReplayBody<B>
+where
+    B: http_body::Body + Default + Send + 'static,
+{
+    fn default() -> Self {
+        ReplayBody::new(B::default(), 0)
+    }
+}
+
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {

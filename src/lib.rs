@@ -65,16 +65,20 @@ pub mod connector;
 #[cfg(feature = "digest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
 pub mod digest;
+mod dyn_auth;
 mod error;
 mod future;
 mod header;
 mod layer;
 pub mod netrc;
+mod netrc_auth;
 pub mod origin;
+pub mod route;
 mod secret;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+mod url_credentials;
 
 pub use api_key::{ApiKey, DEFAULT_API_KEY_HEADER, DEFAULT_API_KEY_PARAM};
 pub use authenticator::{
@@ -87,8 +91,12 @@ pub use body::{DEFAULT_BODY_LIMIT, ReplayBody};
 pub use combine::{AllOf, EitherWait, FirstOf, FirstOfState};
 #[cfg(feature = "digest")]
 pub use digest::{Algorithm, Digest, DigestState, Qop};
+pub use dyn_auth::{BoxAuthenticator, BoxState, BoxWait};
 pub use error::{BoxError, ConfigError, Error};
 pub use future::ResponseFuture;
 pub use header::HeaderCredential;
 pub use layer::{Auth, AuthLayer, MAX_EXCHANGES, ModeBody};
+pub use netrc_auth::NetrcAuth;
+pub use route::{RouteBuilder, RouteState, Router};
 pub use secret::{Secret, sensitive_header_value};
+pub use url_credentials::UrlCredentials;
