@@ -45,6 +45,8 @@ use tower_auth::{
     AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, Digest,
     ModeBody, NoWait, Once,
 };
+use tower_auth::{BoxAuthenticator, NetrcAuth, RouteBuilder, Router};
+use tower_http::follow_redirect::FollowRedirectLayer;
 
 /// The one service type every scheme combination is erased to.
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
@@ -68,6 +70,14 @@ options:
       --api-key NAME:VALUE     an API key in the header NAME
       --api-key-query NAME=VALUE
                                an API key in the query parameter NAME
+      --netrc                  credentials from ~/.netrc (or $NETRC) for the URL's host
+      --netrc-file PATH        credentials from this netrc file
+      --auth-for ORIGIN=SCHEME:CREDENTIALS
+                               credentials for one origin only (repeatable); SCHEME is basic,
+                               digest or anyauth (USER:PASS), bearer (TOKEN), api-key
+                               (NAME:VALUE) or api-key-query (NAME=VALUE); e.g.
+                               --auth-for http://127.0.0.1:8080=bearer:TOKEN
+  -L, --location               follow redirects; credentials go only where they belong
   -X, --request METHOD         the method (default GET, or POST with --data)
   -d, --data DATA              the request body (sets Content-Type to
                                application/x-www-form-urlencoded unless -H gives one)
@@ -121,6 +131,7 @@ struct Opts {
     verbose: bool,
     creds: Creds,
     proxy: Option<Uri>,
+    location: bool,
 }
 
 /// The credentials given on the command line, already validated by tower-auth's constructors.
@@ -132,10 +143,12 @@ struct Creds {
     digest: Option<Digest>,
     /// `--proxy-user` with `--proxy-digest` or `--proxy-anyauth`.
     proxy_digest: Option<Digest>,
-    /// The header of `--api-key` (for the log).
-    key_header: Option<HeaderName>,
-    /// The parameter of `--api-key-query` (for the log).
-    key_query: Option<String>,
+    /// `--auth-for`: schemes bound to one origin each.
+    routes: Option<RouteBuilder>,
+    /// Headers of API keys (for the log).
+    key_headers: Vec<HeaderName>,
+    /// Query parameters of API keys (for the log).
+    key_queries: Vec<String>,
 }
 
 /// How `--user` or `--proxy-user` is sent.
@@ -151,6 +164,7 @@ enum StaticScheme {
     Basic(Box<Basic>),
     Bearer(Bearer),
     Key(ApiKey),
+    Netrc(Box<NetrcAuth>),
 }
 
 /// Every static scheme of the command line, applied in order: fetch's own `AllOf` over a list.
@@ -167,6 +181,7 @@ impl Authenticator for Statics {
                 StaticScheme::Basic(b) => b.authorize(req, state)?,
                 StaticScheme::Bearer(b) => b.authorize(req, state)?,
                 StaticScheme::Key(k) => k.authorize(req, state)?,
+                StaticScheme::Netrc(n) => n.authorize(req, state)?,
             };
         }
         Ok(Authorize::Done)
@@ -191,6 +206,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut proxy: Option<Uri> = None;
     let mut proxy_user: Option<(String, String)> = None;
     let mut proxy_mode = UserMode::Basic;
+    let mut location = false;
+    let mut netrc_from: Option<Box<NetrcAuth>> = None;
 
     let mut args = args.into_iter();
     let mut only_positional = false;
@@ -223,6 +240,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--digest" => "--digest",
             "--anyauth" => "--anyauth",
             "-x" | "--proxy" => "--proxy",
+            "--netrc" => "--netrc",
+            "--netrc-file" => "--netrc-file",
+            "--auth-for" => "--auth-for",
+            "-L" | "--location" => "--location",
             "-U" | "--proxy-user" => "--proxy-user",
             "--proxy-basic" => "--proxy-basic",
             "--proxy-digest" => "--proxy-digest",
@@ -248,6 +269,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 | "--proxy-basic"
                 | "--proxy-digest"
                 | "--proxy-anyauth"
+                | "--netrc"
+                | "--location"
                 | "--verbose"
                 | "--help"
         );
@@ -263,6 +286,11 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 "--anyauth" => user_mode = UserMode::Any,
                 "--proxy-basic" => proxy_mode = UserMode::Basic,
                 "--proxy-digest" => proxy_mode = UserMode::Digest,
+                "--location" => location = true,
+                "--netrc" => {
+                    let netrc = NetrcAuth::from_default_location().map_err(|e| config(canonical, e))?;
+                    netrc_from = Some(Box::new(netrc));
+                }
                 _ => proxy_mode = UserMode::Any,
             }
             continue;
@@ -287,6 +315,14 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 ForwardProxy::new(uri.clone()).map_err(|e| config(canonical, e))?;
                 proxy = Some(uri);
             }
+            "--netrc-file" => {
+                let netrc = NetrcAuth::from_path(&value).map_err(|e| config(canonical, e))?;
+                netrc_from = Some(Box::new(netrc));
+            }
+            "--auth-for" => {
+                let builder = creds.routes.take().unwrap_or_else(Router::builder);
+                creds.routes = Some(auth_for(builder, &value, &mut creds.key_headers, &mut creds.key_queries)?);
+            }
             "--proxy-user" => {
                 let (u, p) = value.split_once(':').ok_or_else(|| format!("{canonical}: expected USER:PASS"))?;
                 proxy_user = Some((u.to_owned(), p.to_owned()));
@@ -299,13 +335,13 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 let header_name =
                     HeaderName::try_from(header).map_err(|_| format!("{canonical}: invalid header name"))?;
                 creds.statics.push(StaticScheme::Key(key_value));
-                creds.key_header = Some(header_name);
+                creds.key_headers.push(header_name);
             }
             "--api-key-query" => {
                 let (param, key) = value.split_once('=').ok_or_else(|| format!("{canonical}: expected NAME=VALUE"))?;
                 let key_value = ApiKey::query_named(param, key).map_err(|e| config(canonical, e))?;
                 creds.statics.push(StaticScheme::Key(key_value));
-                creds.key_query = Some(param.to_owned());
+                creds.key_queries.push(param.to_owned());
             }
             "--request" => {
                 method =
@@ -341,6 +377,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             UserMode::Any => creds.digest = Some(Digest::guess(u, p).map_err(|e| config(option, e))?),
         }
     }
+    if let Some(netrc) = netrc_from {
+        // After --user and friends: explicit credentials win over the netrc file's.
+        creds.statics.push(StaticScheme::Netrc(netrc));
+    }
     if let Some((u, p)) = proxy_user {
         let option = "--proxy-user";
         if proxy.is_none() {
@@ -367,7 +407,58 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         None => Bytes::new(),
     };
     let method = method.unwrap_or(if body.is_empty() { Method::GET } else { Method::POST });
-    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy }))
+    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location }))
+}
+
+/// `ORIGIN=SCHEME:CREDENTIALS`: adds one route. Errors name the option and the origin, never a
+/// credential.
+fn auth_for(
+    builder: RouteBuilder,
+    value: &str,
+    key_headers: &mut Vec<HeaderName>,
+    key_queries: &mut Vec<String>,
+) -> Result<RouteBuilder, String> {
+    const OPTION: &str = "--auth-for";
+    let shape = || format!("{OPTION}: expected ORIGIN=SCHEME:CREDENTIALS");
+    let (origin, rest) = value.split_once('=').ok_or_else(shape)?;
+    let (scheme, secret) = rest.split_once(':').ok_or_else(shape)?;
+    let pair = |sep: char, what: &str| {
+        secret.split_once(sep).ok_or_else(|| format!("{OPTION} {origin}: {scheme} expects {what}"))
+    };
+    let cfg = |e: ConfigError| format!("{OPTION} {origin}: {e}");
+    let builder = match scheme {
+        "basic" => {
+            let (u, p) = pair(':', "USER:PASS")?;
+            builder.origin(origin, Basic::new(u, p).map_err(cfg)?)
+        }
+        "digest" => {
+            let (u, p) = pair(':', "USER:PASS")?;
+            builder.origin(origin, Digest::new(u, p).map_err(cfg)?)
+        }
+        "anyauth" => {
+            let (u, p) = pair(':', "USER:PASS")?;
+            builder.origin(origin, Digest::guess(u, p).map_err(cfg)?)
+        }
+        "bearer" => builder.origin(origin, Bearer::new(secret).map_err(cfg)?),
+        "api-key" => {
+            let (name, key) = pair(':', "NAME:VALUE")?;
+            let header =
+                HeaderName::try_from(name.trim()).map_err(|_| format!("{OPTION} {origin}: invalid header name"))?;
+            key_headers.push(header);
+            builder.origin(origin, ApiKey::header_named(name.trim(), key.trim()).map_err(cfg)?)
+        }
+        "api-key-query" => {
+            let (name, key) = pair('=', "NAME=VALUE")?;
+            key_queries.push(name.to_owned());
+            builder.origin(origin, ApiKey::query_named(name, key).map_err(cfg)?)
+        }
+        other => {
+            return Err(format!(
+                "{OPTION} {origin}: unknown scheme {other:?} (basic, digest, anyauth, bearer, api-key, api-key-query)"
+            ));
+        }
+    };
+    builder.map_err(|e| format!("{OPTION}: {e}"))
 }
 
 fn set_authz(from: &mut &'static str, option: &'static str) -> Result<(), String> {
@@ -435,8 +526,8 @@ fn strip_userinfo(raw: &str) -> String {
 #[derive(Debug)]
 struct Redact {
     verbose: bool,
-    key_header: Option<HeaderName>,
-    key_query: Option<String>,
+    key_headers: Vec<HeaderName>,
+    key_queries: Vec<String>,
 }
 
 /// Counters shared by every clone of the service.
@@ -508,7 +599,7 @@ where
 
 /// `> METHOD URL auth=...`: the scheme word of each credential header, never its value.
 fn describe<B>(req: &Request<B>, redact: &Redact) -> String {
-    let mut line = format!("> {} {}", req.method(), redacted_uri(req.uri(), redact.key_query.as_deref()));
+    let mut line = format!("> {} {}", req.method(), redacted_uri(req.uri(), &redact.key_queries));
     let scheme = |name: &HeaderName| {
         req.headers().get(name).map(|v| {
             let word = v.to_str().ok().and_then(|s| s.split_whitespace().next()).unwrap_or("?");
@@ -524,17 +615,15 @@ fn describe<B>(req: &Request<B>, redact: &Redact) -> String {
     if let Some(proxy) = scheme(&PROXY_AUTHORIZATION) {
         let _ = write!(line, " proxy-auth={proxy}");
     }
-    if let Some(name) = &redact.key_header
-        && req.headers().contains_key(name)
-    {
+    for name in redact.key_headers.iter().filter(|n| req.headers().contains_key(*n)) {
         let _ = write!(line, " {name}=[redacted]");
     }
     line
 }
 
-/// The URI with the API key's query parameter value replaced by `[redacted]`.
-fn redacted_uri(uri: &Uri, param: Option<&str>) -> String {
-    let (Some(param), Some(query)) = (param, uri.query()) else { return uri.to_string() };
+/// The URI with the API keys' query parameter values replaced by `[redacted]`.
+fn redacted_uri(uri: &Uri, params: &[String]) -> String {
+    let Some(query) = uri.query().filter(|_| !params.is_empty()) else { return uri.to_string() };
     let base = uri.to_string();
     let base = base.split_once('?').map_or(base.as_str(), |(b, _)| b);
     let pairs: Vec<String> = query
@@ -542,7 +631,7 @@ fn redacted_uri(uri: &Uri, param: Option<&str>) -> String {
         .map(|pair| {
             let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
             let decoded = percent_decode_str(&raw.replace('+', " ")).decode_utf8_lossy().into_owned();
-            if decoded == param { format!("{raw}=[redacted]") } else { pair.to_owned() }
+            if params.contains(&decoded) { format!("{raw}=[redacted]") } else { pair.to_owned() }
         })
         .collect();
     format!("{base}?{}", pairs.join("&"))
@@ -592,6 +681,15 @@ fn build(creds: Creds, count: &CountLayer, proxy: Option<ForwardProxy>) -> Svc {
 
 fn build_with<C: Connect + Clone + Send + Sync + 'static>(creds: Creds, count: &CountLayer, connector: C) -> Svc {
     let statics = Statics(creds.statics);
+    if let Some(routes) = creds.routes {
+        // Per-origin schemes first, then the rest, erased to one type.
+        let rest = match (creds.digest, creds.proxy_digest) {
+            (None, None) => BoxAuthenticator::new(statics),
+            (Some(d), None) | (None, Some(d)) => BoxAuthenticator::new(AllOf::new(d, statics)),
+            (Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
+        };
+        return finish(AllOf::new(routes.into_router(), rest), count, connector);
+    }
     match (creds.digest, creds.proxy_digest) {
         (None, None) => finish(statics, count, connector),
         (Some(d), None) | (None, Some(d)) => finish(AllOf::new(d, statics), count, connector),
@@ -634,15 +732,18 @@ impl Tally {
 }
 
 async fn run(opts: Opts) -> ExitCode {
-    let Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy } = opts;
+    let Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location } = opts;
     let stats = Arc::new(Stats::default());
     // OAuth2 token fetches will be counted here; no scheme fetches tokens yet.
     let token_requests = Arc::new(AtomicU64::new(0));
-    let redact = Redact { verbose, key_header: creds.key_header.clone(), key_query: creds.key_query.clone() };
+    let redact = Redact { verbose, key_headers: creds.key_headers.clone(), key_queries: creds.key_queries.clone() };
     let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact) };
     // Checked when parsed: a proxy URL that ForwardProxy refuses never gets here.
     let proxy = proxy.and_then(|uri| ForwardProxy::new(uri).ok());
     let svc = build(creds, &count_layer, proxy);
+    // Redirects are followed outside the auth layers: each hop is authorised anew for its own
+    // origin, so credentials never follow a redirect to another origin.
+    let svc = if location { Svc::new(FollowRedirectLayer::new().layer(svc)) } else { svc };
 
     let template = Arc::new((method, url, headers, body));
     let tally = Arc::new(Mutex::new(Tally::default()));

@@ -66,6 +66,21 @@ fn app() -> Router {
         .route("/alt/{id}", get(alternate))
         .route("/slow/{id}", get(slow))
         .route("/max/{id}", get(max_in_flight))
+        .route("/to-basic", get(|| async { (StatusCode::FOUND, [("location", "/basic")]) }))
+        .route(
+            "/to-other-origin",
+            get(|| async {
+                // Same port, other host: another origin.
+                (StatusCode::FOUND, [("location", format!("http://localhost:{}/show-auth", server().port()))])
+            }),
+        )
+        .route(
+            "/show-auth",
+            get(|headers: HeaderMap| async move {
+                let h = |n: &str| headers.get(n).map_or("-", |v| v.to_str().unwrap_or("?")).to_owned();
+                format!("authorization={} x-api-key={}", h("authorization"), h("x-api-key"))
+            }),
+        )
         .route(
             "/basic-challenge",
             get(|| async { "hello basic" }).route_layer(RequireLayer::basic("fetch", USER, PASS)),
@@ -309,6 +324,66 @@ fn proxy_digest_through_a_forward_proxy() {
 }
 
 #[test]
+fn auth_for_sends_credentials_to_their_origin_only() {
+    let here = format!("http://127.0.0.1:{}", server().port());
+    let run = fetch(&["--auth-for", &format!("{here}=bearer:{TOKEN}"), &url("/bearer")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // localhost is another origin: nothing is sent there.
+    let elsewhere = format!("http://localhost:{}/show-auth", server().port());
+    let run = fetch(&["--auth-for", &format!("{here}=bearer:{TOKEN}"), &elsewhere]);
+    assert_eq!(run.stdout, "authorization=- x-api-key=-", "{run:?}");
+    // Several origins, several schemes.
+    let run = fetch(&[
+        "--auth-for",
+        &format!("http://localhost:{}=basic:{USER}:{PASS}", server().port()),
+        "--auth-for",
+        &format!("{here}=api-key:X-API-Key:{KEY}"),
+        &url("/key"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn netrc_file_supplies_credentials_for_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netrc");
+    std::fs::write(&path, format!("machine 127.0.0.1 login {USER} password {PASS}\n")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&path).unwrap().permissions(), 0o600);
+    let run = fetch(&["--netrc-file", path.to_str().unwrap(), &url("/basic")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "hello alice");
+    let run = fetch(&["--netrc-file", "/nonexistent/netrc", &url("/basic")]);
+    run.assert_usage_error("fetch: --netrc-file: ");
+    assert!(run.stderr.contains("/nonexistent/netrc"), "{run:?}");
+}
+
+#[test]
+fn location_follows_redirects_and_credentials_stay_home() {
+    let run = fetch(&["-L", "-u", &format!("{USER}:{PASS}"), &url("/to-basic")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "hello alice");
+    run.assert_summary(1, 1, "200:1", 2);
+    // Without -L the redirect is the answer.
+    let run = fetch(&["-u", &format!("{USER}:{PASS}"), &url("/to-basic")]);
+    run.assert_summary(1, 0, "302:1", 1);
+    // To another origin: the credentials bound to this one do not follow.
+    let here = format!("http://127.0.0.1:{}", server().port());
+    let run = fetch(&[
+        "-L",
+        "--auth-for",
+        &format!("{here}=basic:{USER}:{PASS}"),
+        "--auth-for",
+        &format!("{here}=api-key:X-API-Key:{KEY}"),
+        &url("/to-other-origin"),
+    ]);
+    assert_eq!(run.code, 2, "one origin, one scheme: {run:?}");
+    let run = fetch(&["-L", "--auth-for", &format!("{here}=basic:{USER}:{PASS}"), &url("/to-other-origin")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "authorization=- x-api-key=-");
+}
+
+#[test]
 fn basic_with_a_wrong_password_exits_1() {
     let run = fetch(&["--user", &format!("{USER}:wrong"), &url("/basic")]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -417,6 +492,10 @@ fn usage_errors_name_the_option_and_exit_2() {
     let cases: &[(&[&str], &str)] = &[
         (&["-u", "alice", &u], "fetch: --user: expected USER:PASS"),
         (&["-U", "alice:x", &u], "fetch: --proxy-user: needs --proxy"),
+        (&["--auth-for", "nonsense", &u], "fetch: --auth-for: expected ORIGIN=SCHEME:CREDENTIALS"),
+        (&["--auth-for", "http://h/path=bearer:t", &u], "fetch: --auth-for: invalid origin"),
+        (&["--auth-for", "http://h=foo:bar", &u], "unknown scheme \"foo\""),
+        (&["--auth-for", "http://h=basic:nocolon", &u], "basic expects USER:PASS"),
         (&["-x", "ftp://proxy", &u], "fetch: --proxy: invalid proxy"),
         (&["--digest", "-u", "al\nice:x", &u], "fetch: --user: invalid Digest user name"),
         (&["--user"], "fetch: --user: missing value"),
