@@ -19,7 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_auth::digest::{Algorithm, Qop};
 use tower_auth::testing::{DigestCheck, RequireLayer, Stats, TestServer};
-use tower_auth::{AllOf, ApiKey, AuthLayer, Bearer, HeaderCredential};
+use tower_auth::{AllOf, ApiKey, AuthLayer, Basic, Bearer, HeaderCredential};
+use tower_http::follow_redirect::FollowRedirectLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -204,8 +205,72 @@ async fn main() -> Result<(), BoxError> {
         2
     );
 
+    // Two origins behind one router: A wants Basic, B wants a bearer token. A redirects to B;
+    // FollowRedirect sits outside the router, so the hop to B is routed anew and carries B's
+    // credentials, never A's. B answers 400 if A's credentials ever reach it.
+    let origin_b_stats = RequireLayer::bearer("b", "b-t0ken");
+    let b_app = Router::new().route(
+        "/show",
+        get(|headers: http::HeaderMap| async move {
+            let leaked = headers.get_all("authorization").iter().any(|v| v.as_bytes().starts_with(b"Basic"));
+            if leaked { StatusCode::BAD_REQUEST } else { StatusCode::OK }
+        })
+        .route_layer(origin_b_stats.clone()),
+    );
+    let origin_b = TestServer::start(b_app).await?;
+    let to_b = origin_b.url("/show");
+    let a_basic = RequireLayer::basic("a", "alice", "s3cret");
+    let a_app = Router::new().route("/hello", get(ok).route_layer(a_basic.clone())).route(
+        "/to-b",
+        get(move || async move { (StatusCode::FOUND, [("location", to_b)]) }).route_layer(a_basic.clone()),
+    );
+    let origin_a = TestServer::start(a_app).await?;
+    let router = || -> Result<AuthLayer<tower_auth::Router>, BoxError> {
+        Ok(AuthLayer::route()
+            .origin(&origin_a.url(""), Basic::new("alice", "s3cret")?)?
+            .origin(&origin_b.url(""), Bearer::new("b-t0ken")?)?
+            .build())
+    };
+    for (scheme, url, stats, trips) in [
+        ("Router -> origin A (Basic)", origin_a.url("/hello"), a_basic.stats(), 1),
+        ("Router -> origin B (Bearer)", origin_b.url("/show"), origin_b_stats.stats(), 1),
+    ] {
+        stats.reset();
+        let svc = ServiceBuilder::new().layer(router()?).service(Client::builder(TokioExecutor::new()).build_http());
+        let actual = match svc.oneshot(Request::get(url).body(Full::<Bytes>::default())?).await {
+            Ok(res) => Ok(res.status()),
+            Err(err) => Err(err.to_string()),
+        };
+        rows.push(Row {
+            scheme,
+            route: "(router)",
+            expected: StatusCode::OK,
+            expected_trips: trips,
+            actual,
+            trips: stats.requests(),
+        });
+    }
+    a_basic.stats().reset();
+    origin_b_stats.stats().reset();
+    let svc = ServiceBuilder::new()
+        .layer(FollowRedirectLayer::new())
+        .layer(router()?)
+        .service(Client::builder(TokioExecutor::new()).build_http());
+    let actual = match svc.oneshot(Request::get(origin_a.url("/to-b")).body(Full::<Bytes>::default())?).await {
+        Ok(res) => Ok(res.status()),
+        Err(err) => Err(err.to_string()),
+    };
+    rows.push(Row {
+        scheme: "Redirect A -> B, no A creds at B",
+        route: "/to-b -> /show",
+        expected: StatusCode::OK,
+        expected_trips: 2,
+        actual,
+        trips: a_basic.stats().requests() + origin_b_stats.stats().requests(),
+    });
+
     let mut failed = 0;
-    println!("{:<30} {:<20} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
+    println!("{:<34} {:<20} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
     for row in &rows {
         let actual = match &row.actual {
             Ok(s) => s.as_u16().to_string(),
@@ -214,7 +279,7 @@ async fn main() -> Result<(), BoxError> {
         let pass = row.actual.as_ref().is_ok_and(|s| *s == row.expected) && row.trips == row.expected_trips;
         failed += usize::from(!pass);
         println!(
-            "{:<30} {:<20} {:>8} {:>8} {:>5} (exp {})  {}",
+            "{:<34} {:<20} {:>8} {:>8} {:>5} (exp {})  {}",
             row.scheme,
             row.route,
             row.expected.as_u16(),
