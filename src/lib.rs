@@ -30,6 +30,14 @@
 //! | a closure | [`FnAuth`] | [`AuthLayer::from_fn`] | done |
 //! | all of / first of | [`AllOf`], [`FirstOf`] | [`AuthLayer::new`] | done |
 //! | your own | [`Authenticator`] | [`AuthLayer::new`] | done |
+//! | Digest (RFC 7616), shared nonce reuse | [`Digest`] | [`AuthLayer::digest`] | done |
+//! | Guess (Digest, else Basic) | [`Digest::guess`] | [`AuthLayer::guess`] | done |
+//! | proxy Basic / Digest / Guess (`407`) | [`Basic::proxy`], [`Digest::proxy`] | [`AuthLayer::proxy_digest`], … | done |
+//! | routing by origin (scheme, host, port) | [`Router`] | [`AuthLayer::route`] | done |
+//! | netrc (opt-in) | [`NetrcAuth`] | [`AuthLayer::netrc`] | done |
+//! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
+//! | any scheme behind one type | [`BoxAuthenticator`] | [`AuthLayer::new`] | done |
+//! | OAuth2 with a lock-free token provider | | | planned |
 //!
 //! # How it works
 //!
@@ -47,8 +55,15 @@
 //!   explicit credentials win.
 //! - Basic over plain `http://` logs a warning (once per scheme).
 //! - A layer built with [`AuthLayer::basic`] and friends authenticates every request it sees.
-//!   A service that talks to several hosts must bind credentials to their origin (see the
-//!   planned router) and keep redirects in mind.
+//!   A service that talks to more than one host binds credentials to their origin with
+//!   [`AuthLayer::route`]: a request to an origin nobody configured gets nothing.
+//! - Redirects: put tower-http's `FollowRedirectLayer` *outside* the router, so every hop is
+//!   routed anew and credentials go only to their own origin (the [`route`] module shows the
+//!   whole stack and what happens with the follower inside).
+//! - `Proxy-Authorization` is added to `http://` requests only (absolute form, to the proxy);
+//!   an `https://` request goes through a `CONNECT` tunnel and carries no proxy credentials.
+//! - Challenge answers: at most one per challenge plus one for `stale=true`, never more than
+//!   [`MAX_EXCHANGES`] exchanges per request.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
