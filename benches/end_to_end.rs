@@ -1,5 +1,6 @@
-//! 200 sequential GET requests through hyper-util's client to a local server, with and without
-//! the Basic layer: what authentication costs next to a real (loopback) exchange.
+//! 200 sequential GET requests through hyper-util's client to a local server: bare, with the
+//! Basic layer, and with the Digest layer (pre-authorised after the first challenge): what
+//! authentication costs next to a real (loopback) exchange.
 //!
 //! The server (axum, on 127.0.0.1) checks nothing and answers `200 ok`. Both variants share one
 //! client (so one keep-alive connection pool) and sit in the same criterion group with the same
@@ -36,7 +37,26 @@ fn start_server(rt: &tokio::runtime::Runtime) -> SocketAddr {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        // `/digest` challenges until it sees Digest credentials (it does not check them: the
+        // figure is the client's cost), so after the first exchange every request is pre-authorised.
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" })).route(
+            "/digest",
+            axum::routing::get(|headers: http::HeaderMap| async move {
+                let authorised = headers.get("authorization").is_some_and(|v| v.as_bytes().starts_with(b"Digest "));
+                if authorised {
+                    (http::StatusCode::OK, [("x-bench", "ok")], "ok")
+                } else {
+                    (
+                        http::StatusCode::UNAUTHORIZED,
+                        [(
+                            "www-authenticate",
+                            r#"Digest realm="bench", nonce="abcdef0123456789", qop="auth", algorithm=MD5"#,
+                        )],
+                        "",
+                    )
+                }
+            }),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     })
@@ -63,8 +83,17 @@ fn end_to_end(c: &mut Criterion) {
     let uri: Uri = format!("http://{addr}/").parse().unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let basic = AuthLayer::basic("alice", "s3cret").unwrap();
+    let digest_uri: Uri = format!("http://{addr}/digest").parse().unwrap();
+    let digest = AuthLayer::digest("alice", "s3cret").unwrap();
+    let digest_client = Client::builder(TokioExecutor::new()).build_http::<tower_auth::ReplayBody<Body>>();
 
-    paired(&rt, &client, &basic, &uri);
+    paired(&rt, "basic/bare", || (client.clone(), uri.clone()), || (basic.layer(client.clone()), uri.clone()));
+    paired(
+        &rt,
+        "digest/basic",
+        || (basic.layer(client.clone()), uri.clone()),
+        || (digest.layer(digest_client.clone()), digest_uri.clone()),
+    );
 
     let mut group = c.benchmark_group("end_to_end");
     group.throughput(Throughput::Elements(N));
@@ -82,51 +111,61 @@ fn end_to_end(c: &mut Criterion) {
             async move { run(&mut svc, &uri).await }
         })
     });
+    group.bench_function("digest", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut svc = digest.layer(digest_client.clone());
+            let uri = digest_uri.clone();
+            async move { run(&mut svc, &uri).await }
+        })
+    });
     group.finish();
 }
 
 /// Times both variants back to back for a number of rounds and prints the median ratio of
 /// throughputs (basic / bare): less sensitive to load that changes over seconds than two
 /// separate criterion runs.
-fn paired(
-    rt: &tokio::runtime::Runtime,
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
-    basic: &AuthLayer<tower_auth::Basic>,
-    uri: &Uri,
-) {
+fn paired<A, B, SA, SB>(rt: &tokio::runtime::Runtime, label: &str, first: A, second: B)
+where
+    A: Fn() -> (SA, Uri),
+    B: Fn() -> (SB, Uri),
+    SA: Service<Request<Body>, Response = Response<Incoming>>,
+    SA::Error: Into<BoxError>,
+    SB: Service<Request<Body>, Response = Response<Incoming>>,
+    SB::Error: Into<BoxError>,
+{
     const ROUNDS: usize = 101;
-    let time = |basic_first: bool| -> (Duration, Duration) {
+    let time = |second_first: bool| -> (Duration, Duration) {
         rt.block_on(async {
-            let mut bare_svc = client.clone();
-            let mut basic_svc = basic.layer(client.clone());
-            let mut bare = Duration::ZERO;
-            let mut auth = Duration::ZERO;
+            let (mut a_svc, a_uri) = first();
+            let (mut b_svc, b_uri) = second();
+            let mut a = Duration::ZERO;
+            let mut b = Duration::ZERO;
             for i in 0..2 {
-                if (i == 0) == basic_first {
+                if (i == 0) == second_first {
                     let t = Instant::now();
-                    run(&mut basic_svc, uri).await;
-                    auth = t.elapsed();
+                    run(&mut b_svc, &b_uri).await;
+                    b = t.elapsed();
                 } else {
                     let t = Instant::now();
-                    run(&mut bare_svc, uri).await;
-                    bare = t.elapsed();
+                    run(&mut a_svc, &a_uri).await;
+                    a = t.elapsed();
                 }
             }
-            (bare, auth)
+            (a, b)
         })
     };
-    // Warm up the connection and both paths.
+    // Warm up the connections and both paths.
     time(false);
     let mut ratios: Vec<f64> = (0..ROUNDS)
         .map(|round| {
-            let (bare, auth) = time(round % 2 == 0);
-            bare.as_secs_f64() / auth.as_secs_f64()
+            let (a, b) = time(round % 2 == 0);
+            a.as_secs_f64() / b.as_secs_f64()
         })
         .collect();
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ROUNDS / 2];
     println!(
-        "paired rounds: {ROUNDS} x ({N} bare + {N} basic) requests; throughput ratio basic/bare: median {median:.3} \
+        "paired rounds: {ROUNDS} x 2 x {N} requests; throughput ratio {label}: median {median:.3} \
          (quartiles {:.3}..{:.3})\n",
         ratios[ROUNDS / 4],
         ratios[3 * ROUNDS / 4]
