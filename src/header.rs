@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::fmt;
 
 use http::HeaderValue;
-use http::header::{Entry, HeaderName, PROXY_AUTHORIZATION};
+use http::header::{HeaderName, PROXY_AUTHORIZATION};
 
 use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
 use crate::error::ConfigError;
@@ -76,8 +76,8 @@ impl HeaderCredential {
         if self.name == PROXY_AUTHORIZATION && !proxy_may_see(req.uri()) {
             return;
         }
-        if let Entry::Vacant(slot) = req.headers_mut().entry(&self.name) {
-            slot.insert(self.value.clone());
+        if !req.headers().contains_key(&self.name) {
+            req.headers_mut().insert(self.name.clone(), self.value.clone());
         }
     }
 }
