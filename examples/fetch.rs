@@ -362,7 +362,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--count" => count = positive(canonical, &value)?,
             "--concurrency" => concurrency = positive(canonical, &value)?,
-            _ => unreachable!("every option taking a value is handled"),
+            other => return Err(format!("{other}: this option is not handled (a bug in fetch: please report it)")),
         }
     }
 
