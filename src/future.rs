@@ -140,6 +140,22 @@ impl<S, A: Authenticator, B> Ctx<S, A, B> {
     }
 }
 
+/// Whether the response was produced by another origin than the request's: tower-http's
+/// `FollowRedirect` below this layer records the final URI in the response. A challenge from
+/// there is not ours to answer (credentials go only to the origin they were configured for).
+#[cfg(feature = "tower-http")]
+fn answered_elsewhere(req: &Parts, res: &http::response::Parts) -> bool {
+    use crate::origin::Origin;
+    res.extensions
+        .get::<tower_http::follow_redirect::RequestUri>()
+        .is_some_and(|last| last.0 != req.uri && Origin::from_uri(&last.0) != Origin::from_uri(&req.uri))
+}
+
+#[cfg(not(feature = "tower-http"))]
+fn answered_elsewhere(_: &Parts, _: &http::response::Parts) -> bool {
+    false
+}
+
 /// A copy of a request head (`Parts` is not `Clone`; its fields are).
 pub(crate) fn clone_parts(p: &Parts) -> Parts {
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -179,6 +195,13 @@ where
                         return Poll::Ready(Ok(res));
                     }
                     let (parts, body) = res.into_parts();
+                    if answered_elsewhere(&ctx.original, &parts) {
+                        tracing::debug!(
+                            status = %parts.status,
+                            "the response comes from another origin than the request's (a redirect was followed below this layer); its challenge is not answered"
+                        );
+                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    }
                     if ctx.auth.on_response(&ctx.original, &parts, &mut ctx.state) == Action::Done {
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }

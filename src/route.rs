@@ -140,10 +140,12 @@
 //! | API key in the query | not carried (the next URI is the `Location`) | not carried |
 //!
 //! and the `401` the other origin answers comes back to the router as if the first origin had
-//! sent it. The router will not answer a challenge from another origin than the request's, but
-//! it can only tell when it knows the URI the response came from: tower-http records it in the
-//! response extension `tower_http::follow_redirect::RequestUri`, and the router reads it when
-//! told how with [`RouteBuilder::response_uri`]:
+//! sent it. No scheme answers a challenge from another origin than the request's: tower-http
+//! records the URI a response came from in the response extension
+//! `tower_http::follow_redirect::RequestUri`, and the engine reads it (feature `tower-http`, on
+//! by default) for every layer, the router's included. For another redirect follower, tell the
+//! router where it records that URI with [`RouteBuilder::response_uri`] (shown here with
+//! tower-http's, which is what the engine already does):
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -160,7 +162,7 @@
 //! So if redirects must be followed below the router (a client that follows them itself, for
 //! instance), use a policy that strips every header on cross-origin hops
 //! (`Limited::default().and(FilterCredentials::new().remove_all())`) or does not follow them
-//! (`SameOrigin`), and set [`RouteBuilder::response_uri`].
+//! (`SameOrigin`).
 //!
 //! What the crate's redirect tests check, for every scheme and for hops to the same origin,
 //! another host, another port, `https` → `http` and `http` → `https`, is in `tests/redirects.rs`.
@@ -534,8 +536,9 @@ impl RouteBuilder {
 
     /// Tells the router where a redirect follower placed *below* it records the URI a
     /// response came from, so that a challenge from another origin than the request's is not
-    /// answered (and an `Authentication-Info` from it is not trusted). For tower-http's
-    /// `FollowRedirect`:
+    /// answered (and an `Authentication-Info` from it is not trusted). tower-http's
+    /// `FollowRedirect` is recognised by the engine itself (feature `tower-http`, on by default);
+    /// this is for other followers. With tower-http's it reads:
     ///
     /// ```
     /// # let builder = tower_auth::AuthLayer::route();

@@ -277,3 +277,38 @@ async fn auth_int_body_over_the_limit_returns_the_challenge() {
     assert_eq!(res.status(), 401);
     assert_eq!(stats.requests(), 1);
 }
+
+#[tokio::test]
+async fn challenge_from_another_origin_after_a_redirect_is_not_answered() {
+    // B challenges for Digest; A redirects to B. The follower sits *below* the auth layer, so the
+    // layer sees B's 401 as the answer to a request for A: it must not answer it.
+    let (b, b_stats) = serve(DigestCheck::new("b").user("alice", "s3cret")).await;
+    let to_b = b.url("/x");
+    let a = TestServer::start(Router::new().route(
+        "/go",
+        get(move || {
+            let to_b = to_b.clone();
+            async move { (StatusCode::FOUND, [("location", to_b)]) }
+        }),
+    ))
+    .await
+    .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::digest("alice", "s3cret").unwrap())
+        .layer(tower_http::follow_redirect::FollowRedirectLayer::new())
+        .service(client);
+    let res = svc.oneshot(Request::get(a.url("/go")).body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(b_stats.requests(), 1, "B's challenge was not answered with our credentials");
+    // The same challenge from A's own origin is answered.
+    let (same, same_stats) = serve(DigestCheck::new("b").user("alice", "s3cret")).await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::digest("alice", "s3cret").unwrap())
+        .layer(tower_http::follow_redirect::FollowRedirectLayer::new())
+        .service(client);
+    let res = svc.oneshot(Request::get(same.url("/y")).body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(same_stats.requests(), 2);
+}
