@@ -144,6 +144,13 @@ impl AuthLayer<Basic> {
 }
 
 #[cfg(test)]
+impl Basic {
+    pub(crate) fn value_for_test(&self) -> &str {
+        self.header.value_for_test()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -6,19 +6,14 @@ use std::convert::Infallible;
 use std::error::Error as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use base64::Engine as _;
-use http::HeaderValue;
-use http::header::{AUTHORIZATION, Entry};
 use http::request::Parts;
 
 use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
-use crate::basic::check_text;
+use crate::basic::Basic;
 use crate::error::ConfigError;
 use crate::layer::AuthLayer;
 use crate::netrc::{Netrc, NetrcEntry, NetrcError};
-use crate::secret::sensitive_header_value;
 
 /// Basic credentials from a netrc file, for the hosts it names (opt-in).
 ///
@@ -71,15 +66,9 @@ use crate::secret::sensitive_header_value;
 /// `Debug` shows the file, hosts and logins, never a password.
 pub struct NetrcAuth {
     /// Lower-case host name → credentials (`None` for an entry without a password).
-    machines: HashMap<Box<str>, Option<Credentials>>,
-    default: Option<Credentials>,
+    machines: HashMap<Box<str>, Option<Basic>>,
+    default: Option<Basic>,
     path: Option<PathBuf>,
-    warned_plain_http: AtomicBool,
-}
-
-struct Credentials {
-    login: String,
-    value: HeaderValue,
 }
 
 impl NetrcAuth {
@@ -138,12 +127,8 @@ impl NetrcAuth {
         Ok(NetrcAuth::from_parts(machines, default, netrc.path().map(Path::to_path_buf)))
     }
 
-    fn from_parts(
-        machines: HashMap<Box<str>, Option<Credentials>>,
-        default: Option<Credentials>,
-        path: Option<PathBuf>,
-    ) -> Self {
-        NetrcAuth { machines, default, path, warned_plain_http: AtomicBool::new(false) }
+    fn from_parts(machines: HashMap<Box<str>, Option<Basic>>, default: Option<Basic>, path: Option<PathBuf>) -> Self {
+        NetrcAuth { machines, default, path }
     }
 
     /// Whether no host has credentials (no file, or a file without passwords).
@@ -157,7 +142,7 @@ impl NetrcAuth {
     }
 
     /// The credentials for the host of this request, if any.
-    fn lookup(&self, req: &Parts) -> Option<&Credentials> {
+    fn lookup(&self, req: &Parts) -> Option<&Basic> {
         let host = req.uri.host()?;
         let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if host.is_empty() {
@@ -175,23 +160,13 @@ impl NetrcAuth {
     }
 }
 
-/// The Basic header of an entry; `None` if it has no password.
-fn credentials(entry: &NetrcEntry) -> Result<Option<Credentials>, ConfigError> {
+/// The Basic credentials of an entry (header value built once, by [`Basic`]); `None` if it has
+/// no password.
+fn credentials(entry: &NetrcEntry) -> Result<Option<Basic>, ConfigError> {
     let Some(password) = entry.password.as_ref().filter(|p| !p.expose().is_empty()) else {
         return Ok(None);
     };
-    let login = entry.login.clone().unwrap_or_default();
-    check_text(&login, "netrc login")?;
-    if let Some(pos) = login.find(':') {
-        return Err(ConfigError::new(format!(
-            "invalid netrc login: it contains ':' (Basic forbids it), at byte {pos}"
-        )));
-    }
-    check_text(password.expose(), "netrc password")?;
-    let mut token = String::from("Basic ");
-    base64::engine::general_purpose::STANDARD.encode_string(format!("{login}:{}", password.expose()), &mut token);
-    let value = sensitive_header_value(&token, "netrc credentials")?;
-    Ok(Some(Credentials { login, value }))
+    Basic::new(entry.login.clone().unwrap_or_default(), password.expose()).map(Some)
 }
 
 /// A [`NetrcError`] as a [`ConfigError`]: its message names the file and, for a syntax error,
@@ -206,12 +181,12 @@ fn config_error(err: NetrcError) -> ConfigError {
 impl fmt::Debug for NetrcAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut machines: Vec<(&str, Option<&str>)> =
-            self.machines.iter().map(|(host, c)| (&**host, c.as_ref().map(|c| c.login.as_str()))).collect();
+            self.machines.iter().map(|(host, c)| (&**host, c.as_ref().map(Basic::user))).collect();
         machines.sort_unstable();
         f.debug_struct("NetrcAuth")
             .field("path", &self.path)
             .field("machines", &machines)
-            .field("default", &self.default.as_ref().map(|c| c.login.as_str()))
+            .field("default", &self.default.as_ref().map(Basic::user))
             .finish()
     }
 }
@@ -231,16 +206,8 @@ impl Authenticator for NetrcAuth {
         let Some(creds) = self.lookup(req.parts()) else {
             return Ok(Authorize::Done);
         };
-        let plain_http = req.uri().scheme() == Some(&http::uri::Scheme::HTTP);
-        if let Entry::Vacant(slot) = req.headers_mut().entry(AUTHORIZATION) {
-            if plain_http && !self.warned_plain_http.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    user = %creds.login,
-                    "sending netrc Basic credentials over plain http: the password can be read by anyone on the path (warned once)"
-                );
-            }
-            slot.insert(creds.value.clone());
-        }
+        // Basic inserts the header unless the caller set one, and warns once over plain http.
+        creds.authorize(req, &mut ())?;
         Ok(Authorize::Done)
     }
 }
@@ -270,7 +237,7 @@ mod tests {
     }
 
     fn sent(auth: &NetrcAuth, uri: &str) -> Option<String> {
-        auth.lookup(&parts(uri)).map(|c| c.value.to_str().unwrap().to_owned())
+        auth.lookup(&parts(uri)).map(|c| c.value_for_test().to_owned())
     }
 
     #[test]
