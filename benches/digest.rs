@@ -20,7 +20,8 @@ use http::{Request, Response};
 use http_body_util::Empty;
 use tower::{Service, ServiceBuilder};
 use tower_auth::digest::Algorithm;
-use tower_auth::{AuthLayer, AuthRequest, Authenticator, Basic, BodyView, Digest, DigestState, ReplayBody};
+use tower_auth::digest::DigestState;
+use tower_auth::{AuthLayer, AuthRequest, Authenticator, Basic, BodyView, Digest, ReplayBody};
 
 /// Polls a future that completes without waiting (every service here answers at once).
 fn ready<F: Future>(fut: F) -> F::Output {

@@ -42,8 +42,9 @@ use http::{Request, Response};
 use http_body_util::Empty;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
-use tower_auth::origin::{Origin, OriginMap};
-use tower_auth::{AuthLayer, AuthRequest, Authenticator, Authorize, Bearer, BodyView, BoxAuthenticator, Router};
+use tower_auth::route::Router;
+use tower_auth::route::origin::{Origin, OriginMap};
+use tower_auth::{AuthLayer, AuthRequest, Authenticator, Authorize, Bearer, BodyView, BoxAuthenticator};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -86,7 +87,7 @@ fn origin(i: usize) -> String {
     format!("https://host{i:05}.example")
 }
 
-fn router(n: usize) -> AuthLayer<Router> {
+fn router(n: usize) -> AuthLayer<Router<tower_auth::Once>> {
     let mut builder = AuthLayer::route();
     for i in 0..n {
         builder = builder.origin(&origin(i), Bearer::new(format!("token-{i}")).unwrap()).unwrap();

@@ -41,11 +41,13 @@ use percent_encoding::percent_decode_str;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_auth::connector::ForwardProxy;
+use tower_auth::engine::ModeBody;
+use tower_auth::route::{RouteBuilder, Router};
 use tower_auth::{
-    AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, Digest,
-    ModeBody, NoWait, Once,
+    AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, Digest, NoWait,
+    Once, Replay,
 };
-use tower_auth::{BoxAuthenticator, NetrcAuth, RouteBuilder, Router};
+use tower_auth::{BoxAuthenticator, NetrcAuth};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
 /// The one service type every scheme combination is erased to.
@@ -144,7 +146,7 @@ struct Creds {
     /// `--proxy-user` with `--proxy-digest` or `--proxy-anyauth`.
     proxy_digest: Option<Digest>,
     /// `--auth-for`: schemes bound to one origin each.
-    routes: Option<RouteBuilder>,
+    routes: Option<RouteBuilder<Replay>>,
     /// Headers of API keys (for the log).
     key_headers: Vec<HeaderName>,
     /// Query parameters of API keys (for the log).
@@ -320,7 +322,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 netrc_from = Some(Box::new(netrc));
             }
             "--auth-for" => {
-                let builder = creds.routes.take().unwrap_or_else(Router::builder);
+                let builder = creds.routes.take().unwrap_or_else(|| Router::builder().replaying());
                 creds.routes = Some(auth_for(builder, &value, &mut creds.key_headers, &mut creds.key_queries)?);
             }
             "--proxy-user" => {
@@ -413,11 +415,11 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
 /// `ORIGIN=SCHEME:CREDENTIALS`: adds one route. Errors name the option and the origin, never a
 /// credential.
 fn auth_for(
-    builder: RouteBuilder,
+    builder: RouteBuilder<Replay>,
     value: &str,
     key_headers: &mut Vec<HeaderName>,
     key_queries: &mut Vec<String>,
-) -> Result<RouteBuilder, String> {
+) -> Result<RouteBuilder<Replay>, String> {
     const OPTION: &str = "--auth-for";
     let shape = || format!("{OPTION}: expected ORIGIN=SCHEME:CREDENTIALS");
     let (origin, rest) = value.split_once('=').ok_or_else(shape)?;

@@ -225,7 +225,7 @@ async fn main() -> Result<(), BoxError> {
         get(move || async move { (StatusCode::FOUND, [("location", to_b)]) }).route_layer(a_basic.clone()),
     );
     let origin_a = TestServer::start(a_app).await?;
-    let router = || -> Result<AuthLayer<tower_auth::Router>, BoxError> {
+    let router = || -> Result<AuthLayer<tower_auth::route::Router<tower_auth::Once>>, BoxError> {
         Ok(AuthLayer::route()
             .origin(&origin_a.url(""), Basic::new("alice", "s3cret")?)?
             .origin(&origin_b.url(""), Bearer::new("b-t0ken")?)?

@@ -4,14 +4,13 @@
 //! same name (the first one, dropping later ones), and percent-encodes the key. A key in the
 //! query is visible in server logs and proxies; prefer a header where the API allows it.
 
-use std::convert::Infallible;
 use std::fmt;
 
 use http::Uri;
 use http::uri::PathAndQuery;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
+use crate::authenticator::{AuthRequest, Credential};
 use crate::error::ConfigError;
 use crate::header::HeaderCredential;
 use crate::layer::AuthLayer;
@@ -120,13 +119,9 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-impl Authenticator for ApiKey {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-
-    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+impl Credential for ApiKey {
+    #[inline]
+    fn apply(&self, req: &mut AuthRequest<'_>) {
         match &self.place {
             Place::Header(header) => header.apply(req),
             Place::Query { name, encoded } => {
@@ -137,7 +132,6 @@ impl Authenticator for ApiKey {
                 }
             }
         }
-        Ok(Authorize::Done)
     }
 }
 

@@ -8,8 +8,12 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Method, Uri};
 
-use crate::body::ReplayBody;
-use crate::error::{BoxError, Error};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::HeaderValue;
+use http::header::{HeaderName, PROXY_AUTHORIZATION};
+
+pub(crate) use crate::engine::mode::{BodyMode, ErrorMode, Once, Replay};
 
 /// An authentication scheme, driven by the engine ([`Auth`](crate::Auth)); implement it for your own.
 ///
@@ -32,27 +36,23 @@ use crate::error::{BoxError, Error};
 ///
 /// # A custom scheme
 ///
-/// A scheme that signs each request with a header computed from the method and path:
+/// A scheme that only adds credentials (never waits, never fails, never retries) implements the
+/// small [`Credential`] trait and gets [`Authenticator`] from a blanket impl. Here a header
+/// computed from the method and path, set with [`AuthRequest::set_credential`] so that the
+/// crate's rules apply (the caller's own header wins, the value is marked sensitive):
 ///
 /// ```
-/// use std::convert::Infallible;
-/// use http::HeaderValue;
-/// use tower_auth::{Action, AuthRequest, Authenticator, Authorize, NoWait, Once};
+/// use http::{HeaderName, HeaderValue};
+/// use tower_auth::{AuthRequest, Credential};
 ///
 /// struct Signed { key_id: &'static str }
 ///
-/// impl Authenticator for Signed {
-///     type Mode = Once;
-///     type Error = Infallible;
-///     type State = ();
-///     type Wait = NoWait<Infallible>;
-///
-///     fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+/// impl Credential for Signed {
+///     fn apply(&self, req: &mut AuthRequest<'_>) {
 ///         let line = format!("{} {} {}", self.key_id, req.method(), req.uri().path());
-///         let mut value = HeaderValue::try_from(line).expect("ASCII");
-///         value.set_sensitive(true);
-///         req.headers_mut().insert("x-signature", value);
-///         Ok(Authorize::Done)
+///         if let Ok(value) = HeaderValue::try_from(line) {
+///             req.set_credential(&HeaderName::from_static("x-signature"), &value);
+///         }
 ///     }
 /// }
 /// # let _ = tower_auth::AuthLayer::new(Signed { key_id: "k1" });
@@ -151,10 +151,23 @@ pub trait Authenticator: Send + Sync + 'static {
         true
     }
 
+    /// Whether a scheme of [`Once`] mode wants to see responses through
+    /// [`on_response`](Authenticator::on_response) (a token source that must learn its token
+    /// was rejected: `401`, or gRPC's `grpc-status: 16`). [`Replay`] schemes always see them.
+    /// The default, `false`, keeps the engine's fast path: nothing is kept per request.
+    #[inline]
+    fn observes_responses(&self) -> bool {
+        false
+    }
+
     /// Looks at a response; [`Action::Retry`] sends the request again, authorised anew.
     ///
-    /// `req` is the request as the caller made it, before this scheme added anything. Only
-    /// called for [`Replay`] schemes. The default answers [`Action::Done`].
+    /// `req` is the request as the caller made it, before this scheme added anything. Called
+    /// for every response of a [`Replay`] scheme, and of a [`Once`] scheme whose
+    /// [`observes_responses`](Authenticator::observes_responses) is `true`; the engine honours
+    /// [`Action::Retry`] only for [`Replay`] schemes (a [`Once`] scheme cannot resend the
+    /// caller's body). [`credentials_rejected`] tells a rejection apart from other answers. The
+    /// default answers [`Action::Done`].
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut Self::State) -> Action {
         let _ = (req, res, state);
         Action::Done
@@ -166,7 +179,12 @@ pub trait Authenticator: Send + Sync + 'static {
 pub enum Authorize<W> {
     /// The request is ready to be sent.
     Done,
-    /// Wait for this future, then call `authorize` again.
+    /// Wait for this future, then call `authorize` again on a fresh copy of the caller's
+    /// request (return `Wait` before changing the request). The engine waits as long as the
+    /// future takes and never sends the request without what the scheme decides: bound the
+    /// wait in the future itself (a scheme's timeout, failing with
+    /// [`Error::timeout`](crate::Error::timeout)). While waiting, the request holds no readiness
+    /// of the wrapped service.
     Wait(W),
     /// Buffer the request body, then call `authorize` again with [`AuthRequest::body`] set.
     NeedBody,
@@ -265,148 +283,6 @@ impl<'a> AuthRequest<'a> {
     }
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Once {}
-    impl Sealed for super::Replay {}
-    impl Sealed for std::convert::Infallible {}
-    impl Sealed for crate::Error {}
-}
-
-/// Chooses the request body type the engine gives the wrapped service. Implemented by [`Once`]
-/// and [`Replay`] only.
-pub trait BodyMode: sealed::Sealed + Send + Sync + 'static {
-    /// The body type the wrapped service receives for a caller's body `B`.
-    type Body<B>;
-    /// Whether schemes of this mode may retry.
-    const REPLAY: bool;
-    /// Wraps the caller's body for the first exchange; returns the handle that can replay it.
-    fn first<B>(body: B, limit: usize) -> (Self::Body<B>, Option<ReplayBody<B>>)
-    where
-        B: http_body::Body + Send + 'static;
-    /// A body for another exchange, if this mode replays.
-    fn again<B>(replay: &ReplayBody<B>) -> Option<Self::Body<B>>;
-}
-
-/// [`BodyMode`] of schemes that never retry: the body passes through unchanged.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Once;
-
-/// [`BodyMode`] of schemes that may retry: the body is wrapped in a [`ReplayBody`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Replay;
-
-impl BodyMode for Once {
-    type Body<B> = B;
-    const REPLAY: bool = false;
-    fn first<B>(body: B, _limit: usize) -> (B, Option<ReplayBody<B>>)
-    where
-        B: http_body::Body + Send + 'static,
-    {
-        (body, None)
-    }
-    fn again<B>(_replay: &ReplayBody<B>) -> Option<B> {
-        None
-    }
-}
-
-impl BodyMode for Replay {
-    type Body<B> = ReplayBody<B>;
-    const REPLAY: bool = true;
-    fn first<B>(body: B, limit: usize) -> (ReplayBody<B>, Option<ReplayBody<B>>)
-    where
-        B: http_body::Body + Send + 'static,
-    {
-        let body = ReplayBody::new(body, limit);
-        let replay = body.clone_for_replay();
-        (body, Some(replay))
-    }
-    fn again<B>(replay: &ReplayBody<B>) -> Option<ReplayBody<B>> {
-        Some(replay.clone_for_replay())
-    }
-}
-
-/// Chooses the error type of the layer. Implemented by [`Infallible`] (the wrapped service's
-/// error passes through) and [`Error`](crate::Error) only.
-pub trait ErrorMode: sealed::Sealed + fmt::Debug + Send + Sized + 'static {
-    /// The layer's error type when the wrapped service fails with `E`.
-    type Out<E>;
-    /// Wraps the service's error.
-    fn inner<E: Into<BoxError>>(err: E) -> Self::Out<E>;
-    /// Converts the scheme's own error.
-    fn scheme<E>(self) -> Self::Out<E>;
-    /// Reports that the request body could not be read.
-    fn body<E>(err: BoxError) -> Result<Self::Out<E>, BoxError>;
-}
-
-impl ErrorMode for Infallible {
-    type Out<E> = E;
-    fn inner<E: Into<BoxError>>(err: E) -> E {
-        err
-    }
-    fn scheme<E>(self) -> E {
-        match self {}
-    }
-    fn body<E>(err: BoxError) -> Result<E, BoxError> {
-        Err(err)
-    }
-}
-
-impl ErrorMode for Error {
-    type Out<E> = Error;
-    fn inner<E: Into<BoxError>>(err: E) -> Error {
-        Error::inner(err)
-    }
-    fn scheme<E>(self) -> Error {
-        self
-    }
-    fn body<E>(err: BoxError) -> Result<Error, BoxError> {
-        Ok(Error::body(err))
-    }
-}
-
-/// The mode of two schemes combined: [`Replay`] if either replays.
-pub trait JoinMode<M: BodyMode>: BodyMode {
-    /// The combined mode.
-    type Out: BodyMode;
-}
-impl JoinMode<Once> for Once {
-    type Out = Once;
-}
-impl JoinMode<Replay> for Once {
-    type Out = Replay;
-}
-impl JoinMode<Once> for Replay {
-    type Out = Replay;
-}
-impl JoinMode<Replay> for Replay {
-    type Out = Replay;
-}
-
-/// The error mode of two schemes combined: [`Error`](crate::Error) if either can fail.
-pub trait JoinError<E: ErrorMode>: ErrorMode + Sized {
-    /// The combined error mode.
-    type Out: ErrorMode + From<Self> + From<E>;
-}
-impl JoinError<Infallible> for Infallible {
-    type Out = Infallible;
-}
-impl JoinError<Error> for Infallible {
-    type Out = Error;
-}
-impl JoinError<Infallible> for Error {
-    type Out = Error;
-}
-impl JoinError<Error> for Error {
-    type Out = Error;
-}
-
-impl From<Infallible> for Error {
-    fn from(never: Infallible) -> Self {
-        match never {}
-    }
-}
-
 /// A scheme made of a closure over the request, for the simple cases (the counterpart of
 /// `requests.auth.AuthBase.__call__` and httpx's `FunctionAuth`). Made by
 /// [`AuthLayer::from_fn`](crate::AuthLayer::from_fn).
@@ -418,17 +294,143 @@ impl<F> fmt::Debug for FnAuth<F> {
     }
 }
 
-impl<F> Authenticator for FnAuth<F>
+impl<F> Credential for FnAuth<F>
 where
     F: Fn(&mut AuthRequest<'_>) + Send + Sync + 'static,
 {
+    #[inline]
+    fn apply(&self, req: &mut AuthRequest<'_>) {
+        (self.0)(req);
+    }
+}
+
+/// The small trait of schemes that only add credentials: they never wait, never fail and never
+/// retry (Basic, Bearer, API keys, any fixed header, a closure). A blanket impl makes every
+/// `Credential` an [`Authenticator`] of [`Once`] mode: the request body type passes through
+/// unchanged and nothing is kept per request.
+///
+/// Set headers with [`AuthRequest::set_credential`], which applies the crate's rules in one place.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use http::{HeaderName, HeaderValue};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_auth::{AuthLayer, AuthRequest, Credential};
+/// # let client = tower::service_fn(|req: http::Request<String>| async move {
+/// #     assert_eq!(req.headers()["x-tenant-key"], "k-42");
+/// #     assert!(req.headers()["x-tenant-key"].is_sensitive());
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// # });
+///
+/// struct TenantKey(HeaderValue);
+///
+/// impl Credential for TenantKey {
+///     fn apply(&self, req: &mut AuthRequest<'_>) {
+///         req.set_credential(&HeaderName::from_static("x-tenant-key"), &self.0);
+///     }
+/// }
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(AuthLayer::new(TenantKey(HeaderValue::from_static("k-42"))))
+///     .service(client);
+/// svc.oneshot(http::Request::new(String::new())).await.unwrap();
+/// # }
+/// ```
+pub trait Credential: Send + Sync + 'static {
+    /// Adds the credentials to the request.
+    fn apply(&self, req: &mut AuthRequest<'_>);
+
+    /// Whether this credential is for this request at all (see
+    /// [`Authenticator::applies_to`]). The default is `true`.
+    #[inline]
+    fn applies_to(&self, req: &Parts) -> bool {
+        let _ = req;
+        true
+    }
+}
+
+impl<C: Credential> Authenticator for C {
     type Mode = Once;
     type Error = Infallible;
     type State = ();
     type Wait = NoWait<Infallible>;
 
+    #[inline]
     fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
-        (self.0)(req);
+        self.apply(req);
         Ok(Authorize::Done)
+    }
+
+    #[inline]
+    fn applies_to(&self, req: &Parts) -> bool {
+        Credential::applies_to(self, req)
+    }
+}
+
+impl AuthRequest<'_> {
+    /// Sets a credential header with every rule of the crate, the one place they live:
+    ///
+    /// - a request that already carries `name` keeps it (the caller's explicit credentials win);
+    /// - `Proxy-Authorization` goes only with `http://` requests, sent to the proxy in absolute
+    ///   form: an `https://` request travels inside a `CONNECT` tunnel, where proxy credentials
+    ///   must not go;
+    /// - the value sent is marked sensitive (`HeaderValue::set_sensitive`), so HTTP/2 HPACK never
+    ///   indexes it and tower-http's tracing shows it as `Sensitive`.
+    ///
+    /// Returns whether the header was set. Copying a `HeaderValue` does not allocate.
+    #[inline]
+    pub fn set_credential(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
+        if *name == PROXY_AUTHORIZATION && !proxy_may_see(&self.parts.uri) {
+            return false;
+        }
+        if self.parts.headers.contains_key(name) {
+            return false;
+        }
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        self.parts.headers.insert(name.clone(), value);
+        true
+    }
+}
+
+/// Whether `Proxy-Authorization` may go with a request to `uri`: not into a tunnel.
+#[inline]
+pub(crate) fn proxy_may_see(uri: &Uri) -> bool {
+    uri.scheme() != Some(&http::uri::Scheme::HTTPS)
+}
+
+/// Whether a response says the credentials sent were rejected: `401 Unauthorized`, `407 Proxy
+/// Authentication Required`, or a gRPC trailers-only response whose headers carry
+/// `grpc-status: 16` (`UNAUTHENTICATED`), as tonic servers answer a missing or wrong token.
+///
+/// ```
+/// let res = http::Response::builder().header("grpc-status", "16").body(()).unwrap();
+/// assert!(tower_auth::credentials_rejected(&res.into_parts().0));
+/// ```
+pub fn credentials_rejected(res: &http::response::Parts) -> bool {
+    res.status == http::StatusCode::UNAUTHORIZED
+        || res.status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        || res.headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"16")
+}
+
+/// Warns once per scheme instance that credentials readable on the path (Basic) go over plain
+/// `http://`. Used by every scheme that sends a password in clear, so the rule and its wording
+/// live here only.
+#[derive(Debug, Default)]
+pub(crate) struct PlainHttpWarning(AtomicBool);
+
+impl PlainHttpWarning {
+    /// Logs the warning if `uri` is plain `http://` and this instance has not warned yet.
+    #[inline]
+    pub(crate) fn check(&self, uri: &Uri, what: &'static str) {
+        if uri.scheme() == Some(&http::uri::Scheme::HTTP)
+            && !self.0.load(Ordering::Relaxed)
+            && !self.0.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "sending {what} over plain http: the password can be read by anyone on the path (warned once)"
+            );
+        }
     }
 }

@@ -9,14 +9,12 @@
 //! layer logs one `tracing` warning per scheme instance; use HTTPS, or Digest where the server
 //! offers it.
 
-use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine as _;
 use http::header::{AUTHORIZATION, HeaderName, PROXY_AUTHORIZATION};
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
+use crate::authenticator::{AuthRequest, Credential, PlainHttpWarning};
 use crate::error::ConfigError;
 use crate::header::HeaderCredential;
 use crate::layer::AuthLayer;
@@ -44,7 +42,7 @@ use crate::secret::sensitive_header_value;
 pub struct Basic {
     user: String,
     header: HeaderCredential,
-    warned_plain_http: AtomicBool,
+    plain_http: PlainHttpWarning,
 }
 
 impl Basic {
@@ -75,11 +73,8 @@ impl Basic {
             )));
         }
         check_text(password, "Basic password")?;
-        let mut token = String::with_capacity(6 + (user.len() + password.len() + 1).div_ceil(3) * 4);
-        token.push_str("Basic ");
-        base64::engine::general_purpose::STANDARD.encode_string(format!("{user}:{password}"), &mut token);
-        let value = sensitive_header_value(&token, "Basic credentials")?;
-        Ok(Basic { user, header: HeaderCredential::from_value(name, value), warned_plain_http: AtomicBool::new(false) })
+        let value = basic_value(user.as_bytes(), password.as_bytes())?;
+        Ok(Basic { user, header: HeaderCredential::from_value(name, value), plain_http: PlainHttpWarning::default() })
     }
 
     /// The user id.
@@ -90,6 +85,19 @@ impl Basic {
 
 /// Rejects control characters (they would let a credential smuggle bytes into a header or a
 /// hash input) without echoing the credential.
+/// `Basic base64(user:password)` (RFC 7617), marked sensitive: the one place Basic is encoded.
+/// The pair is bytes: a user info decoded from a URL need not be UTF-8.
+pub(crate) fn basic_value(user: &[u8], password: &[u8]) -> Result<http::HeaderValue, ConfigError> {
+    let mut token = String::with_capacity(6 + (user.len() + password.len() + 1).div_ceil(3) * 4);
+    token.push_str("Basic ");
+    let mut pair = Vec::with_capacity(user.len() + 1 + password.len());
+    pair.extend_from_slice(user);
+    pair.push(b':');
+    pair.extend_from_slice(password);
+    base64::engine::general_purpose::STANDARD.encode_string(&pair, &mut token);
+    sensitive_header_value(&token, "Basic credentials")
+}
+
 pub(crate) fn check_text(value: &str, what: &'static str) -> Result<(), ConfigError> {
     match value.bytes().position(|b| b < 0x20 || b == 0x7f) {
         Some(pos) => Err(ConfigError::bad_byte(what, pos)),
@@ -103,23 +111,11 @@ impl fmt::Debug for Basic {
     }
 }
 
-impl Authenticator for Basic {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-
+impl Credential for Basic {
     #[inline]
-    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
-        if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && !self.warned_plain_http.load(Ordering::Relaxed) {
-            self.warned_plain_http.store(true, Ordering::Relaxed);
-            tracing::warn!(
-                user = %self.user,
-                "sending Basic credentials over plain http: the password can be read by anyone on the path (warned once)"
-            );
-        }
+    fn apply(&self, req: &mut AuthRequest<'_>) {
+        self.plain_http.check(req.uri(), "Basic credentials");
         self.header.apply(req);
-        Ok(Authorize::Done)
     }
 }
 

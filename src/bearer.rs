@@ -4,12 +4,11 @@
 //! For tokens that expire and must be fetched and refreshed, use the OAuth2 token provider
 //! (planned) instead: it shares the current token lock-free and refreshes it in the background.
 
-use std::convert::Infallible;
 use std::fmt;
 
 use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
+use crate::authenticator::{AuthRequest, Credential};
 use crate::error::ConfigError;
 use crate::header::HeaderCredential;
 use crate::layer::AuthLayer;
@@ -77,16 +76,10 @@ impl fmt::Debug for Bearer {
     }
 }
 
-impl Authenticator for Bearer {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-
+impl Credential for Bearer {
     #[inline]
-    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+    fn apply(&self, req: &mut AuthRequest<'_>) {
         self.header.apply(req);
-        Ok(Authorize::Done)
     }
 }
 

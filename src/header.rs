@@ -1,12 +1,11 @@
 //! Static credentials in a header: the core of Basic, Bearer, API keys and custom headers.
 
-use std::convert::Infallible;
 use std::fmt;
 
 use http::HeaderValue;
-use http::header::{HeaderName, PROXY_AUTHORIZATION};
+use http::header::HeaderName;
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
+use crate::authenticator::{AuthRequest, Credential};
 use crate::error::ConfigError;
 use crate::secret::sensitive_header_value;
 
@@ -65,26 +64,12 @@ impl HeaderCredential {
         &self.name
     }
 
-    /// Inserts the header unless the request has one of that name already.
-    ///
-    /// `Proxy-Authorization` is only added to `http://` requests (sent to the proxy in absolute
-    /// form): an `https://` request goes through a `CONNECT` tunnel to the origin, and the proxy's
-    /// credentials must not travel inside it (the tunnel's own `CONNECT` is the connector's to
-    /// authenticate).
+    /// Sets the header with [`AuthRequest::set_credential`]'s rules: a caller's own header of
+    /// that name wins, and `Proxy-Authorization` never goes into a `CONNECT` tunnel.
     #[inline]
     pub(crate) fn apply(&self, req: &mut AuthRequest<'_>) {
-        if self.name == PROXY_AUTHORIZATION && !proxy_may_see(req.uri()) {
-            return;
-        }
-        if !req.headers().contains_key(&self.name) {
-            req.headers_mut().insert(self.name.clone(), self.value.clone());
-        }
+        req.set_credential(&self.name, &self.value);
     }
-}
-
-/// Whether `Proxy-Authorization` may go with a request to `uri`: not into a tunnel.
-pub(crate) fn proxy_may_see(uri: &http::Uri) -> bool {
-    uri.scheme() != Some(&http::uri::Scheme::HTTPS)
 }
 
 impl fmt::Debug for HeaderCredential {
@@ -96,16 +81,10 @@ impl fmt::Debug for HeaderCredential {
     }
 }
 
-impl Authenticator for HeaderCredential {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-
+impl Credential for HeaderCredential {
     #[inline]
-    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
-        self.apply(req);
-        Ok(Authorize::Done)
+    fn apply(&self, req: &mut AuthRequest<'_>) {
+        HeaderCredential::apply(self, req);
     }
 }
 
@@ -115,3 +94,4 @@ impl HeaderCredential {
         self.value.to_str().unwrap()
     }
 }
+pub(crate) use crate::authenticator::proxy_may_see;

@@ -71,23 +71,17 @@ mod api_key;
 mod authenticator;
 mod basic;
 mod bearer;
-mod body;
 pub mod challenge;
-mod combine;
+pub mod combine;
 #[cfg(feature = "connector")]
 #[cfg_attr(docsrs, doc(cfg(feature = "connector")))]
 pub mod connector;
 #[cfg(feature = "digest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
 pub mod digest;
-mod dyn_auth;
-mod error;
-mod future;
+pub mod engine;
 mod header;
-mod layer;
 pub mod netrc;
-mod netrc_auth;
-pub mod origin;
 pub mod route;
 mod secret;
 #[cfg(feature = "testing")]
@@ -95,23 +89,24 @@ mod secret;
 pub mod testing;
 mod url_credentials;
 
+// Short crate-internal paths to the engine's pieces.
+pub(crate) use engine as layer;
+pub(crate) use engine::error;
+pub(crate) use route::origin;
+
 pub use api_key::{ApiKey, DEFAULT_API_KEY_HEADER, DEFAULT_API_KEY_PARAM};
 pub use authenticator::{
-    Action, AuthRequest, Authenticator, Authorize, BodyMode, BodyView, ErrorMode, FnAuth, JoinError, JoinMode, NoWait,
-    Once, Replay,
+    Action, AuthRequest, Authenticator, Authorize, BodyView, Credential, FnAuth, NoWait, credentials_rejected,
 };
 pub use basic::Basic;
 pub use bearer::Bearer;
-pub use body::{DEFAULT_BODY_LIMIT, ReplayBody};
-pub use combine::{AllOf, EitherWait, FirstOf, FirstOfState};
+pub use combine::{AllOf, BoxAuthenticator, FirstOf};
 #[cfg(feature = "digest")]
-pub use digest::{Algorithm, Digest, DigestState, Qop};
-pub use dyn_auth::{BoxAuthenticator, BoxState, BoxWait};
-pub use error::{BoxError, ConfigError, Error};
-pub use future::ResponseFuture;
+pub use digest::Digest;
+pub use engine::{
+    Auth, AuthLayer, BoxError, ConfigError, DEFAULT_BODY_LIMIT, Error, MAX_EXCHANGES, Once, Replay, ReplayBody,
+};
 pub use header::HeaderCredential;
-pub use layer::{Auth, AuthLayer, MAX_EXCHANGES, ModeBody};
-pub use netrc_auth::NetrcAuth;
-pub use route::{RouteBuilder, RouteState, Router};
+pub use netrc::NetrcAuth;
 pub use secret::{Secret, sensitive_header_value};
 pub use url_credentials::UrlCredentials;

@@ -1,18 +1,14 @@
 //! [`UrlCredentials`]: credentials in request URLs turned into Basic, user info removed.
 
-use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use base64::Engine as _;
 use http::Uri;
 use http::header::AUTHORIZATION;
 use http::uri::Authority;
 use percent_encoding::percent_decode_str;
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
+use crate::authenticator::{AuthRequest, Credential, PlainHttpWarning};
 use crate::layer::AuthLayer;
-use crate::secret::sensitive_header_value;
 
 /// Credentials in request URLs: `http://user:password@host/` turned into Basic, and the user
 /// info always removed from the URI (opt-in).
@@ -58,7 +54,7 @@ use crate::secret::sensitive_header_value;
 /// removed anyway.
 #[derive(Default)]
 pub struct UrlCredentials {
-    warned_plain_http: AtomicBool,
+    plain_http: PlainHttpWarning,
 }
 
 impl UrlCredentials {
@@ -106,46 +102,29 @@ fn basic_value(user_info: &str) -> Result<Option<http::HeaderValue>, &'static st
     if user.iter().chain(&password).any(|&b| b < 0x20 || b == 0x7f) {
         return Err("the user name or password contains a control character");
     }
-    let mut pair = user;
-    pair.push(b':');
-    pair.extend_from_slice(&password);
-    let mut token = String::from("Basic ");
-    base64::engine::general_purpose::STANDARD.encode_string(&pair, &mut token);
-    sensitive_header_value(&token, "URL credentials").map(Some).map_err(|_| "the credentials are not a header value")
+    crate::basic::basic_value(&user, &password).map(Some).map_err(|_| "the credentials are not a header value")
 }
 
-impl Authenticator for UrlCredentials {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-
+impl Credential for UrlCredentials {
     /// Whether the request URI has user info.
     fn applies_to(&self, req: &http::request::Parts) -> bool {
         req.uri.authority().is_some_and(|a| a.as_str().contains('@'))
     }
 
-    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+    fn apply(&self, req: &mut AuthRequest<'_>) {
         let Some((stripped, user_info)) = split_user_info(req.uri()) else {
-            return Ok(Authorize::Done);
+            return;
         };
         let value = if req.headers().contains_key(AUTHORIZATION) { Ok(None) } else { basic_value(user_info) };
         *req.uri_mut() = stripped;
         match value {
             Ok(Some(value)) => {
-                if req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
-                    && !self.warned_plain_http.swap(true, Ordering::Relaxed)
-                {
-                    tracing::warn!(
-                        "sending Basic credentials from the URL over plain http: the password can be read by anyone on the path (warned once)"
-                    );
-                }
-                req.headers_mut().insert(AUTHORIZATION, value);
+                self.plain_http.check(req.uri(), "Basic credentials from the URL");
+                req.set_credential(&AUTHORIZATION, &value);
             }
             Ok(None) => {}
             Err(why) => tracing::warn!("credentials in the request URL not sent: {why}; the user info was removed"),
         }
-        Ok(Authorize::Done)
     }
 }
 
@@ -160,6 +139,7 @@ impl AuthLayer<UrlCredentials> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Authenticator;
 
     fn run(uri: &str, explicit: Option<&'static str>) -> (String, Option<String>) {
         let mut req = http::Request::get(uri).body(()).unwrap();

@@ -213,7 +213,11 @@ async fn failing_scheme_gives_a_typed_error() {
     let svc = ServiceBuilder::new().layer(AuthLayer::new(later)).service(OnlyOneBodyType);
     let err: Error = svc.oneshot(Request::new(OnlyBody::default())).await.unwrap_err();
     assert!(err.is_scheme());
-    assert!(err.to_string().contains("503"), "{err}");
+    // Display names what happened; the cause is the source, printed once by error reports.
+    assert_eq!(err.to_string(), "the authentication scheme could not produce credentials");
+    let source = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(source.to_string().contains("503"), "{source}");
+    assert!(!err.to_string().contains("503"), "the cause is not repeated in Display: {err}");
 }
 
 #[tokio::test]
@@ -379,4 +383,264 @@ async fn proxy_credentials_never_go_into_a_tunnel() {
     let svc = ServiceBuilder::new().layer(AuthLayer::proxy_digest("alice", "pw").unwrap()).service(inner);
     let res = svc.oneshot(Request::get("https://origin.example/").body(Empty::new()).unwrap()).await.unwrap();
     assert_eq!(res.into_body(), "false");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine v2: responses observed by every scheme, waits that fail closed, readiness released.
+
+/// A token source that keeps the caller's body type (never replays) and learns from responses:
+/// a rejected token (`401`, or gRPC's `grpc-status: 16`) is dropped and the next one used.
+struct Rotating {
+    tokens: &'static [&'static str],
+    current: AtomicUsize,
+    observed: AtomicUsize,
+}
+
+impl Authenticator for Rotating {
+    type Mode = Once;
+    type Error = Infallible;
+    type State = usize; // the index of the token this request carries
+    type Wait = NoWait<Infallible>;
+
+    fn authorize(&self, req: &mut AuthRequest<'_>, sent: &mut usize) -> Result<Authorize<Self::Wait>, Infallible> {
+        *sent = self.current.load(Ordering::SeqCst);
+        let value = HeaderValue::from_static(self.tokens[*sent % self.tokens.len()]);
+        req.set_credential(&http::header::AUTHORIZATION, &value);
+        Ok(Authorize::Done)
+    }
+
+    fn observes_responses(&self) -> bool {
+        true
+    }
+
+    fn on_response(&self, _: &http::request::Parts, res: &http::response::Parts, sent: &mut usize) -> Action {
+        self.observed.fetch_add(1, Ordering::SeqCst);
+        if tower_auth::credentials_rejected(res) {
+            // Compare, then swap: only the token this request carried is invalidated.
+            let _ = self.current.compare_exchange(*sent, *sent + 1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        Action::Retry // ignored: the scheme cannot replay; the caller gets the response
+    }
+}
+
+/// Accepts only `OnlyBody` (as tonic's `Channel` accepts only its own body type); rejects
+/// "Bearer old" with 401 on `/http` and with a trailers-only gRPC answer elsewhere.
+#[derive(Clone)]
+struct Picky(Arc<AtomicUsize>);
+
+impl Service<Request<OnlyBody>> for Picky {
+    type Response = Response<String>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<String>, std::io::Error>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: Request<OnlyBody>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let mut res = Response::new(auth.clone());
+        if auth != "Bearer new" {
+            if req.uri().path() == "/http" {
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+            } else {
+                res.headers_mut().insert("grpc-status", HeaderValue::from_static("16"));
+            }
+        }
+        std::future::ready(Ok(res))
+    }
+}
+
+#[tokio::test]
+async fn a_scheme_that_keeps_the_body_type_observes_rejections_and_never_replays() {
+    for path in ["/http", "/grpc.Service/Method"] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let scheme = Arc::new(Rotating {
+            tokens: &["Bearer old", "Bearer new"],
+            current: AtomicUsize::new(0),
+            observed: AtomicUsize::new(0),
+        });
+        let svc = ServiceBuilder::new().layer(AuthLayer::from_arc(scheme.clone())).service(Picky(calls.clone()));
+        // Compiles only because the body type passes through: `Picky` takes `OnlyBody` only.
+        let first = svc.clone().oneshot(Request::get(path).body(OnlyBody::default()).unwrap()).await.unwrap();
+        assert_eq!(first.body(), "Bearer old");
+        assert!(tower_auth::credentials_rejected(&first.into_parts().0), "{path}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{path}: a scheme that cannot replay is never retried");
+        let second = svc.oneshot(Request::get(path).body(OnlyBody::default()).unwrap()).await.unwrap();
+        assert_eq!(second.status(), 200, "{path}");
+        assert_eq!(second.body(), "Bearer new", "{path}: the rejected token is not sent again");
+        assert!(second.headers().get("grpc-status").is_none());
+        assert_eq!(scheme.observed.load(Ordering::SeqCst), 2, "{path}: every response is shown");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{path}");
+    }
+}
+
+/// A scheme whose credentials need several waits before they are ready, or never come in time.
+struct Slow {
+    waits_needed: usize,
+    waited: Arc<AtomicUsize>,
+    give_up_after: Option<std::time::Duration>,
+}
+
+impl Authenticator for Slow {
+    type Mode = Once;
+    type Error = Error;
+    type State = ();
+    type Wait = Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>;
+
+    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Error> {
+        if let Some(limit) = self.give_up_after {
+            // A credential source that never answers, bounded by the scheme's own timeout.
+            return Ok(Authorize::Wait(Box::pin(async move {
+                match tokio::time::timeout(limit, std::future::pending::<()>()).await {
+                    Ok(()) => Ok(()),
+                    Err(elapsed) => Err(Error::timeout(elapsed)),
+                }
+            })));
+        }
+        if self.waited.load(Ordering::SeqCst) < self.waits_needed {
+            let waited = self.waited.clone();
+            return Ok(Authorize::Wait(Box::pin(async move {
+                tokio::task::yield_now().await;
+                waited.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })));
+        }
+        req.headers_mut().insert("authorization", HeaderValue::from_static("Bearer finally"));
+        Ok(Authorize::Done)
+    }
+}
+
+#[tokio::test]
+async fn waits_are_not_counted_the_request_leaves_only_with_its_credentials() {
+    // Ten waits (the old engine gave up after three and sent the request naked).
+    let waited = Arc::new(AtomicUsize::new(0));
+    let scheme = Slow { waits_needed: 10, waited: waited.clone(), give_up_after: None };
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(scheme)).service(OnlyOneBodyType);
+    let res = svc.oneshot(Request::new(OnlyBody::default())).await.unwrap();
+    assert_eq!(res.into_body(), "Bearer finally");
+    assert_eq!(waited.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_times_out_fails_closed_with_a_typed_error() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let scheme =
+        Slow { waits_needed: 0, waited: Default::default(), give_up_after: Some(std::time::Duration::from_secs(30)) };
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(scheme)).service(Picky(calls.clone()));
+    let started = tokio::time::Instant::now();
+    let err = svc.oneshot(Request::new(OnlyBody::default())).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.to_string(), "credentials were not ready in time; the request was not sent");
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(30), "bounded by the scheme's own timeout");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+}
+
+/// Waits, for requests to `/slow`, until `gate` opens; other requests go at once.
+struct Gated<M> {
+    gate: Arc<tokio::sync::Notify>,
+    mode: std::marker::PhantomData<M>,
+}
+
+impl<M: tower_auth::engine::BodyMode> Authenticator for Gated<M> {
+    type Mode = M;
+    type Error = Infallible;
+    type State = bool;
+    type Wait = Pin<Box<dyn std::future::Future<Output = Result<(), Infallible>> + Send>>;
+
+    fn authorize(&self, req: &mut AuthRequest<'_>, waited: &mut bool) -> Result<Authorize<Self::Wait>, Infallible> {
+        if req.uri().path() == "/slow" && !*waited {
+            *waited = true;
+            let gate = self.gate.clone();
+            return Ok(Authorize::Wait(Box::pin(async move {
+                gate.notified().await;
+                Ok(())
+            })));
+        }
+        req.headers_mut().insert("authorization", HeaderValue::from_static("Bearer t"));
+        Ok(Authorize::Done)
+    }
+}
+
+async fn waiting_holds_no_permit<M, B>(body: fn() -> B)
+where
+    M: tower_auth::engine::BodyMode,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+    tower_auth::Auth<
+        tower::limit::ConcurrencyLimit<
+            tower::util::BoxCloneSyncService<Request<M::Body<B>>, Response<String>, Infallible>,
+        >,
+        Gated<M>,
+    >: Service<Request<B>, Response = Response<String>, Error = Infallible> + Clone + Send + 'static,
+    <tower_auth::Auth<
+        tower::limit::ConcurrencyLimit<
+            tower::util::BoxCloneSyncService<Request<M::Body<B>>, Response<String>, Infallible>,
+        >,
+        Gated<M>,
+    > as Service<Request<B>>>::Future: Send,
+    M::Body<B>: Send + 'static,
+{
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let inner = tower::util::BoxCloneSyncService::new(tower::service_fn(|req: Request<M::Body<B>>| async move {
+        Ok::<_, Infallible>(Response::new(format!("{} {:?}", req.uri().path(), req.headers().get("authorization"))))
+    }));
+    let limited = tower::limit::ConcurrencyLimit::new(inner, 1);
+    let mut svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(Gated::<M> { gate: gate.clone(), mode: std::marker::PhantomData }))
+        .service(limited);
+
+    // The slow request takes the only permit in poll_ready, then waits for its credentials.
+    svc.ready().await.unwrap();
+    let slow = tokio::spawn(svc.call(Request::get("/slow").body(body()).unwrap()));
+    tokio::task::yield_now().await;
+    assert!(!slow.is_finished());
+
+    // Meanwhile another request gets the permit and its answer.
+    let quick = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        svc.clone().oneshot(Request::get("/quick").body(body()).unwrap()).await
+    })
+    .await
+    .expect("a waiting request must not hold the ConcurrencyLimit permit")
+    .unwrap();
+    assert_eq!(quick.into_body(), r#"/quick Some("Bearer t")"#);
+    assert!(!slow.is_finished());
+
+    // The credentials arrive: the slow request takes the permit again and leaves with them.
+    gate.notify_one();
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.into_body(), r#"/slow Some("Bearer t")"#);
+}
+
+#[tokio::test]
+async fn a_waiting_request_releases_the_inner_readiness_once_mode() {
+    waiting_holds_no_permit::<Once, OnlyBody>(OnlyBody::default).await;
+}
+
+#[tokio::test]
+async fn a_waiting_request_releases_the_inner_readiness_replay_mode() {
+    waiting_holds_no_permit::<Replay, Full<Bytes>>(|| Full::new(Bytes::from_static(b"body"))).await;
+}
+
+#[tokio::test]
+async fn routers_and_boxes_of_schemes_that_never_replay_keep_the_body_type() {
+    use tower_auth::BoxAuthenticator;
+    // Compiles only because `OnlyOneBodyType` receives the caller's `OnlyBody`.
+    let router = AuthLayer::route()
+        .origin("https://a.example", Bearer::new("a").unwrap())
+        .unwrap()
+        .origin("https://b.example", Basic::new("u", "p").unwrap())
+        .unwrap()
+        .pattern("https://*.c.example", ApiKey::header_named("authorization", "key-c").unwrap())
+        .unwrap()
+        .build();
+    let svc = ServiceBuilder::new().layer(router).service(OnlyOneBodyType);
+    let get = |uri: &str| Request::get(uri).body(OnlyBody::default()).unwrap();
+    assert_eq!(svc.clone().oneshot(get("https://a.example/")).await.unwrap().into_body(), "Bearer a");
+    assert_eq!(svc.clone().oneshot(get("https://b.example/")).await.unwrap().into_body(), "Basic dTpw");
+    assert_eq!(svc.clone().oneshot(get("https://x.c.example/")).await.unwrap().into_body(), "key-c");
+    assert_eq!(svc.oneshot(get("https://elsewhere.example/")).await.unwrap().into_body(), "");
+
+    let boxed = BoxAuthenticator::once(Bearer::new("boxed").unwrap());
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(boxed)).service(OnlyOneBodyType);
+    assert_eq!(svc.oneshot(Request::new(OnlyBody::default())).await.unwrap().into_body(), "Bearer boxed");
 }

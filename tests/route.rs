@@ -16,10 +16,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_auth::route::Router;
 use tower_auth::testing::{DigestCheck, RequireLayer, TestServer};
 use tower_auth::{
     Action, ApiKey, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, Digest, NetrcAuth, NoWait, Replay,
-    ReplayBody, Router, UrlCredentials,
+    ReplayBody, UrlCredentials,
 };
 
 /// What an in-process "server" saw: the URI and the credential headers.
@@ -63,6 +64,7 @@ fn last(log: &Recorded) -> Seen {
 async fn routing_is_exact() {
     let log = Recorded::default();
     let layer = AuthLayer::route()
+        .replaying()
         .origin("https://api.example", Bearer::new("api").unwrap())
         .unwrap()
         .origin("http://[::1]:8080", ApiKey::header("v6").unwrap())
@@ -117,6 +119,7 @@ async fn routing_is_exact() {
 async fn patterns_and_default() {
     let log = Recorded::default();
     let layer = AuthLayer::route()
+        .replaying()
         .origin("https://exact.example.com", Bearer::new("exact").unwrap())
         .unwrap()
         .pattern("https://*.example.com", Bearer::new("wild").unwrap())
@@ -150,7 +153,8 @@ async fn patterns_and_default() {
 #[tokio::test]
 async fn explicit_authorization_wins() {
     let log = Recorded::default();
-    let layer = AuthLayer::route().origin("https://a.example", Basic::new("u", "p").unwrap()).unwrap().build();
+    let layer =
+        AuthLayer::route().replaying().origin("https://a.example", Basic::new("u", "p").unwrap()).unwrap().build();
     let svc = ServiceBuilder::new().layer(layer).service(recorder::<ReplayBody<String>>(log.clone()));
     let mut req = Request::get("https://a.example/").body(String::new()).unwrap();
     req.headers_mut().insert(AUTHORIZATION, HeaderValue::from_static("Token mine"));
@@ -197,6 +201,7 @@ async fn two_origins_two_schemes_and_an_unknown_one_over_sockets() {
     let unknown = echo_server().await;
 
     let layer = AuthLayer::route()
+        .replaying()
         .origin(&a.url(""), Basic::new("alice", "s3cret").unwrap())
         .unwrap()
         .origin(&b.url(""), Bearer::new("tok-b").unwrap())
@@ -229,6 +234,7 @@ async fn digest_state_is_kept_per_origin() {
         .unwrap();
 
     let layer = AuthLayer::route()
+        .replaying()
         .origin(&a.url(""), Digest::new("alice", "s3cret").unwrap())
         .unwrap()
         .origin(&b.url(""), Digest::new("alice", "s3cret").unwrap())
@@ -253,7 +259,8 @@ async fn digest_state_is_kept_per_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_insert_and_remove_under_concurrent_requests() {
     let log = Recorded::default();
-    let layer = AuthLayer::route().origin("https://a.example", Bearer::new("a-0").unwrap()).unwrap().build();
+    let layer =
+        AuthLayer::route().replaying().origin("https://a.example", Bearer::new("a-0").unwrap()).unwrap().build();
     let router = layer.router().clone();
     let svc = ServiceBuilder::new().layer(layer).service(recorder::<ReplayBody<String>>(log.clone()));
 
@@ -334,7 +341,7 @@ impl Authenticator for Tagged {
 
 #[tokio::test]
 async fn a_request_in_flight_keeps_its_scheme_when_the_route_changes() {
-    let layer = AuthLayer::route().origin("https://a.example", Tagged("old")).unwrap().build();
+    let layer = AuthLayer::route().replaying().origin("https://a.example", Tagged("old")).unwrap().build();
     let router: Arc<Router> = layer.router().clone();
     let tags = Arc::new(Mutex::new(Vec::new()));
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
@@ -393,6 +400,7 @@ async fn netrc_fallback_over_sockets() {
         netrc_file("machine 127.0.0.1 login alice password s3cret\nmachine example.com login eve password nope\n");
 
     let layer = AuthLayer::route()
+        .replaying()
         .origin(&explicit.url(""), Bearer::new("explicit").unwrap())
         .unwrap()
         .netrc(NetrcAuth::from_path(file.path()).unwrap())
@@ -408,7 +416,7 @@ async fn netrc_fallback_over_sockets() {
 async fn netrc_lookup_is_by_host_only() {
     let log = Recorded::default();
     let file = netrc_file("machine example.com login alice password s3cret\n");
-    let layer = AuthLayer::route().netrc(NetrcAuth::from_path(file.path()).unwrap()).build();
+    let layer = AuthLayer::route().replaying().netrc(NetrcAuth::from_path(file.path()).unwrap()).build();
     let svc = ServiceBuilder::new().layer(layer).service(recorder::<ReplayBody<String>>(log.clone()));
     send(&svc, "http://example.com/").await;
     assert_eq!(last(&log).authorization.as_deref(), Some("Basic YWxpY2U6czNjcmV0"));
@@ -463,7 +471,7 @@ async fn url_credentials_are_sent_as_basic_and_stripped() {
     let stats = require.stats();
     let a =
         TestServer::start(axum::Router::new().route("/", get(|| async { "url" })).route_layer(require)).await.unwrap();
-    let router = AuthLayer::route().origin(&a.url(""), Bearer::new("unused").unwrap()).unwrap().build();
+    let router = AuthLayer::route().replaying().origin(&a.url(""), Bearer::new("unused").unwrap()).unwrap().build();
     let svc = ServiceBuilder::new().layer(AuthLayer::new(UrlCredentials::new())).layer(router).service(http_client());
     let url = format!("http://alice:s3cret@127.0.0.1:{}/", a.addr().port());
     assert_eq!(get_body(&svc, &url).await, (StatusCode::OK, "url".into()));

@@ -12,12 +12,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Layers whose schemes cannot fail (Basic, Bearer, API keys, Digest) keep the wrapped service's
 /// error type instead. The message never contains a credential.
 ///
+/// `Display` says what happened; the cause is [`source`](std::error::Error::source), printed
+/// once by error reports that walk the chain (as hyper-util's and reqwest's errors do).
+///
 /// ```
 /// use tower_auth::Error;
 ///
 /// let err = Error::scheme("token endpoint answered 500");
 /// assert!(err.is_scheme());
 /// assert!(!err.is_inner());
+/// assert_eq!(err.to_string(), "the authentication scheme could not produce credentials");
+/// assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "token endpoint answered 500");
 /// ```
 pub struct Error {
     kind: Kind,
@@ -29,6 +34,7 @@ enum Kind {
     Inner,
     Scheme,
     Body,
+    Timeout,
 }
 
 impl Error {
@@ -45,6 +51,17 @@ impl Error {
     /// The request body could not be read to be replayed or hashed.
     pub fn body(source: impl Into<BoxError>) -> Self {
         Error { kind: Kind::Body, source: Some(source.into()) }
+    }
+
+    /// Credentials were not ready in time: a scheme's wait gave up (its own timeout). The
+    /// request was not sent.
+    pub fn timeout(source: impl Into<BoxError>) -> Self {
+        Error { kind: Kind::Timeout, source: Some(source.into()) }
+    }
+
+    /// Credentials were not ready in time; the request was not sent.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
     }
 
     /// The wrapped service failed.
@@ -85,11 +102,9 @@ impl fmt::Display for Error {
             Kind::Inner => "the wrapped service failed",
             Kind::Scheme => "the authentication scheme could not produce credentials",
             Kind::Body => "the request body could not be read for authentication",
+            Kind::Timeout => "credentials were not ready in time; the request was not sent",
         };
-        match &self.source {
-            Some(source) => write!(f, "{what}: {source}"),
-            None => f.write_str(what),
-        }
+        f.write_str(what)
     }
 }
 

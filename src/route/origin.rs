@@ -30,7 +30,7 @@
 //! holds.
 //!
 //! ```
-//! use tower_auth::origin::{Origin, OriginMap};
+//! use tower_auth::route::origin::{Origin, OriginMap};
 //!
 //! let mut tokens = OriginMap::new();
 //! tokens.insert("https://api.example.com".parse::<Origin>()?, "token-a");
@@ -244,7 +244,7 @@ impl Hasher for OriginKeyHasher {
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use tower_auth::origin::{key_of_uri, Origin, OriginKey, OriginKeyBuildHasher};
+/// use tower_auth::route::origin::{key_of_uri, Origin, OriginKey, OriginKeyBuildHasher};
 ///
 /// let origin: Origin = "https://example.com".parse()?;
 /// let mut map: HashMap<OriginKey, (Origin, u32), OriginKeyBuildHasher> = HashMap::default();
@@ -444,7 +444,7 @@ fn parse_port(digits: &str) -> Option<u16> {
 /// ws and wss, an empty host, a malformed IPv6 literal or port.
 ///
 /// ```
-/// use tower_auth::origin::{key_of_uri, Origin};
+/// use tower_auth::route::origin::{key_of_uri, Origin};
 ///
 /// let origin: Origin = "http://[::1]:8080".parse()?;
 /// let uri: http::Uri = "http://[0:0::0001]:8080/path".parse()?;
@@ -552,7 +552,7 @@ impl Origin {
     /// allocates.
     ///
     /// ```
-    /// use tower_auth::origin::Origin;
+    /// use tower_auth::route::origin::Origin;
     ///
     /// let origin: Origin = "https://example.com".parse()?;
     /// assert!(origin.matches_uri(&"https://Example.COM:443/a?b".parse()?));
@@ -814,7 +814,7 @@ fn redact_input(input: &str) -> String {
 /// rejected) and must be a name, not an IP address.
 ///
 /// ```
-/// use tower_auth::origin::OriginPattern;
+/// use tower_auth::route::origin::OriginPattern;
 ///
 /// let pattern: OriginPattern = "https://*.example.com".parse()?;
 /// assert!(pattern.matches_uri(&"https://a.example.com/x".parse()?));

@@ -3,12 +3,14 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use http::request::Parts;
 
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyMode, ErrorMode, Replay};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
+use crate::engine::{BodyMode, ErrorMode, FitsIn, Once, Replay};
 use crate::error::Error;
 
 /// The [`Wait`](Authenticator::Wait) future of a [`BoxAuthenticator`].
@@ -22,7 +24,7 @@ pub type BoxWait = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'stat
 ///
 /// | | erased | consequence |
 /// |---|---|---|
-/// | [`Mode`](Authenticator::Mode) | [`Replay`] | the engine wraps the body in a [`ReplayBody`](crate::ReplayBody) even for a scheme that never retries (a static scheme erased this way still works: it just never asks for a retry) |
+/// | [`Mode`](Authenticator::Mode) | `M`: [`Replay`] by default, or [`Once`] | a `BoxAuthenticator<Once>` takes only schemes that never retry and keeps the caller's body type (in front of a tonic `Channel`); a `BoxAuthenticator` (of [`Replay`]) takes any scheme, and the engine wraps the body in a [`ReplayBody`](crate::ReplayBody) |
 /// | [`Error`](Authenticator::Error) | [`Error`] | a scheme that cannot fail never returns one |
 /// | [`State`](Authenticator::State) | [`BoxState`] | the scheme's own state, boxed on first use (no allocation for `()`) |
 /// | [`Wait`](Authenticator::Wait) | [`BoxWait`] | boxed only when the scheme actually waits |
@@ -50,9 +52,36 @@ pub type BoxWait = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'stat
 ///
 /// Cloning is cheap and shares the scheme, with its state (Digest nonces, tokens), like the
 /// services of one [`AuthLayer`](crate::AuthLayer) do.
-#[derive(Clone)]
-pub struct BoxAuthenticator {
+///
+/// Schemes that never retry, boxed as `BoxAuthenticator<Once>`, keep the caller's body type:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_auth::{ApiKey, AuthLayer, Bearer, BoxAuthenticator, Once};
+/// // A client that accepts one body type only, as tonic's `Channel` does.
+/// # let client = tower::service_fn(|req: http::Request<String>| async move {
+/// #     assert_eq!(req.headers()["x-api-key"], "k1");
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// # });
+///
+/// let schemes: Vec<BoxAuthenticator<Once>> =
+///     vec![BoxAuthenticator::once(ApiKey::header("k1")?), BoxAuthenticator::once(Bearer::new("t0ken")?)];
+/// let first = schemes.into_iter().next().unwrap();
+/// let svc = ServiceBuilder::new().layer(AuthLayer::new(first)).service(client);
+/// svc.oneshot(http::Request::get("https://api.example/").body(String::new())?).await?;
+/// # Ok(()) }
+/// ```
+pub struct BoxAuthenticator<M = Replay> {
     inner: Arc<dyn DynAuth>,
+    mode: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for BoxAuthenticator<M> {
+    fn clone(&self) -> Self {
+        BoxAuthenticator { inner: Arc::clone(&self.inner), mode: PhantomData }
+    }
 }
 
 /// The per-request state of a [`BoxAuthenticator`]: the erased scheme's own
@@ -66,19 +95,62 @@ impl fmt::Debug for BoxState {
     }
 }
 
-impl BoxAuthenticator {
-    /// Erases `scheme`. A `BoxAuthenticator` given here is taken as it is, not boxed twice.
+impl BoxAuthenticator<Replay> {
+    /// Erases any scheme. A `BoxAuthenticator` given here is taken as it is, not boxed twice.
     pub fn new<A: Authenticator>(scheme: A) -> Self {
+        BoxAuthenticator::erase(scheme)
+    }
+}
+
+impl BoxAuthenticator<Once> {
+    /// Erases a scheme that never retries; the box keeps the caller's body type.
+    pub fn once<A>(scheme: A) -> Self
+    where
+        A: Authenticator<Mode = Once>,
+    {
+        BoxAuthenticator::erase(scheme)
+    }
+}
+
+impl<M: BodyMode> BoxAuthenticator<M> {
+    /// Erases `scheme` into a box of mode `M`. A `BoxAuthenticator` given here is taken as it
+    /// is, not boxed twice.
+    pub(crate) fn erase<A>(scheme: A) -> Self
+    where
+        A: Authenticator,
+        A::Mode: FitsIn<M>,
+    {
         let mut slot = Some(scheme);
-        if let Some(boxed) = (&mut slot as &mut dyn Any).downcast_mut::<Option<BoxAuthenticator>>()
+        let any = &mut slot as &mut dyn Any;
+        if let Some(boxed) = any.downcast_mut::<Option<BoxAuthenticator<Replay>>>()
             && let Some(boxed) = boxed.take()
         {
-            return boxed;
+            return BoxAuthenticator { inner: boxed.inner, mode: PhantomData };
         }
-        match slot {
-            Some(scheme) => BoxAuthenticator { inner: Arc::new(Erased(scheme)) },
-            None => unreachable!("the slot is only emptied when it held a BoxAuthenticator"),
+        if let Some(boxed) = any.downcast_mut::<Option<BoxAuthenticator<Once>>>()
+            && let Some(boxed) = boxed.take()
+        {
+            return BoxAuthenticator { inner: boxed.inner, mode: PhantomData };
         }
+        let inner: Arc<dyn DynAuth> = match slot {
+            Some(scheme) => Arc::new(Erased(scheme)),
+            None => Arc::new(Nothing),
+        };
+        BoxAuthenticator { inner, mode: PhantomData }
+    }
+
+    /// The same scheme in a box of a wider mode (a `BoxAuthenticator<Once>` as a
+    /// `BoxAuthenticator<Replay>`), sharing its state.
+    pub fn widen<M2: BodyMode>(self) -> BoxAuthenticator<M2>
+    where
+        M: FitsIn<M2>,
+    {
+        BoxAuthenticator { inner: self.inner, mode: PhantomData }
+    }
+
+    /// Whether the erased scheme looks at responses (it replays, or it observes them).
+    pub(crate) fn sees_responses(&self) -> bool {
+        self.inner.sees_responses()
     }
 
     /// Whether the erased scheme may ask for a retry (its mode is [`Replay`]).
@@ -92,14 +164,14 @@ impl BoxAuthenticator {
     }
 }
 
-impl fmt::Debug for BoxAuthenticator {
+impl<M> fmt::Debug for BoxAuthenticator<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "BoxAuthenticator({})", self.inner.type_name())
     }
 }
 
-impl Authenticator for BoxAuthenticator {
-    type Mode = Replay;
+impl<M: BodyMode> Authenticator for BoxAuthenticator<M> {
+    type Mode = M;
     type Error = Error;
     type State = BoxState;
     type Wait = BoxWait;
@@ -115,6 +187,11 @@ impl Authenticator for BoxAuthenticator {
     }
 
     #[inline]
+    fn observes_responses(&self) -> bool {
+        self.inner.sees_responses()
+    }
+
+    #[inline]
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action {
         self.inner.on_response(req, res, state)
     }
@@ -126,6 +203,7 @@ trait DynAuth: Send + Sync + 'static {
     fn applies_to(&self, req: &Parts) -> bool;
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action;
     fn replays(&self) -> bool;
+    fn sees_responses(&self) -> bool;
     fn type_name(&self) -> &'static str;
 }
 
@@ -148,19 +226,50 @@ impl<A: Authenticator> DynAuth for Erased<A> {
     }
 
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action {
-        // The engine only shows responses to schemes that replay; keep that promise.
-        if !<A::Mode as BodyMode>::REPLAY {
+        // The engine shows responses to schemes that replay or observe; keep that promise for
+        // the erased scheme, and never let a scheme that cannot replay ask for a retry.
+        if !self.sees_responses() {
             return Action::Done;
         }
-        self.0.on_response(req, res, typed::<A::State>(state))
+        let action = self.0.on_response(req, res, typed::<A::State>(state));
+        if <A::Mode as BodyMode>::REPLAY { action } else { Action::Done }
     }
 
     fn replays(&self) -> bool {
         <A::Mode as BodyMode>::REPLAY
     }
 
+    fn sees_responses(&self) -> bool {
+        <A::Mode as BodyMode>::REPLAY || self.0.observes_responses()
+    }
+
     fn type_name(&self) -> &'static str {
         std::any::type_name::<A>()
+    }
+}
+
+/// Stands in for a scheme that could not be taken out of its slot (never happens: the slot is
+/// emptied only when it held a box). Adds nothing, observes nothing.
+struct Nothing;
+
+impl DynAuth for Nothing {
+    fn authorize(&self, _: &mut AuthRequest<'_>, _: &mut BoxState) -> Result<Authorize<BoxWait>, Error> {
+        Ok(Authorize::Done)
+    }
+    fn applies_to(&self, _: &Parts) -> bool {
+        false
+    }
+    fn on_response(&self, _: &Parts, _: &http::response::Parts, _: &mut BoxState) -> Action {
+        Action::Done
+    }
+    fn replays(&self) -> bool {
+        false
+    }
+    fn sees_responses(&self) -> bool {
+        false
+    }
+    fn type_name(&self) -> &'static str {
+        "nothing"
     }
 }
 
@@ -199,7 +308,7 @@ mod tests {
 
     use super::*;
     use crate::authenticator::{NoWait, Once};
-    use crate::body::ReplayBody;
+    use crate::engine::ReplayBody;
     use crate::{AuthLayer, Basic};
 
     struct Counting(Arc<AtomicU32>);

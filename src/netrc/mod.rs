@@ -75,6 +75,10 @@ use http::Uri;
 
 use crate::secret::Secret;
 
+pub(crate) mod auth;
+
+pub use auth::NetrcAuth;
+
 /// The credentials of one `machine` (or the `default`) entry of a netrc file.
 ///
 /// `Debug` shows the login but never the password or account.

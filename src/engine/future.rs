@@ -13,13 +13,11 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyMode, BodyView, ErrorMode};
-use crate::body::ReplayBody;
-use crate::error::BoxError;
-use crate::layer::{MAX_EXCHANGES, ModeBody};
-
-/// How many times one request may wait for credentials before it is sent without them.
-const MAX_WAITS: u32 = 3;
+use super::body::ReplayBody;
+use super::error::BoxError;
+use super::mode::{BodyMode, ErrorMode};
+use super::{MAX_EXCHANGES, ModeBody, ResponseUriFn};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView};
 /// The most bytes of a challenge response body read (and dropped) so that the connection can
 /// be reused; a larger body is dropped unread.
 const DRAIN_LIMIT: usize = 64 * 1024;
@@ -29,7 +27,23 @@ type ErrorOut<A, S, B> =
 
 pin_project! {
     /// The future of [`Auth`](crate::Auth): authorises the request (waiting for credentials if
-    /// the scheme must), sends it, and lets the scheme answer a challenge by sending it again.
+    /// the scheme must), sends it, shows the response to the scheme if it looks at responses, and
+    /// lets a scheme that replays answer a challenge by sending the request again.
+    ///
+    /// The steps, one [`State`] each:
+    ///
+    /// ```text
+    ///            ┌──────────── Waiting (scheme's future; inner readiness released) ◄─┐
+    ///            ▼                                                                  │ Wait
+    /// start ─► Authorizing ──Done──► Ready (poll_ready of the inner service) ─► Called ──► response
+    ///            │   ▲                                                          │  (shown to the scheme)
+    ///   NeedBody │   │                                                          │ Retry (Replay only,
+    ///            ▼   │                                                          ▼  at most MAX_EXCHANGES)
+    ///          Filling (buffer the body)                         Draining (read the challenge body) ─► Authorizing
+    /// ```
+    ///
+    /// Schemes that neither wait nor look at responses take the fast path: `call` authorises in
+    /// place and the future is the inner service's future, with nothing kept per request.
     pub struct ResponseFuture<S, A, B, ResB>
     where
         S: Service<Request<ModeBody<A, B>>>,
@@ -38,21 +52,39 @@ pin_project! {
         #[pin]
         state: State<S::Future, A::Wait, ResB, A::Error>,
         ctx: Option<Box<Ctx<S, A, B>>>,
+        observer: Option<Box<Observer<A>>>,
     }
 }
 
 pin_project! {
+    /// One step of [`ResponseFuture`].
     #[project = StateProj]
     enum State<F, W, ResB, E> {
+        // The inner service's future.
         Called { #[pin] fut: F },
+        // Asking the scheme for credentials.
         Authorizing,
+        // Waiting for the scheme's credentials (a token being fetched, a nonce being leased).
         Waiting { #[pin] wait: W },
+        // Buffering the request body for a scheme that hashes it.
         Filling,
+        // Waiting for the inner service to be ready, just before sending.
         Ready,
+        // Reading a challenge response's body so the connection can be reused.
         Draining { #[pin] body: ResB, read: usize },
+        // The scheme failed before anything was sent.
         Failed { err: Option<E> },
         Done,
     }
+}
+
+/// What a scheme that observes responses but never replays needs to see its response: the
+/// request as the caller made it and the scheme's per-request state.
+struct Observer<A: Authenticator> {
+    auth: Arc<A>,
+    original: Parts,
+    state: A::State,
+    response_uri: Option<ResponseUriFn>,
 }
 
 /// Everything kept across the exchanges of one request; absent on the fast path.
@@ -69,8 +101,10 @@ struct Ctx<S, A: Authenticator, B> {
     /// The authorised head for the next send, waiting for the service to be ready.
     pending: Option<Parts>,
     attempt: u32,
-    waits: u32,
     body_requested: bool,
+    /// Whether the scheme sees responses (it replays, or it observes them).
+    observes: bool,
+    response_uri: Option<ResponseUriFn>,
 }
 
 impl<S, A, B, ResB> ResponseFuture<S, A, B, ResB>
@@ -79,81 +113,109 @@ where
     A: Authenticator,
     B: Body,
 {
+    /// The fast path: the request was authorised in `call` and sent; nothing else to do.
+    #[inline]
     pub(crate) fn called(fut: S::Future) -> Self {
-        ResponseFuture { state: State::Called { fut }, ctx: None }
+        ResponseFuture { state: State::Called { fut }, ctx: None, observer: None }
+    }
+
+    /// Sent, and the response is to be shown to a scheme that observes responses.
+    pub(crate) fn observed(
+        fut: S::Future,
+        auth: Arc<A>,
+        original: Parts,
+        state: A::State,
+        response_uri: Option<ResponseUriFn>,
+    ) -> Self {
+        let observer = Observer { auth, original, state, response_uri };
+        ResponseFuture { state: State::Called { fut }, ctx: None, observer: Some(Box::new(observer)) }
     }
 
     pub(crate) fn failed(err: A::Error) -> Self {
-        ResponseFuture { state: State::Failed { err: Some(err) }, ctx: None }
+        ResponseFuture { state: State::Failed { err: Some(err) }, ctx: None, observer: None }
     }
 
-    pub(crate) fn waiting(
-        svc: S,
-        auth: Arc<A>,
-        parts: Parts,
-        body: ModeBody<A, B>,
-        replay: Option<ReplayBody<B>>,
-        state: A::State,
-        wait: A::Wait,
-    ) -> Self {
-        let mut ctx = Ctx::new(svc, auth, parts, body, replay, false);
-        ctx.state = state;
-        ctx.waits = 1;
-        ResponseFuture { state: State::Waiting { wait }, ctx: Some(Box::new(ctx)) }
-    }
-
-    pub(crate) fn start(
-        svc: S,
-        auth: Arc<A>,
-        parts: Parts,
-        body: ModeBody<A, B>,
-        replay: Option<ReplayBody<B>>,
-    ) -> Self {
-        let empty = replay.as_ref().is_some_and(ReplayBody::is_empty_body);
-        let ctx = Ctx::new(svc, auth, parts, body, replay, empty);
-        ResponseFuture { state: State::Authorizing, ctx: Some(Box::new(ctx)) }
-    }
-}
-
-impl<S, A: Authenticator, B> Ctx<S, A, B> {
-    fn new(
-        svc: S,
-        auth: Arc<A>,
-        original: Parts,
-        body: ModeBody<A, B>,
-        replay: Option<ReplayBody<B>>,
-        body_empty: bool,
-    ) -> Self {
-        Ctx {
+    /// The full state machine, from [`State::Authorizing`] (or [`State::Waiting`] when `call`
+    /// already asked the scheme and it must wait).
+    pub(crate) fn start(setup: Setup<S, A, B>, wait: Option<A::Wait>) -> Self {
+        let Setup { svc, auth, original, body, replay, state, response_uri } = setup;
+        let body_empty = replay.as_ref().is_some_and(ReplayBody::is_empty_body);
+        let observes = <A::Mode as BodyMode>::REPLAY || auth.observes_responses();
+        let ctx = Ctx {
             svc,
             auth,
             original,
-            state: A::State::default(),
+            state,
             replay,
             body_empty,
             next_body: Some(body),
             pending: None,
             attempt: 0,
-            waits: 0,
             body_requested: false,
-        }
+            observes,
+            response_uri,
+        };
+        let state = match wait {
+            Some(wait) => State::Waiting { wait },
+            None => State::Authorizing,
+        };
+        ResponseFuture { state, ctx: Some(Box::new(ctx)), observer: None }
     }
 }
 
-/// Whether the response was produced by another origin than the request's: tower-http's
-/// `FollowRedirect` below this layer records the final URI in the response. A challenge from
-/// there is not ours to answer (credentials go only to the origin they were configured for).
-#[cfg(feature = "tower-http")]
-fn answered_elsewhere(req: &Parts, res: &http::response::Parts) -> bool {
-    use crate::origin::Origin;
-    res.extensions
-        .get::<tower_http::follow_redirect::RequestUri>()
-        .is_some_and(|last| last.0 != req.uri && Origin::from_uri(&last.0) != Origin::from_uri(&req.uri))
+/// What [`ResponseFuture::start`] needs.
+pub(crate) struct Setup<S, A: Authenticator, B> {
+    pub(crate) svc: S,
+    pub(crate) auth: Arc<A>,
+    pub(crate) original: Parts,
+    pub(crate) body: ModeBody<A, B>,
+    pub(crate) replay: Option<ReplayBody<B>>,
+    pub(crate) state: A::State,
+    pub(crate) response_uri: Option<ResponseUriFn>,
 }
 
-#[cfg(not(feature = "tower-http"))]
-fn answered_elsewhere(_: &Parts, _: &http::response::Parts) -> bool {
-    false
+/// Whether the response was produced by another origin than the request's: a redirect
+/// follower below this layer records where the response came from (tower-http's
+/// `FollowRedirect` in the `RequestUri` extension, read by default). A challenge from there is
+/// not ours to answer, nor a rejection ours to learn from: credentials go only to the origin
+/// they were configured for. The one place this rule lives.
+fn answered_elsewhere(response_uri: Option<ResponseUriFn>, req: &Parts, res: &http::response::Parts) -> bool {
+    let Some(last) = response_uri.and_then(|f| f(res)) else {
+        return false;
+    };
+    if *last == req.uri {
+        return false;
+    }
+    let elsewhere = crate::route::origin::Origin::from_uri(last) != crate::route::origin::Origin::from_uri(&req.uri);
+    if elsewhere {
+        tracing::debug!(
+            status = %res.status,
+            "the response comes from another origin than the request's (a redirect was followed below this layer); it is not shown to the scheme"
+        );
+    }
+    elsewhere
+}
+
+/// Shows a response to a scheme; `true` if it asks for another exchange.
+fn shown<A: Authenticator>(
+    auth: &A,
+    response_uri: Option<ResponseUriFn>,
+    original: &Parts,
+    res: &http::response::Parts,
+    state: &mut A::State,
+) -> bool {
+    if answered_elsewhere(response_uri, original, res) {
+        return false;
+    }
+    let retry = auth.on_response(original, res, state) == Action::Retry;
+    if retry && !<A::Mode as BodyMode>::REPLAY {
+        tracing::debug!(
+            status = %res.status,
+            "a scheme that never replays asked for a retry; the response is returned (its state has seen it)"
+        );
+        return false;
+    }
+    retry
 }
 
 /// A copy of a request head (`Parts` is not `Clone`; its fields are).
@@ -169,7 +231,7 @@ pub(crate) fn clone_parts(p: &Parts) -> Parts {
 
 impl<S, A, B, ResB> Future for ResponseFuture<S, A, B, ResB>
 where
-    S: Service<Request<ModeBody<A, B>>, Response = Response<ResB>>,
+    S: Service<Request<ModeBody<A, B>>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     A: Authenticator,
     B: Body,
@@ -188,21 +250,16 @@ where
                         Ok(res) => res,
                         Err(err) => return Poll::Ready(Err(A::Error::inner(err))),
                     };
-                    let Some(ctx) = this.ctx.as_deref_mut() else {
-                        return Poll::Ready(Ok(res));
-                    };
-                    if !<A::Mode as BodyMode>::REPLAY {
-                        return Poll::Ready(Ok(res));
-                    }
-                    let (parts, body) = res.into_parts();
-                    if answered_elsewhere(&ctx.original, &parts) {
-                        tracing::debug!(
-                            status = %parts.status,
-                            "the response comes from another origin than the request's (a redirect was followed below this layer); its challenge is not answered"
-                        );
+                    if let Some(obs) = this.observer.as_deref_mut() {
+                        let (parts, body) = res.into_parts();
+                        shown(&*obs.auth, obs.response_uri, &obs.original, &parts, &mut obs.state);
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }
-                    if ctx.auth.on_response(&ctx.original, &parts, &mut ctx.state) == Action::Done {
+                    let Some(ctx) = this.ctx.as_deref_mut().filter(|ctx| ctx.observes) else {
+                        return Poll::Ready(Ok(res));
+                    };
+                    let (parts, body) = res.into_parts();
+                    if !shown(&*ctx.auth, ctx.response_uri, &ctx.original, &parts, &mut ctx.state) {
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }
                     if ctx.attempt + 1 >= MAX_EXCHANGES {
@@ -254,6 +311,8 @@ where
                         }
                         Ok(Authorize::NeedBody) if !ctx.body_requested && !ctx.body_empty && ctx.replay.is_some() => {
                             ctx.body_requested = true;
+                            // Reading the caller's body may take a while: no readiness held.
+                            ctx.svc = ctx.svc.clone();
                             State::Filling
                         }
                         Ok(Authorize::NeedBody) => {
@@ -263,16 +322,15 @@ where
                             ctx.pending = Some(parts);
                             State::Ready
                         }
-                        Ok(Authorize::Wait(wait)) if ctx.waits < MAX_WAITS => {
-                            ctx.waits += 1;
+                        Ok(Authorize::Wait(wait)) => {
+                            // Fail closed: the request waits for what its scheme decides, for as
+                            // long as the scheme's own future says (its timeout), and never
+                            // leaves without it. Meanwhile it holds no readiness of the inner
+                            // service (a `Buffer` slot, a `ConcurrencyLimit` permit): the
+                            // service made ready for this call is dropped for a fresh handle,
+                            // made ready again in `Ready`.
+                            ctx.svc = ctx.svc.clone();
                             State::Waiting { wait }
-                        }
-                        Ok(Authorize::Wait(_)) => {
-                            tracing::warn!(
-                                "credentials were still not ready after {MAX_WAITS} waits; sending without them"
-                            );
-                            ctx.pending = Some(parts);
-                            State::Ready
                         }
                         Err(err) => return Poll::Ready(Err(err.scheme())),
                     }
@@ -330,6 +388,7 @@ where
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .field("attempt", &self.ctx.as_ref().map(|c| c.attempt))
+            .field("observed", &self.observer.is_some())
             .finish()
     }
 }

@@ -35,6 +35,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Body type
+//!
+//! A router whose routes never retry (Basic, Bearer, API keys, headers, netrc) is a
+//! [`Router<Once>`](Router): it passes the caller's request body through unchanged and fits in
+//! front of a tonic `Channel`. A route that answers challenges (Digest, Guess, your own
+//! [`Replay`] scheme) makes the builder's router a `Router<Replay>`, whose wrapped service
+//! receives [`ReplayBody<B>`](crate::ReplayBody) (above, the Digest route does that). The builder
+//! picks the mode from the routes it is given; [`RouteBuilder::replaying`] picks `Replay` up
+//! front (to add such routes at run time, or in a loop).
+//!
 //! # How a request is routed
 //!
 //! 1. **Exact origin** ([`RouteBuilder::origin`]): scheme and host compared ignoring case,
@@ -96,7 +106,7 @@
 //! use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 //! # type Body = http_body_util::Empty<bytes::Bytes>;
 //! # // The "network": a.example redirects to b.example, which must see no credentials.
-//! # let client = tower::service_fn(|req: http::Request<tower_auth::ReplayBody<Body>>| async move {
+//! # let client = tower::service_fn(|req: http::Request<Body>| async move {
 //! #     let res = match req.uri().host().unwrap() {
 //! #         "a.example" => {
 //! #             assert_eq!(req.headers()["authorization"], "Basic YWxpY2U6czNjcmV0");
@@ -179,46 +189,96 @@
 //!
 //! [RFC 6454]: https://www.rfc-editor.org/rfc/rfc6454
 
+pub mod origin;
+
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+#[cfg(test)]
 use http::Uri;
 use http::request::Parts;
 
+use self::origin::OriginMap;
+#[cfg(test)]
+use self::origin::key_of_uri;
+pub use self::origin::{Origin, OriginPattern};
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
-use crate::dyn_auth::{BoxAuthenticator, BoxState, BoxWait};
+use crate::combine::{BoxAuthenticator, BoxState, BoxWait};
+use crate::engine::{BodyMode, FitsIn, JoinMode, Once, Replay, ResponseUriFn};
 use crate::error::{ConfigError, Error};
 use crate::layer::AuthLayer;
-use crate::netrc_auth::NetrcAuth;
-use crate::origin::{Origin, OriginMap, OriginPattern, key_of_uri};
-
-/// Where a redirect follower below the router records the URI a response came from: a function
-/// from the response head to that URI. See [`RouteBuilder::response_uri`].
-pub type ResponseUriFn = for<'a> fn(&'a http::response::Parts) -> Option<&'a Uri>;
+use crate::netrc::NetrcAuth;
 
 /// Credentials by origin: an [`Authenticator`] that hands each request to the scheme configured
 /// for its origin. See the [module documentation](self).
 ///
 /// Built by [`AuthLayer::route`]; changed at run time through [`AuthLayer::router`].
-pub struct Router {
-    table: ArcSwap<Table>,
-    response_uri: Option<ResponseUriFn>,
+///
+/// `M` is the router's body mode: a router whose routes all never retry (Basic, Bearer, API
+/// keys, headers, netrc) is a `Router<Once>` and passes the caller's request body through
+/// unchanged, so it fits in front of a tonic `Channel`; a route that answers challenges (Digest,
+/// Guess) makes it a `Router<Replay>` (the default), whose wrapped service receives
+/// [`ReplayBody`](crate::ReplayBody). The builder picks the mode from the routes it is given.
+pub struct Router<M = Replay> {
+    table: ArcSwap<Table<M>>,
+    /// Whether some route looks at responses (kept up to date on every change).
+    observes: AtomicBool,
 }
 
 /// The routes. Copied on write, read lock-free.
-#[derive(Clone, Default)]
-struct Table {
-    exact: OriginMap<BoxAuthenticator>,
+struct Table<M> {
+    exact: OriginMap<BoxAuthenticator<M>>,
     /// Most specific (longest suffix) first.
-    patterns: Vec<(OriginPattern, BoxAuthenticator)>,
-    netrc: Option<BoxAuthenticator>,
-    default: Option<BoxAuthenticator>,
+    patterns: Vec<(OriginPattern, BoxAuthenticator<M>)>,
+    netrc: Option<BoxAuthenticator<M>>,
+    default: Option<BoxAuthenticator<M>>,
 }
 
-impl Table {
+impl<M> Default for Table<M> {
+    fn default() -> Self {
+        Table { exact: OriginMap::default(), patterns: Vec::new(), netrc: None, default: None }
+    }
+}
+
+impl<M> Clone for Table<M> {
+    fn clone(&self) -> Self {
+        Table {
+            exact: self.exact.clone(),
+            patterns: self.patterns.clone(),
+            netrc: self.netrc.clone(),
+            default: self.default.clone(),
+        }
+    }
+}
+
+impl<M: BodyMode> Table<M> {
+    /// The same routes in a router of a wider mode.
+    fn widen<M2: BodyMode>(self) -> Table<M2>
+    where
+        M: FitsIn<M2>,
+    {
+        let mut exact = OriginMap::default();
+        for (origin, scheme) in self.exact.iter() {
+            exact.insert(origin.clone(), scheme.clone().widen());
+        }
+        Table {
+            exact,
+            patterns: self.patterns.into_iter().map(|(p, s)| (p, s.widen())).collect(),
+            netrc: self.netrc.map(BoxAuthenticator::widen),
+            default: self.default.map(BoxAuthenticator::widen),
+        }
+    }
+
+    fn observes(&self) -> bool {
+        self.exact.iter().any(|(_, s)| s.sees_responses())
+            || self.patterns.iter().any(|(_, s)| s.sees_responses())
+            || self.netrc.iter().chain(&self.default).any(BoxAuthenticator::sees_responses)
+    }
+
     #[inline]
-    fn find(&self, req: &Parts) -> Option<&BoxAuthenticator> {
+    fn find(&self, req: &Parts) -> Option<&BoxAuthenticator<M>> {
         if let Some(scheme) = self.exact.get_for_uri(&req.uri) {
             return Some(scheme);
         }
@@ -233,7 +293,7 @@ impl Table {
         self.default.as_ref()
     }
 
-    fn insert_pattern(&mut self, pattern: OriginPattern, scheme: BoxAuthenticator) -> bool {
+    fn insert_pattern(&mut self, pattern: OriginPattern, scheme: BoxAuthenticator<M>) -> bool {
         if let Some(slot) = self.patterns.iter_mut().find(|(p, _)| *p == pattern) {
             slot.1 = scheme;
             return true;
@@ -250,7 +310,7 @@ impl Table {
     }
 }
 
-impl fmt::Debug for Table {
+impl<M> fmt::Debug for Table<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut origins: Vec<_> = self.exact.iter().collect();
         origins.sort_by_key(|(o, _)| o.to_string());
@@ -265,13 +325,18 @@ impl fmt::Debug for Table {
 
 /// The per-request state of a [`Router`]: the route that served the request, and that
 /// scheme's own state.
-#[derive(Default)]
-pub struct RouteState {
-    route: Option<BoxAuthenticator>,
+pub struct RouteState<M = Replay> {
+    route: Option<BoxAuthenticator<M>>,
     inner: BoxState,
 }
 
-impl fmt::Debug for RouteState {
+impl<M> Default for RouteState<M> {
+    fn default() -> Self {
+        RouteState { route: None, inner: BoxState::default() }
+    }
+}
+
+impl<M> fmt::Debug for RouteState<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteState").field("route", &self.route).field("state", &self.inner).finish()
     }
@@ -287,6 +352,7 @@ fn parse_pattern(pattern: &str) -> Result<OriginPattern, ConfigError> {
 
 /// Whether two URIs have the same origin. Allocates only when both have the same origin key
 /// and differ (a redirect within one origin).
+#[cfg(test)]
 fn same_origin(a: &Uri, b: &Uri) -> bool {
     if a == b {
         return true;
@@ -301,9 +367,29 @@ fn same_origin(a: &Uri, b: &Uri) -> bool {
 }
 
 impl Router {
-    /// A builder; the same as [`AuthLayer::route`] without the layer.
-    pub fn builder() -> RouteBuilder {
+    /// A builder; the same as [`AuthLayer::route`] without the layer. It starts as a builder of
+    /// a `Router<Once>` and becomes one of a `Router<Replay>` when a route that replays is added.
+    pub fn builder() -> RouteBuilder<Once> {
         RouteBuilder { table: Table::default(), response_uri: None }
+    }
+}
+
+impl<M: BodyMode> Router<M> {
+    fn from_table(table: Table<M>) -> Self {
+        let observes = AtomicBool::new(table.observes());
+        Router { table: ArcSwap::from_pointee(table), observes }
+    }
+
+    /// Swaps in a changed copy of the table; returns what `change` returned.
+    fn change<T: Default>(&self, mut change: impl FnMut(&mut Table<M>) -> T) -> T {
+        let mut out = T::default();
+        self.table.rcu(|table| {
+            let mut table = Table::clone(table);
+            out = change(&mut table);
+            table
+        });
+        self.observes.store(self.table.load().observes(), Ordering::Relaxed);
+        out
     }
 
     /// Routes requests to `origin` to `scheme` from now on, replacing the route `origin` had.
@@ -313,16 +399,14 @@ impl Router {
     ///
     /// A [`ConfigError`] if `origin` is not a valid origin (as [`RouteBuilder::origin`]); the
     /// routes are then unchanged.
-    pub fn insert(&self, origin: &str, scheme: impl Authenticator) -> Result<bool, ConfigError> {
+    pub fn insert<A>(&self, origin: &str, scheme: A) -> Result<bool, ConfigError>
+    where
+        A: Authenticator,
+        A::Mode: FitsIn<M>,
+    {
         let origin = parse_origin(origin)?;
-        let scheme = BoxAuthenticator::new(scheme);
-        let mut replaced = false;
-        self.table.rcu(|table| {
-            let mut table = Table::clone(table);
-            replaced = table.exact.insert(origin.clone(), scheme.clone()).is_some();
-            table
-        });
-        Ok(replaced)
+        let scheme = BoxAuthenticator::erase(scheme);
+        Ok(self.change(|table| table.exact.insert(origin.clone(), scheme.clone()).is_some()))
     }
 
     /// Stops routing requests to `origin`; returns whether it had a route.
@@ -335,13 +419,7 @@ impl Router {
         if !self.table.load().exact.contains(&origin) {
             return Ok(false);
         }
-        let mut removed = false;
-        self.table.rcu(|table| {
-            let mut table = Table::clone(table);
-            removed = table.exact.remove(&origin).is_some();
-            table
-        });
-        Ok(removed)
+        Ok(self.change(|table| table.exact.remove(&origin).is_some()))
     }
 
     /// Routes requests whose origin matches `pattern` (`https://*.example.com`) to `scheme`,
@@ -350,16 +428,14 @@ impl Router {
     /// # Errors
     ///
     /// A [`ConfigError`] if `pattern` is not a valid pattern (as [`RouteBuilder::pattern`]).
-    pub fn insert_pattern(&self, pattern: &str, scheme: impl Authenticator) -> Result<bool, ConfigError> {
+    pub fn insert_pattern<A>(&self, pattern: &str, scheme: A) -> Result<bool, ConfigError>
+    where
+        A: Authenticator,
+        A::Mode: FitsIn<M>,
+    {
         let pattern = parse_pattern(pattern)?;
-        let scheme = BoxAuthenticator::new(scheme);
-        let mut replaced = false;
-        self.table.rcu(|table| {
-            let mut table = Table::clone(table);
-            replaced = table.insert_pattern(pattern.clone(), scheme.clone());
-            table
-        });
-        Ok(replaced)
+        let scheme = BoxAuthenticator::erase(scheme);
+        Ok(self.change(|table| table.insert_pattern(pattern.clone(), scheme.clone())))
     }
 
     /// Removes a pattern route; returns whether it existed.
@@ -369,24 +445,22 @@ impl Router {
     /// A [`ConfigError`] if `pattern` is not a valid pattern.
     pub fn remove_pattern(&self, pattern: &str) -> Result<bool, ConfigError> {
         let pattern = parse_pattern(pattern)?;
-        let mut removed = false;
-        self.table.rcu(|table| {
-            let mut table = Table::clone(table);
-            removed = table.remove_pattern(&pattern);
-            table
-        });
-        Ok(removed)
+        Ok(self.change(|table| table.remove_pattern(&pattern)))
     }
 
     /// Sets the scheme for requests no other route matches (see [`RouteBuilder::default`]).
-    pub fn set_default(&self, scheme: impl Authenticator) {
-        let scheme = BoxAuthenticator::new(scheme);
-        self.table.rcu(|table| Table { default: Some(scheme.clone()), ..Table::clone(table) });
+    pub fn set_default<A>(&self, scheme: A)
+    where
+        A: Authenticator,
+        A::Mode: FitsIn<M>,
+    {
+        let scheme = BoxAuthenticator::erase(scheme);
+        self.change(|table| table.default = Some(scheme.clone()));
     }
 
     /// Removes the default route: requests no other route matches go out untouched.
     pub fn clear_default(&self) {
-        self.table.rcu(|table| Table { default: None, ..Table::clone(table) });
+        self.change(|table| table.default = None);
     }
 
     /// The configured origins (exact routes), sorted by their text.
@@ -402,20 +476,22 @@ impl Router {
     }
 }
 
-impl fmt::Debug for Router {
+impl<M> fmt::Debug for Router<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router")
-            .field("routes", &**self.table.load())
-            .field("response_uri", &self.response_uri.is_some())
-            .finish()
+        f.debug_struct("Router").field("routes", &**self.table.load()).finish()
     }
 }
 
-impl Authenticator for Router {
-    type Mode = crate::authenticator::Replay;
+impl<M: BodyMode> Authenticator for Router<M> {
+    type Mode = M;
     type Error = Error;
-    type State = RouteState;
+    type State = RouteState<M>;
     type Wait = BoxWait;
+
+    #[inline]
+    fn observes_responses(&self) -> bool {
+        self.observes.load(Ordering::Relaxed)
+    }
 
     /// Whether some route serves this request, and its scheme applies to it.
     fn applies_to(&self, req: &Parts) -> bool {
@@ -423,7 +499,7 @@ impl Authenticator for Router {
     }
 
     #[inline]
-    fn authorize(&self, req: &mut AuthRequest<'_>, state: &mut RouteState) -> Result<Authorize<BoxWait>, Error> {
+    fn authorize(&self, req: &mut AuthRequest<'_>, state: &mut RouteState<M>) -> Result<Authorize<BoxWait>, Error> {
         if state.route.is_none() {
             state.route = self.table.load().find(req.parts()).cloned();
         }
@@ -433,31 +509,22 @@ impl Authenticator for Router {
         }
     }
 
-    fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut RouteState) -> Action {
-        let Some(scheme) = &state.route else {
-            return Action::Done;
-        };
-        if let Some(response_uri) = self.response_uri
-            && let Some(uri) = response_uri(res)
-            && !same_origin(&req.uri, uri)
-        {
-            tracing::debug!(
-                status = %res.status,
-                "the response comes from another origin than the request (a redirect followed below the router); not shown to the scheme"
-            );
-            return Action::Done;
+    fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut RouteState<M>) -> Action {
+        // The engine has checked that the response comes from the request's origin.
+        match &state.route {
+            Some(scheme) => scheme.on_response(req, res, &mut state.inner),
+            None => Action::Done,
         }
-        scheme.on_response(req, res, &mut state.inner)
     }
 }
 
 /// Builds a [`Router`]; made by [`AuthLayer::route`]. See the [module documentation](self).
-pub struct RouteBuilder {
-    table: Table,
+pub struct RouteBuilder<M = Once> {
+    table: Table<M>,
     response_uri: Option<ResponseUriFn>,
 }
 
-impl fmt::Debug for RouteBuilder {
+impl<M> fmt::Debug for RouteBuilder<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteBuilder")
             .field("routes", &self.table)
@@ -466,7 +533,7 @@ impl fmt::Debug for RouteBuilder {
     }
 }
 
-impl RouteBuilder {
+impl<M: BodyMode> RouteBuilder<M> {
     /// Sends requests to `origin` (`scheme://host[:port]`) with the credentials of `scheme`.
     ///
     /// The origin is normalised as [`Origin::parse`] does: scheme and host lower-cased, default
@@ -478,13 +545,19 @@ impl RouteBuilder {
     /// A [`ConfigError`] naming the problem if `origin` is not an origin: no or another scheme
     /// than `http`, `https`, `ws`, `wss`; user info (`user:pw@`, never echoed); a path, query or
     /// fragment; a bad host or port. Also if `origin` was configured already.
-    pub fn origin(mut self, origin: &str, scheme: impl Authenticator) -> Result<Self, ConfigError> {
+    pub fn origin<A>(self, origin: &str, scheme: A) -> Result<RouteBuilder<Joined<M, A>>, ConfigError>
+    where
+        A: Authenticator,
+        M: JoinMode<A::Mode> + FitsIn<Joined<M, A>>,
+        A::Mode: FitsIn<Joined<M, A>>,
+    {
         let parsed = parse_origin(origin)?;
         if self.table.exact.contains(&parsed) {
             return Err(ConfigError::new(format!("origin {parsed} is configured twice")));
         }
-        self.table.exact.insert(parsed, BoxAuthenticator::new(scheme));
-        Ok(self)
+        let mut next = self.widen();
+        next.table.exact.insert(parsed, BoxAuthenticator::erase(scheme));
+        Ok(next)
     }
 
     /// Sends requests to every origin `pattern` matches (`https://*.example.com`: every host
@@ -497,21 +570,50 @@ impl RouteBuilder {
     ///
     /// A [`ConfigError`] if `pattern` is not `scheme://*.domain[:port]` with a domain of at least
     /// two labels, or was configured already.
-    pub fn pattern(mut self, pattern: &str, scheme: impl Authenticator) -> Result<Self, ConfigError> {
+    pub fn pattern<A>(self, pattern: &str, scheme: A) -> Result<RouteBuilder<Joined<M, A>>, ConfigError>
+    where
+        A: Authenticator,
+        M: JoinMode<A::Mode> + FitsIn<Joined<M, A>>,
+        A::Mode: FitsIn<Joined<M, A>>,
+    {
         let parsed = parse_pattern(pattern)?;
         if self.table.patterns.iter().any(|(p, _)| *p == parsed) {
             return Err(ConfigError::new(format!("origin pattern {parsed} is configured twice")));
         }
-        self.table.insert_pattern(parsed, BoxAuthenticator::new(scheme));
-        Ok(self)
+        let mut next = self.widen();
+        next.table.insert_pattern(parsed, BoxAuthenticator::erase(scheme));
+        Ok(next)
     }
 
     /// Sends every request no other route matches with the credentials of `scheme`, whatever
     /// its origin. Without a default, such requests go out untouched, which is the safe choice:
     /// a default sends credentials wherever a redirect or a URL from elsewhere points.
-    pub fn default(mut self, scheme: impl Authenticator) -> Self {
-        self.table.default = Some(BoxAuthenticator::new(scheme));
-        self
+    pub fn default<A>(self, scheme: A) -> RouteBuilder<Joined<M, A>>
+    where
+        A: Authenticator,
+        M: JoinMode<A::Mode> + FitsIn<Joined<M, A>>,
+        A::Mode: FitsIn<Joined<M, A>>,
+    {
+        let mut next = self.widen();
+        next.table.default = Some(BoxAuthenticator::erase(scheme));
+        next
+    }
+
+    /// The same routes in a builder of a router that replays (`Router<Replay>`), so that routes
+    /// that answer challenges can be added at run time with [`Router::insert`], or so that the
+    /// builder's type stays the same across a loop that adds routes of either kind.
+    pub fn replaying(self) -> RouteBuilder<Replay>
+    where
+        M: FitsIn<Replay>,
+    {
+        self.widen()
+    }
+
+    fn widen<M2: BodyMode>(self) -> RouteBuilder<M2>
+    where
+        M: FitsIn<M2>,
+    {
+        RouteBuilder { table: self.table.widen(), response_uri: self.response_uri }
     }
 
     /// Uses the netrc file from its default location (`$NETRC`, else `~/.netrc`, else
@@ -523,22 +625,29 @@ impl RouteBuilder {
     ///
     /// A [`ConfigError`] naming the file (and line and column) if it exists but cannot be read
     /// or parsed.
-    pub fn netrc_fallback(self) -> Result<Self, ConfigError> {
+    pub fn netrc_fallback(self) -> Result<Self, ConfigError>
+    where
+        Once: FitsIn<M>,
+    {
         Ok(self.netrc(NetrcAuth::from_default_location()?))
     }
 
     /// Like [`netrc_fallback`](Self::netrc_fallback), with a netrc file loaded by you
     /// ([`NetrcAuth::from_path`]).
-    pub fn netrc(mut self, netrc: NetrcAuth) -> Self {
-        self.table.netrc = Some(BoxAuthenticator::new(netrc));
+    pub fn netrc(mut self, netrc: NetrcAuth) -> Self
+    where
+        Once: FitsIn<M>,
+    {
+        self.table.netrc = Some(BoxAuthenticator::erase(netrc));
         self
     }
 
-    /// Tells the router where a redirect follower placed *below* it records the URI a
-    /// response came from, so that a challenge from another origin than the request's is not
-    /// answered (and an `Authentication-Info` from it is not trusted). tower-http's
-    /// `FollowRedirect` is recognised by the engine itself (feature `tower-http`, on by default);
-    /// this is for other followers. With tower-http's it reads:
+    /// Tells the layer [`build`](RouteBuilder::build) makes where a redirect follower placed
+    /// *below* it records the URI a response came from, so that a challenge from another origin
+    /// than the request's is not answered (and an `Authentication-Info` from it is not
+    /// trusted); the same as [`AuthLayer::response_uri`], where the rule lives for every scheme.
+    /// tower-http's `FollowRedirect` is recognised by the engine itself (feature `tower-http`,
+    /// on by default); this is for other followers. With tower-http's it reads:
     ///
     /// ```
     /// # let builder = tower_auth::AuthLayer::route();
@@ -553,25 +662,37 @@ impl RouteBuilder {
         self
     }
 
-    /// The router, for a layer of your own or to share as an `Arc<Router>`.
-    pub fn into_router(self) -> Router {
-        Router { table: ArcSwap::from_pointee(self.table), response_uri: self.response_uri }
+    /// The router, for a layer of your own or to share as an `Arc<Router>`. A
+    /// [`response_uri`](RouteBuilder::response_uri) set on the builder belongs to the layer:
+    /// set it with [`AuthLayer::response_uri`] on yours.
+    pub fn into_router(self) -> Router<M> {
+        Router::from_table(self.table)
     }
 
     /// The layer.
-    pub fn build(self) -> AuthLayer<Router> {
-        AuthLayer::new(self.into_router())
+    pub fn build(self) -> AuthLayer<Router<M>> {
+        let response_uri = self.response_uri;
+        let layer = AuthLayer::new(self.into_router());
+        match response_uri {
+            Some(f) => layer.response_uri(f),
+            None => layer,
+        }
     }
 }
 
+/// The mode of a router after adding a scheme of type `A` to one of mode `M`.
+pub type Joined<M, A> = <M as JoinMode<<A as Authenticator>::Mode>>::Out;
+
 impl AuthLayer<Router> {
     /// Starts a layer that routes credentials by origin. See [`route`](crate::route).
-    pub fn route() -> RouteBuilder {
+    pub fn route() -> RouteBuilder<Once> {
         Router::builder()
     }
+}
 
+impl<M: BodyMode> AuthLayer<Router<M>> {
     /// The router, to change routes while the services made by this layer run.
-    pub fn router(&self) -> &Arc<Router> {
+    pub fn router(&self) -> &Arc<Router<M>> {
         self.authenticator()
     }
 }

@@ -1,4 +1,25 @@
-//! [`AuthLayer`] and [`Auth`]: the one engine every scheme runs on.
+//! The engine every scheme runs on: [`AuthLayer`] and [`Auth`], the one [`ResponseFuture`], the
+//! [`ReplayBody`] that lets a request be sent again, the compile-time modes of a scheme, and the
+//! errors.
+//!
+//! | piece | what it does |
+//! |---|---|
+//! | [`AuthLayer`], [`Auth`] | the layer and its service; `call` authorises in place on the fast path |
+//! | [`ResponseFuture`] | waits, sends, shows the response to the scheme, replays (its steps are documented there) |
+//! | [`ReplayBody`] | the caller's body, kept (up to [`AuthLayer::body_limit`]) so it can be sent again |
+//! | [`BodyMode`] ([`Once`], [`Replay`]) | whether the wrapped service gets the caller's body type or [`ReplayBody`] |
+//! | [`ErrorMode`] ([`Infallible`](std::convert::Infallible), [`Error`]) | whether the layer keeps the wrapped service's error type |
+//! | [`JoinMode`], [`JoinError`], [`FitsIn`] | how modes combine in [`AllOf`](crate::AllOf), routers and boxes |
+
+pub(crate) mod body;
+pub(crate) mod error;
+mod future;
+pub(crate) mod mode;
+
+pub use body::{DEFAULT_BODY_LIMIT, ReplayBody};
+pub use error::{BoxError, ConfigError, Error};
+pub use future::ResponseFuture;
+pub use mode::{BodyMode, ErrorMode, FitsIn, JoinError, JoinMode, Once, Replay};
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,10 +31,8 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, BodyMode, BodyView, ErrorMode, FnAuth};
-use crate::body::DEFAULT_BODY_LIMIT;
-use crate::error::BoxError;
-use crate::future::ResponseFuture;
+use self::future::Setup;
+use crate::authenticator::{AuthRequest, Authenticator, Authorize, BodyView, FnAuth};
 
 /// The request body type the wrapped service receives from [`Auth<S, A>`] for a caller's body
 /// `B`: `B` itself for schemes that never retry, [`ReplayBody<B>`](crate::ReplayBody) otherwise.
@@ -23,6 +42,21 @@ pub type ModeBody<A, B> = <<A as Authenticator>::Mode as BodyMode>::Body<B>;
 /// one and at most three retries. Built-in schemes use at most three (a challenge, then a
 /// `stale=true` nonce).
 pub const MAX_EXCHANGES: u32 = 4;
+
+/// Where a redirect follower below the layer records the URI a response came from: a function
+/// from the response head to that URI. See [`AuthLayer::response_uri`].
+pub type ResponseUriFn = for<'a> fn(&'a http::response::Parts) -> Option<&'a http::Uri>;
+
+/// tower-http's `FollowRedirect` records the last URI in the `RequestUri` extension.
+#[cfg(feature = "tower-http")]
+fn tower_http_request_uri(res: &http::response::Parts) -> Option<&http::Uri> {
+    res.extensions.get::<tower_http::follow_redirect::RequestUri>().map(|uri| &uri.0)
+}
+
+#[cfg(feature = "tower-http")]
+const DEFAULT_RESPONSE_URI: Option<ResponseUriFn> = Some(tower_http_request_uri);
+#[cfg(not(feature = "tower-http"))]
+const DEFAULT_RESPONSE_URI: Option<ResponseUriFn> = None;
 
 /// A [`Layer`] that authenticates every request with the scheme `A`.
 ///
@@ -49,6 +83,7 @@ pub const MAX_EXCHANGES: u32 = 4;
 pub struct AuthLayer<A> {
     auth: Arc<A>,
     body_limit: usize,
+    response_uri: Option<ResponseUriFn>,
 }
 
 impl<A> AuthLayer<A> {
@@ -59,7 +94,7 @@ impl<A> AuthLayer<A> {
 
     /// A layer for a scheme that is already shared.
     pub fn from_arc(auth: Arc<A>) -> Self {
-        AuthLayer { auth, body_limit: DEFAULT_BODY_LIMIT }
+        AuthLayer { auth, body_limit: DEFAULT_BODY_LIMIT, response_uri: DEFAULT_RESPONSE_URI }
     }
 
     /// Sets the most request body bytes kept to replay a request after a challenge (default
@@ -67,6 +102,28 @@ impl<A> AuthLayer<A> {
     /// challenge response is handed back unchanged. Schemes that never retry ignore it.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// Tells the engine where a redirect follower *below* this layer records the URI a
+    /// response came from, so that a response from another origin than the request's is never
+    /// shown to the scheme (its challenge is not answered, its rejection not learnt from). With
+    /// the `tower-http` feature (on by default) the engine reads tower-http's
+    /// `FollowRedirect` extension `RequestUri` already; set this for another follower.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_auth::{AuthLayer, Digest};
+    ///
+    /// #[derive(Clone)]
+    /// struct LastUri(http::Uri); // what your follower stores in the response's extensions
+    ///
+    /// let layer = AuthLayer::new(Digest::new("alice", "s3cret")?)
+    ///     .response_uri(|res| res.extensions.get::<LastUri>().map(|last| &last.0));
+    /// # Ok(()) }
+    /// ```
+    pub fn response_uri(mut self, response_uri: ResponseUriFn) -> Self {
+        self.response_uri = Some(response_uri);
         self
     }
 
@@ -107,7 +164,7 @@ where
 
 impl<A> Clone for AuthLayer<A> {
     fn clone(&self) -> Self {
-        AuthLayer { auth: Arc::clone(&self.auth), body_limit: self.body_limit }
+        AuthLayer { auth: Arc::clone(&self.auth), body_limit: self.body_limit, response_uri: self.response_uri }
     }
 }
 
@@ -121,7 +178,7 @@ impl<S, A> Layer<S> for AuthLayer<A> {
     type Service = Auth<S, A>;
 
     fn layer(&self, inner: S) -> Auth<S, A> {
-        Auth { inner, auth: Arc::clone(&self.auth), body_limit: self.body_limit }
+        Auth { inner, auth: Arc::clone(&self.auth), body_limit: self.body_limit, response_uri: self.response_uri }
     }
 }
 
@@ -135,6 +192,7 @@ pub struct Auth<S, A> {
     inner: S,
     auth: Arc<A>,
     body_limit: usize,
+    response_uri: Option<ResponseUriFn>,
 }
 
 impl<S, A> Auth<S, A> {
@@ -161,7 +219,12 @@ impl<S, A> Auth<S, A> {
 
 impl<S: Clone, A> Clone for Auth<S, A> {
     fn clone(&self) -> Self {
-        Auth { inner: self.inner.clone(), auth: Arc::clone(&self.auth), body_limit: self.body_limit }
+        Auth {
+            inner: self.inner.clone(),
+            auth: Arc::clone(&self.auth),
+            body_limit: self.body_limit,
+            response_uri: self.response_uri,
+        }
     }
 }
 
@@ -193,25 +256,59 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         if !<A::Mode as BodyMode>::REPLAY {
-            // Fast path: authorise in place and send; no state kept past this call.
+            // Fast path: authorise in place and send.
             let mut state = A::State::default();
+            let observes = self.auth.observes_responses();
+            // A scheme that looks at responses sees the request as the caller made it.
+            let original = if observes { Some(future::clone_parts(&parts)) } else { None };
             let view = if body.is_end_stream() { BodyView::Empty } else { BodyView::Unavailable };
             match self.auth.authorize(&mut AuthRequest::new(&mut parts, view, 0), &mut state) {
                 Ok(Authorize::Done) | Ok(Authorize::NeedBody) => {
                     let (body, _) = A::Mode::first(body, 0);
-                    return ResponseFuture::called(self.inner.call(Request::from_parts(parts, body)));
+                    let fut = self.inner.call(Request::from_parts(parts, body));
+                    return match original {
+                        None => ResponseFuture::called(fut),
+                        Some(original) => {
+                            ResponseFuture::observed(fut, Arc::clone(&self.auth), original, state, self.response_uri)
+                        }
+                    };
                 }
                 Ok(Authorize::Wait(wait)) => {
-                    let svc = take_ready(&mut self.inner);
-                    let (body, _) = A::Mode::first(body, 0);
-                    return ResponseFuture::waiting(svc, Arc::clone(&self.auth), parts, body, None, state, wait);
+                    let (body, replay) = A::Mode::first(body, 0);
+                    // A scheme that waits leaves the request as it found it (see
+                    // `Authorize::Wait`); it authorises a copy of it after the wait.
+                    let original = original.unwrap_or(parts);
+                    // Waiting holds no readiness of the inner service (a `Buffer` slot, a
+                    // `ConcurrencyLimit` permit): the service made ready for this call is
+                    // dropped, and a fresh handle is made ready just before sending.
+                    let ready = take_ready(&mut self.inner);
+                    let svc = ready.clone();
+                    drop(ready);
+                    let setup = Setup {
+                        svc,
+                        auth: Arc::clone(&self.auth),
+                        original,
+                        body,
+                        replay,
+                        state,
+                        response_uri: self.response_uri,
+                    };
+                    return ResponseFuture::start(setup, Some(wait));
                 }
                 Err(err) => return ResponseFuture::failed(err),
             }
         }
-        let svc = take_ready(&mut self.inner);
         let (body, replay) = A::Mode::first(body, self.body_limit);
-        ResponseFuture::start(svc, Arc::clone(&self.auth), parts, body, replay)
+        let setup = Setup {
+            svc: take_ready(&mut self.inner),
+            auth: Arc::clone(&self.auth),
+            original: parts,
+            body,
+            replay,
+            state: A::State::default(),
+            response_uri: self.response_uri,
+        };
+        ResponseFuture::start(setup, None)
     }
 }
 

@@ -2,14 +2,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::error::Error as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use http::request::Parts;
 
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, NoWait, Once};
+use crate::authenticator::{AuthRequest, Credential};
 use crate::basic::Basic;
 use crate::error::ConfigError;
 use crate::layer::AuthLayer;
@@ -191,24 +190,17 @@ impl fmt::Debug for NetrcAuth {
     }
 }
 
-impl Authenticator for NetrcAuth {
-    type Mode = Once;
-    type Error = Infallible;
-    type State = ();
-    type Wait = NoWait<Infallible>;
-
+impl Credential for NetrcAuth {
     /// Whether the request's host has an entry with a password (or the file has a `default`).
     fn applies_to(&self, req: &Parts) -> bool {
         self.lookup(req).is_some()
     }
 
-    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
-        let Some(creds) = self.lookup(req.parts()) else {
-            return Ok(Authorize::Done);
-        };
-        // Basic inserts the header unless the caller set one, and warns once over plain http.
-        creds.authorize(req, &mut ())?;
-        Ok(Authorize::Done)
+    fn apply(&self, req: &mut AuthRequest<'_>) {
+        // Basic sets the header by the crate's rules and warns once over plain http.
+        if let Some(creds) = self.lookup(req.parts()) {
+            creds.apply(req);
+        }
     }
 }
 

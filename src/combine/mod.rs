@@ -20,7 +20,12 @@ use std::task::{Context, Poll, ready};
 use http::request::Parts;
 use pin_project_lite::pin_project;
 
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, JoinError, JoinMode};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
+use crate::engine::{JoinError, JoinMode};
+
+mod boxed;
+
+pub use boxed::{BoxAuthenticator, BoxState, BoxWait};
 
 /// Both schemes add their credentials to every request.
 ///
