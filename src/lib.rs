@@ -19,6 +19,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Body type and error type of a layered service
+//!
+//! | the scheme… | the wrapped service receives | the layered service's error | why |
+//! |---|---|---|---|
+//! | never retries (Basic, Bearer, API keys, headers, closures, netrc, a router of those) | the caller's body `B`, unchanged | the wrapped service's own | nothing to resend; fits tonic's `Channel`, whose body type is fixed |
+//! | answers challenges (Digest, Guess, proxy Digest, a router with such a route) | [`ReplayBody<B>`](ReplayBody) | the wrapped service's own | the body is kept (up to [`AuthLayer::body_limit`]) to be sent again after a `401`/`407` |
+//! | can fail (a token fetch; a router, a [`BoxAuthenticator`]) | as above | [`Error`] (the wrapped service's error is its [`source`](std::error::Error::source)) | a request never leaves without its credentials: it fails instead |
+//!
+//! So a hyper-util client under Digest is built for `ReplayBody`:
+//! `Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>()`.
+//!
 //! # Schemes
 //!
 //! | scheme | type | constructor | status |
@@ -28,12 +39,13 @@
 //! | API key, header or query | [`ApiKey`] | [`AuthLayer::api_key`], [`AuthLayer::api_key_query`] | done |
 //! | any static header | [`HeaderCredential`] | [`AuthLayer::new`] | done |
 //! | a closure | [`FnAuth`] | [`AuthLayer::from_fn`] | done |
+//! | your own credential (a few lines) | [`Credential`] | [`AuthLayer::new`] | done |
 //! | all of / first of | [`AllOf`], [`FirstOf`] | [`AuthLayer::new`] | done |
-//! | your own | [`Authenticator`] | [`AuthLayer::new`] | done |
+//! | your own, with challenges, waits, multi-leg flows or observed responses | [`Authenticator`] | [`AuthLayer::new`] | done |
 //! | Digest (RFC 7616), shared nonce reuse | [`Digest`] | [`AuthLayer::digest`] | done |
 //! | Guess (Digest, else Basic) | [`Digest::guess`] | [`AuthLayer::guess`] | done |
 //! | proxy Basic / Digest / Guess (`407`) | [`Basic::proxy`], [`Digest::proxy`] | [`AuthLayer::proxy_digest`], … | done |
-//! | routing by origin (scheme, host, port) | [`Router`] | [`AuthLayer::route`] | done |
+//! | routing by origin (scheme, host, port) | [`route::Router`] | [`AuthLayer::route`] | done |
 //! | netrc (opt-in) | [`NetrcAuth`] | [`AuthLayer::netrc`] | done |
 //! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
 //! | any scheme behind one type | [`BoxAuthenticator`] | [`AuthLayer::new`] | done |

@@ -9,7 +9,7 @@
 //! | [`FirstOf`] | the first applicable scheme's only | that scheme | per-origin schemes, netrc as a fallback |
 //!
 //! A scheme says whether it applies to a request with
-//! [`Authenticator::applies_to`](crate::Authenticator::applies_to) (static schemes always do).
+//! [`Authenticator::applies_to`] (static schemes always do).
 
 use std::fmt;
 use std::future::Future;

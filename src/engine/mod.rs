@@ -184,10 +184,10 @@ impl<S, A> Layer<S> for AuthLayer<A> {
 
 /// A service that authenticates requests with the scheme `A` before handing them to `S`.
 ///
-/// Made by [`AuthLayer`]. For schemes of [`Once`](crate::Once) mode the request body type is
-/// passed through unchanged; for [`Replay`](crate::Replay) schemes `S` receives
+/// Made by [`AuthLayer`]. For schemes of [`Once`] mode the request body type is
+/// passed through unchanged; for [`Replay`] schemes `S` receives
 /// [`ReplayBody<B>`](crate::ReplayBody). For schemes that cannot fail the error type is `S`'s
-/// own; otherwise it is [`Error`](crate::Error).
+/// own; otherwise it is [`Error`].
 pub struct Auth<S, A> {
     inner: S,
     auth: Arc<A>,

@@ -51,7 +51,7 @@
 //!    default ports filled in (`https://a.example` is `https://a.example:443`), IPv6 literals
 //!    compared as addresses, internationalised names in their punycode form (see
 //!    [`Origin`]). Another port, another scheme or another host is another origin. The lookup
-//!    hashes the URI's borrowed parts ([`key_of_uri`]) and confirms
+//!    hashes the URI's borrowed parts ([`key_of_uri`](origin::key_of_uri)) and confirms
 //!    the hit exactly: it neither allocates nor locks, and costs the same for 1 or 10,000
 //!    origins.
 //! 2. **Subdomain patterns** ([`RouteBuilder::pattern`], `https://*.example.com`): the most
