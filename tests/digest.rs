@@ -1,5 +1,8 @@
 //! Digest, Guess and proxy Digest against the `testing` verifier over real sockets.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::Router;
 use axum::routing::{any, get};
 use bytes::Bytes;
@@ -242,19 +245,27 @@ async fn proxy_digest_answers_407_with_proxy_authorization_only() {
 
 #[tokio::test]
 async fn hostile_challenges_are_skipped_and_the_401_returned() {
-    let hostile: Vec<String> = vec![
-        "Digest realm=\"unterminated".into(),
-        "Digest nonce=\"n\"".into(),                               // no realm
-        "Digest realm=\"r\"".into(),                               // no nonce
-        "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-3".into(), // unknown algorithm
-        "Digest realm=\"r\", nonce=\"n\", qop=\"weird\"".into(),
-        format!("Digest realm=\"{}\", nonce=\"n\"", "x".repeat(100 << 10)), // hyper refuses 1 MB; the parser's own tests cover it
-        ",,,,,,".into(),
+    // (challenge, round trips the server must see): 1 = not answered.
+    let hostile: Vec<(String, usize)> = vec![
+        ("Digest realm=\"unterminated".into(), 1),
+        ("Digest nonce=\"n\"".into(), 1),                               // no realm
+        ("Digest realm=\"r\"".into(), 1),                               // no nonce
+        ("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-3".into(), 1), // unknown algorithm
+        ("Digest realm=\"r\", nonce=\"n\", qop=\"weird\"".into(), 1),
+        ("Basic realm=\"r\"".into(), 1), // never downgraded
+        (",,,,,,".into(), 1),
+        // Well-formed, only long (hyper refuses 1 MB; the parser's own tests cover that): it is
+        // answered once, like any challenge, and the second 401 goes back to the caller.
+        (format!("Digest realm=\"{}\", nonce=\"n\"", "x".repeat(100 << 10)), 2),
     ];
-    for h in hostile {
+    for (h, expected_trips) in hostile {
+        let shown = h.chars().take(60).collect::<String>();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = hits.clone();
         let app = Router::new().route(
             "/",
             get(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
                 let h = h.clone();
                 async move { (StatusCode::UNAUTHORIZED, [("www-authenticate", h)], "no") }
             }),
@@ -262,7 +273,9 @@ async fn hostile_challenges_are_skipped_and_the_401_returned() {
         let server = TestServer::start(app).await.unwrap();
         let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
         let (status, body) = send(&svc, "GET", &server.url("/"), "").await;
-        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"));
+        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"), "{shown}");
+        // An answered bogus challenge would show as a second request.
+        assert_eq!(hits.load(Ordering::SeqCst), expected_trips, "round trips for {shown:?}");
     }
 }
 
