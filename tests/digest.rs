@@ -279,6 +279,93 @@ async fn hostile_challenges_are_skipped_and_the_401_returned() {
     }
 }
 
+/// A server that answers every request with `status` and this challenge (a fresh nonce each
+/// time, so that `stale=true` is believable), counting the requests and the ones that carried
+/// credentials.
+async fn always_challenging(status: StatusCode, challenge: &'static str) -> (TestServer, Arc<[AtomicUsize; 2]>) {
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let seen = counts.clone();
+    let (challenge_header, credentials_header) = if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        ("proxy-authenticate", "proxy-authorization")
+    } else {
+        ("www-authenticate", "authorization")
+    };
+    let app = Router::new().route(
+        "/{*path}",
+        any(move |headers: HeaderMap| {
+            let n = seen[0].fetch_add(1, Ordering::SeqCst);
+            if headers.contains_key(credentials_header) {
+                seen[1].fetch_add(1, Ordering::SeqCst);
+            }
+            async move { (status, [(challenge_header, format!("{challenge}, nonce=\"n{n}\""))], "no") }
+        }),
+    );
+    (TestServer::start(app).await.unwrap(), counts)
+}
+
+#[tokio::test]
+async fn always_stale_server_sees_a_challenge_an_answer_and_one_stale_retry() {
+    // src/digest/mod.rs: the first challenge is answered, then a `stale=true` challenge to a
+    // request that carried our credentials is answered once more; a second stale challenge goes
+    // back to the caller. The engine's own cap (`MAX_EXCHANGES`, 4) is higher: the scheme stops
+    // first.
+    let (server, counts) =
+        always_challenging(StatusCode::UNAUTHORIZED, "Digest realm=\"r\", qop=\"auth\", stale=true").await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"));
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3, "challenge + answer + one stale retry");
+    assert_eq!(counts[1].load(Ordering::SeqCst), 2, "the answer and the stale retry carried credentials");
+
+    // The protection space is cached now: the next request goes pre-authorised, its stale 401 is
+    // answered (first challenge of that request), and the stale 401 to that answer once more.
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3 + 3);
+    assert_eq!(counts[1].load(Ordering::SeqCst), 2 + 3, "all three carried credentials");
+}
+
+#[tokio::test]
+async fn always_stale_proxy_sees_the_same_number_of_exchanges() {
+    let (server, counts) =
+        always_challenging(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "Digest realm=\"p\", qop=\"auth\", stale=true")
+            .await;
+    let svc = client(AuthLayer::proxy_digest("alice", "s3cret").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3);
+    assert_eq!(counts[1].load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn guess_answering_basic_with_a_wrong_password_costs_exactly_two_round_trips() {
+    let (server, stats) = basic_or_both(false).await;
+    let svc = client(AuthLayer::guess("alice", "wrong").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/basic"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!((stats.requests(), stats.rejected()), (2, 2), "the challenge, then one Basic answer");
+    // Basic is remembered for the origin: the next request is sent with it at once; its 401 is
+    // that request's first challenge, answered once more: still two, never more.
+    stats.reset();
+    let (status, _) = send(&svc, "GET", &server.url("/basic"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!((stats.requests(), stats.rejected()), (2, 2));
+}
+
+#[tokio::test]
+async fn proxy_digest_with_a_wrong_password_costs_exactly_two_round_trips() {
+    let (server, stats) = serve(DigestCheck::new("p").user("alice", "s3cret").proxy(true)).await;
+    let svc = client(AuthLayer::proxy_digest("alice", "wrong").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!((stats.requests(), stats.rejected()), (2, 2));
+    // Pre-authorised with the cached (wrong) space: still two (the 407 may carry a new nonce).
+    stats.reset();
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!(stats.requests(), 2);
+}
+
 #[tokio::test]
 async fn auth_int_body_over_the_limit_returns_the_challenge() {
     let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret").qop(&[Qop::AuthInt])).await;
