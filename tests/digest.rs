@@ -366,6 +366,46 @@ async fn proxy_digest_with_a_wrong_password_costs_exactly_two_round_trips() {
     assert_eq!(stats.requests(), 2);
 }
 
+/// An unprotected origin that echoes the credential headers it receives.
+async fn open_echo() -> TestServer {
+    TestServer::start(Router::new().route("/{*path}", any(echo))).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_learned_protection_space_is_not_sent_to_another_origin() {
+    // One layer, no router, two origins on the same host (127.0.0.1, two ports). A protects
+    // itself with Digest; B is open and echoes what it receives.
+    let (a, a_stats) = serve(DigestCheck::new("r").user("alice", "s3cret")).await;
+    let b = open_echo().await;
+    for layer in [AuthLayer::digest("alice", "s3cret").unwrap(), AuthLayer::guess("alice", "s3cret").unwrap()] {
+        a_stats.reset();
+        let svc = client(layer);
+        for _ in 0..2 {
+            assert_eq!(send(&svc, "GET", &a.url("/x"), "").await.0, 200);
+        }
+        assert_eq!(a_stats.requests(), 3, "A's space was learned: the second request went pre-authorised");
+        for path in ["/x", "/y"] {
+            let (status, body) = send(&svc, "GET", &b.url(path), "").await;
+            assert_eq!(status, 200);
+            assert_eq!(body, "||", "B received A's credentials on {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_learned_basic_space_is_not_sent_to_another_origin() {
+    // Guess learns Basic for A; B (same host, another port) must not get it.
+    let (a, a_stats) = basic_or_both(false).await;
+    let b = open_echo().await;
+    let svc = client(AuthLayer::guess("alice", "s3cret").unwrap());
+    for _ in 0..2 {
+        assert_eq!(send(&svc, "GET", &a.url("/basic"), "").await.0, 200);
+    }
+    assert_eq!(a_stats.requests(), 3);
+    let (status, body) = send(&svc, "GET", &b.url("/basic"), "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "||"));
+}
+
 #[tokio::test]
 async fn auth_int_body_over_the_limit_returns_the_challenge() {
     let (server, stats) = serve(DigestCheck::new("r").user("alice", "s3cret").qop(&[Qop::AuthInt])).await;
