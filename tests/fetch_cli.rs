@@ -348,8 +348,13 @@ fn netrc_file_supplies_credentials_for_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("netrc");
     std::fs::write(&path, format!("machine 127.0.0.1 login {USER} password {PASS}\n")).unwrap();
+    // As curl wants it (tower-auth warns about a netrc with passwords readable by others).
     #[cfg(unix)]
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&path).unwrap().permissions(), 0o600);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     let run = fetch(&["--netrc-file", path.to_str().unwrap(), &url("/basic")]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, "hello alice");
