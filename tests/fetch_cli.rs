@@ -1,9 +1,10 @@
 //! The `fetch` example as a command-line program: exit codes, the summary line, usage errors,
 //! and that no secret reaches standard error.
 //!
-//! The binary is `target/<profile>/examples/fetch`, which `cargo test` builds with the
-//! examples; if it is missing or older than its sources (`cargo test --test fetch_cli` alone
-//! does not build examples), the first test to need it builds it.
+//! The binary is `target/<profile>/examples/fetch`, built if missing or stale (see
+//! `tests/support/example.rs`).
+
+mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -174,51 +175,7 @@ fn url(path: &str) -> String {
 
 fn fetch_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/fetch_cli-<hash> -> target/<profile>/examples/fetch
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(|p| p.parent()).expect("test binary in target/<profile>/deps");
-        let bin = profile_dir.join("examples").join(format!("fetch{}", std::env::consts::EXE_SUFFIX));
-        // `cargo test` builds the examples; `cargo test --test fetch_cli` alone does not, and
-        // may leave a binary older than the sources: build it then.
-        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        if modified(&bin).is_some_and(|built| newest_source().is_some_and(|src| src <= built)) {
-            return bin;
-        }
-        let target_dir = profile_dir.parent().expect("target dir");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--example", "fetch", "--manifest-path"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --example fetch");
-        assert!(status.success() && bin.exists(), "could not build {}", bin.display());
-        bin
-    })
-}
-
-/// The newest modification time of the files the example is built from.
-fn newest_source() -> Option<std::time::SystemTime> {
-    fn walk(dir: &std::path::Path, newest: &mut Option<std::time::SystemTime>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, newest);
-            } else if let Ok(m) = entry.metadata().and_then(|m| m.modified()) {
-                *newest = (*newest).max(Some(m));
-            }
-        }
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut newest = None;
-    walk(&root.join("src"), &mut newest);
-    for file in ["examples/fetch.rs", "Cargo.toml", "Cargo.lock"] {
-        let m = std::fs::metadata(root.join(file)).and_then(|m| m.modified()).ok();
-        newest = newest.max(m);
-    }
-    newest
+    BIN.get_or_init(|| support::example::example_bin("fetch"))
 }
 
 #[derive(Debug)]
