@@ -10,13 +10,17 @@
 //! What it serves (paths, realms, users `alice`/`s3cret` and `bob`/`hunter2`)
 //! is described at the top of `tests/peers/apache.sh`.
 //!
-//! When a peer cannot be had, the functions return `None` after printing
-//! `skipping: …` on stderr, except under CI (`CI` set, non-empty, not `false`
-//! or `0`), where they panic with the reason and how to fix it.
+//! When a peer cannot be had, the functions return `None` after writing
+//! `SKIPPED <test>: <reason>` straight to the process's stderr, which libtest
+//! does not capture (it captures `print!`/`eprint!` only), so `cargo test`
+//! shows it; except under CI (`CI` set, non-empty, not `false` or `0`), where
+//! they panic with the reason and how to fix it.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Env var holding the Apache origin URL (`http://127.0.0.1:PORT`).
 #[allow(dead_code, unreachable_pub)]
@@ -45,8 +49,8 @@ pub struct Apache {
 /// The Apache peer: from the `TOWER_AUTH_APACHE_*` env vars if set, otherwise
 /// started (once per process) with `tests/peers/apache.sh start target/peers/apache`.
 ///
-/// Returns `None` (after printing `skipping: {reason}`) when Apache cannot be
-/// had; panics instead when running under CI.
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when
+/// Apache cannot be had; panics instead when running under CI.
 #[allow(dead_code, unreachable_pub)]
 pub fn apache() -> Option<&'static Apache> {
     static APACHE: OnceLock<Result<Apache, String>> = OnceLock::new();
@@ -59,8 +63,8 @@ pub fn apache() -> Option<&'static Apache> {
 /// Path of Debian's `curl` (the `curl` found on `PATH`, checked by running
 /// `curl --version`).
 ///
-/// Returns `None` (after printing `skipping: {reason}`) when there is none;
-/// panics instead when running under CI.
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when
+/// there is none; panics instead when running under CI.
 #[allow(dead_code, unreachable_pub)]
 pub fn curl() -> Option<PathBuf> {
     static CURL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -87,8 +91,28 @@ fn unavailable<T>(reason: &str) -> Option<T> {
     if in_ci() {
         panic!("{reason}\n(CI is set, so a missing peer is an error rather than a skip)");
     }
-    eprintln!("skipping: {reason}");
+    report_skip(reason);
     None
+}
+
+/// Writes `SKIPPED {test}: {reason}` where `cargo test` shows it. libtest
+/// captures what `print!`/`eprint!` write during a test and shows it only if
+/// the test fails; a write to the `std::io::stderr()` handle itself is not
+/// captured. The test is named by its thread, which libtest names after it.
+/// The reason's further lines (e.g. the script's output) are written once.
+#[allow(dead_code)]
+fn report_skip(reason: &str) {
+    static DETAILED: AtomicBool = AtomicBool::new(false);
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("a peer test");
+    let (first, rest) = reason.split_once('\n').unwrap_or((reason, ""));
+    let mut text = format!("SKIPPED {test}: {first}\n");
+    if !rest.trim().is_empty() && !DETAILED.swap(true, Ordering::Relaxed) {
+        for line in rest.lines() {
+            text.push_str(&format!("    {line}\n"));
+        }
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 #[allow(dead_code)]
