@@ -532,10 +532,22 @@ struct Redact {
     key_queries: Vec<String>,
 }
 
-/// Counters shared by every clone of the service.
+/// Counters shared by every clone of the service; the summary line prints them.
 #[derive(Debug, Default)]
 struct Stats {
+    /// Exchanges the auth layer sent for the caller's requests (answers to challenges included).
     round_trips: AtomicU64,
+    /// Requests to a token endpoint: a token provider (OAuth2, planned) sends them through its
+    /// own client, wrapped in [`CountLayer::token_endpoint`], so they are counted here and not
+    /// as round trips. No scheme fetch offers today fetches tokens, so this stays 0.
+    token_requests: AtomicU64,
+}
+
+/// Which counter of [`Stats`] a [`Count`] service adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counter {
+    RoundTrips,
+    TokenRequests,
 }
 
 /// The counting layer: sits between the auth layer and the client.
@@ -543,12 +555,22 @@ struct Stats {
 struct CountLayer {
     stats: Arc<Stats>,
     redact: Arc<Redact>,
+    counter: Counter,
+}
+
+impl CountLayer {
+    /// The same counters, for the client of a token provider: its requests count as token
+    /// requests.
+    #[expect(dead_code, reason = "no scheme fetches tokens yet (OAuth2 is planned)")]
+    fn token_endpoint(&self) -> CountLayer {
+        CountLayer { counter: Counter::TokenRequests, ..self.clone() }
+    }
 }
 
 impl<S> Layer<S> for CountLayer {
     type Service = Count<S>;
     fn layer(&self, inner: S) -> Count<S> {
-        Count { inner, stats: Arc::clone(&self.stats), redact: Arc::clone(&self.redact) }
+        Count { inner, stats: Arc::clone(&self.stats), redact: Arc::clone(&self.redact), counter: self.counter }
     }
 }
 
@@ -559,6 +581,7 @@ struct Count<S> {
     inner: S,
     stats: Arc<Stats>,
     redact: Arc<Redact>,
+    counter: Counter,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -578,7 +601,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let counter = match self.counter {
+            Counter::RoundTrips => &self.stats.round_trips,
+            Counter::TokenRequests => &self.stats.token_requests,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let line = self.redact.verbose.then(|| describe(&req, &self.redact));
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -736,10 +763,8 @@ impl Tally {
 async fn run(opts: Opts) -> ExitCode {
     let Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location } = opts;
     let stats = Arc::new(Stats::default());
-    // OAuth2 token fetches will be counted here; no scheme fetches tokens yet.
-    let token_requests = Arc::new(AtomicU64::new(0));
     let redact = Redact { verbose, key_headers: creds.key_headers.clone(), key_queries: creds.key_queries.clone() };
-    let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact) };
+    let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact), counter: Counter::RoundTrips };
     // Checked when parsed: a proxy URL that ForwardProxy refuses never gets here.
     let proxy = proxy.and_then(|uri| ForwardProxy::new(uri).ok());
     let svc = build(creds, &count_layer, proxy);
@@ -812,6 +837,7 @@ async fn run(opts: Opts) -> ExitCode {
         eprintln!("fetch: request failed: {err}");
     }
     let round_trips = stats.round_trips.load(Ordering::Relaxed);
-    eprintln!("{}", tally.summary(count, round_trips, token_requests.load(Ordering::Relaxed), elapsed_ms));
+    let token_requests = stats.token_requests.load(Ordering::Relaxed);
+    eprintln!("{}", tally.summary(count, round_trips, token_requests, elapsed_ms));
     if tally.ok() == count { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -1,5 +1,8 @@
 //! Digest, Guess and proxy Digest against the `testing` verifier over real sockets.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::Router;
 use axum::routing::{any, get};
 use bytes::Bytes;
@@ -242,19 +245,27 @@ async fn proxy_digest_answers_407_with_proxy_authorization_only() {
 
 #[tokio::test]
 async fn hostile_challenges_are_skipped_and_the_401_returned() {
-    let hostile: Vec<String> = vec![
-        "Digest realm=\"unterminated".into(),
-        "Digest nonce=\"n\"".into(),                               // no realm
-        "Digest realm=\"r\"".into(),                               // no nonce
-        "Digest realm=\"r\", nonce=\"n\", algorithm=SHA-3".into(), // unknown algorithm
-        "Digest realm=\"r\", nonce=\"n\", qop=\"weird\"".into(),
-        format!("Digest realm=\"{}\", nonce=\"n\"", "x".repeat(100 << 10)), // hyper refuses 1 MB; the parser's own tests cover it
-        ",,,,,,".into(),
+    // (challenge, round trips the server must see): 1 = not answered.
+    let hostile: Vec<(String, usize)> = vec![
+        ("Digest realm=\"unterminated".into(), 1),
+        ("Digest nonce=\"n\"".into(), 1),                               // no realm
+        ("Digest realm=\"r\"".into(), 1),                               // no nonce
+        ("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-3".into(), 1), // unknown algorithm
+        ("Digest realm=\"r\", nonce=\"n\", qop=\"weird\"".into(), 1),
+        ("Basic realm=\"r\"".into(), 1), // never downgraded
+        (",,,,,,".into(), 1),
+        // Well-formed, only long (hyper refuses 1 MB; the parser's own tests cover that): it is
+        // answered once, like any challenge, and the second 401 goes back to the caller.
+        (format!("Digest realm=\"{}\", nonce=\"n\"", "x".repeat(100 << 10)), 2),
     ];
-    for h in hostile {
+    for (h, expected_trips) in hostile {
+        let shown = h.chars().take(60).collect::<String>();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = hits.clone();
         let app = Router::new().route(
             "/",
             get(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
                 let h = h.clone();
                 async move { (StatusCode::UNAUTHORIZED, [("www-authenticate", h)], "no") }
             }),
@@ -262,8 +273,137 @@ async fn hostile_challenges_are_skipped_and_the_401_returned() {
         let server = TestServer::start(app).await.unwrap();
         let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
         let (status, body) = send(&svc, "GET", &server.url("/"), "").await;
-        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"));
+        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"), "{shown}");
+        // An answered bogus challenge would show as a second request.
+        assert_eq!(hits.load(Ordering::SeqCst), expected_trips, "round trips for {shown:?}");
     }
+}
+
+/// A server that answers every request with `status` and this challenge (a fresh nonce each
+/// time, so that `stale=true` is believable), counting the requests and the ones that carried
+/// credentials.
+async fn always_challenging(status: StatusCode, challenge: &'static str) -> (TestServer, Arc<[AtomicUsize; 2]>) {
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let seen = counts.clone();
+    let (challenge_header, credentials_header) = if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        ("proxy-authenticate", "proxy-authorization")
+    } else {
+        ("www-authenticate", "authorization")
+    };
+    let app = Router::new().route(
+        "/{*path}",
+        any(move |headers: HeaderMap| {
+            let n = seen[0].fetch_add(1, Ordering::SeqCst);
+            if headers.contains_key(credentials_header) {
+                seen[1].fetch_add(1, Ordering::SeqCst);
+            }
+            async move { (status, [(challenge_header, format!("{challenge}, nonce=\"n{n}\""))], "no") }
+        }),
+    );
+    (TestServer::start(app).await.unwrap(), counts)
+}
+
+#[tokio::test]
+async fn always_stale_server_sees_a_challenge_an_answer_and_one_stale_retry() {
+    // src/digest/mod.rs: the first challenge is answered, then a `stale=true` challenge to a
+    // request that carried our credentials is answered once more; a second stale challenge goes
+    // back to the caller. The engine's own cap (`MAX_EXCHANGES`, 4) is higher: the scheme stops
+    // first.
+    let (server, counts) =
+        always_challenging(StatusCode::UNAUTHORIZED, "Digest realm=\"r\", qop=\"auth\", stale=true").await;
+    let svc = client(AuthLayer::digest("alice", "s3cret").unwrap());
+    let (status, body) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "no"));
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3, "challenge + answer + one stale retry");
+    assert_eq!(counts[1].load(Ordering::SeqCst), 2, "the answer and the stale retry carried credentials");
+
+    // The protection space is cached now: the next request goes pre-authorised, its stale 401 is
+    // answered (first challenge of that request), and the stale 401 to that answer once more.
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3 + 3);
+    assert_eq!(counts[1].load(Ordering::SeqCst), 2 + 3, "all three carried credentials");
+}
+
+#[tokio::test]
+async fn always_stale_proxy_sees_the_same_number_of_exchanges() {
+    let (server, counts) =
+        always_challenging(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "Digest realm=\"p\", qop=\"auth\", stale=true")
+            .await;
+    let svc = client(AuthLayer::proxy_digest("alice", "s3cret").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3);
+    assert_eq!(counts[1].load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn guess_answering_basic_with_a_wrong_password_costs_exactly_two_round_trips() {
+    let (server, stats) = basic_or_both(false).await;
+    let svc = client(AuthLayer::guess("alice", "wrong").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/basic"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!((stats.requests(), stats.rejected()), (2, 2), "the challenge, then one Basic answer");
+    // Basic is remembered for the origin: the next request is sent with it at once; its 401 is
+    // that request's first challenge, answered once more: still two, never more.
+    stats.reset();
+    let (status, _) = send(&svc, "GET", &server.url("/basic"), "").await;
+    assert_eq!(status, 401);
+    assert_eq!((stats.requests(), stats.rejected()), (2, 2));
+}
+
+#[tokio::test]
+async fn proxy_digest_with_a_wrong_password_costs_exactly_two_round_trips() {
+    let (server, stats) = serve(DigestCheck::new("p").user("alice", "s3cret").proxy(true)).await;
+    let svc = client(AuthLayer::proxy_digest("alice", "wrong").unwrap());
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!((stats.requests(), stats.rejected()), (2, 2));
+    // Pre-authorised with the cached (wrong) space: still two (the 407 may carry a new nonce).
+    stats.reset();
+    let (status, _) = send(&svc, "GET", &server.url("/a"), "").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!(stats.requests(), 2);
+}
+
+/// An unprotected origin that echoes the credential headers it receives.
+async fn open_echo() -> TestServer {
+    TestServer::start(Router::new().route("/{*path}", any(echo))).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_learned_protection_space_is_not_sent_to_another_origin() {
+    // One layer, no router, two origins on the same host (127.0.0.1, two ports). A protects
+    // itself with Digest; B is open and echoes what it receives.
+    let (a, a_stats) = serve(DigestCheck::new("r").user("alice", "s3cret")).await;
+    let b = open_echo().await;
+    for layer in [AuthLayer::digest("alice", "s3cret").unwrap(), AuthLayer::guess("alice", "s3cret").unwrap()] {
+        a_stats.reset();
+        let svc = client(layer);
+        for _ in 0..2 {
+            assert_eq!(send(&svc, "GET", &a.url("/x"), "").await.0, 200);
+        }
+        assert_eq!(a_stats.requests(), 3, "A's space was learned: the second request went pre-authorised");
+        for path in ["/x", "/y"] {
+            let (status, body) = send(&svc, "GET", &b.url(path), "").await;
+            assert_eq!(status, 200);
+            assert_eq!(body, "||", "B received A's credentials on {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_learned_basic_space_is_not_sent_to_another_origin() {
+    // Guess learns Basic for A; B (same host, another port) must not get it.
+    let (a, a_stats) = basic_or_both(false).await;
+    let b = open_echo().await;
+    let svc = client(AuthLayer::guess("alice", "s3cret").unwrap());
+    for _ in 0..2 {
+        assert_eq!(send(&svc, "GET", &a.url("/basic"), "").await.0, 200);
+    }
+    assert_eq!(a_stats.requests(), 3);
+    let (status, body) = send(&svc, "GET", &b.url("/basic"), "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "||"));
 }
 
 #[tokio::test]

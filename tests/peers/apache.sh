@@ -2,15 +2,30 @@
 # Real Apache httpd peer for tower-auth's integration tests.
 #
 #   tests/peers/apache.sh start DIR   start (or reuse) an Apache rooted in DIR,
-#                                     print its KEY=VALUE env lines on stdout
+#                                     print its KEY=VALUE env lines on stdout;
+#                                     it runs until `stop`
 #   tests/peers/apache.sh stop DIR    stop it (idempotent)
 #
+# For test processes (tests/support/peers.rs), with reference counting:
+#
+#   tests/peers/apache.sh acquire DIR PID
+#       like `start`, and registers process PID as a user (DIR/users/PID). An
+#       instance this starts is owned by the tests (DIR/run/tests-own); one
+#       started by `start` is not, and is never stopped by `release`.
+#   tests/peers/apache.sh release DIR PID
+#       unregisters PID (and users no longer alive); the last user out stops
+#       an instance the tests own.
+#   tests/peers/apache.sh release-on-eof DIR PID
+#       waits until its standard input is closed (the test process holds the
+#       other end of a pipe: it is closed when that process exits, however it
+#       exits), then runs `release DIR PID`.
+#
 # Everything lives in DIR: httpd.conf (generated, self-contained: it never
-# reads /etc/apache2), logs/, run/ (pid, shm, scoreboard), www/ (documents,
-# CGI script, password files), env (the lines printed by `start`),
-# script.md5 (a live instance is reused only if this script is unchanged) and
-# lock (flock(1) file serialising concurrent start/stop calls from several
-# test processes). Apache listens on 127.0.0.1 only, on three free ephemeral ports.
+# reads /etc/apache2), logs/, run/ (pid, shm, scoreboard, tests-own), www/
+# (documents, CGI script, password files), env (the lines printed by `start`),
+# script.md5 (a live instance is reused only if this script is unchanged),
+# users/ (one empty file per test process using the instance) and lock
+# (flock(1) file serialising every command from several test processes). Apache listens on 127.0.0.1 only, on three free ephemeral ports.
 #
 # Credentials everywhere: alice / s3cret and bob / hunter2.
 #
@@ -88,13 +103,14 @@ die() {
 say() { printf 'apache.sh: %s\n' "$*" >&2; }
 
 usage() {
-    printf 'usage: %s start|stop DIR\n' "$0" >&2
+    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
     exit 2
 }
 
-[ $# -eq 2 ] || usage
+[ $# -eq 2 ] || [ $# -eq 3 ] || usage
 cmd=$1
 dir_arg=$2
+pid_arg=${3:-}
 [ -n "$dir_arg" ] || usage
 
 # ---------------------------------------------------------------- helpers ---
@@ -191,7 +207,7 @@ stop_instance() {
             sleep 0.1
         done
     fi
-    rm -f "$DIR/env" "$DIR/run/httpd.pid" "$DIR/script.md5"
+    rm -f "$DIR/env" "$DIR/run/httpd.pid" "$DIR/script.md5" "$DIR/run/tests-own"
     if [ -s "$DIR/www-dir" ]; then
         local www
         www=$(cat "$DIR/www-dir")
@@ -432,6 +448,7 @@ print_env() {
 
 do_start() {
     local www attempt p1 p2 p3 i status tmp_env
+    STARTED=0
     # Reuse a live instance, unless it was configured by another version of
     # this script.
     if running_pid >/dev/null && healthy &&
@@ -518,6 +535,7 @@ do_start() {
         for i in $(seq 1 150); do
             if running_pid >/dev/null && healthy; then
                 printf '%s\n' "$SCRIPT_MD5" >"$DIR/script.md5"
+                STARTED=1
                 print_env
                 return 0
             fi
@@ -548,21 +566,78 @@ do_start() {
 
 SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
 
-case $cmd in
-start)
-    mkdir -p "$dir_arg"
-    DIR=$(cd "$dir_arg" && pwd -P)
+# Registered users (test process ids) that are still alive; the dead ones are
+# removed.
+live_users() {
+    local f pid
+    mkdir -p "$DIR/users"
+    for f in "$DIR/users"/*; do
+        [ -e "$f" ] || continue
+        pid=${f##*/}
+        case $pid in '' | *[!0-9]*) rm -f -- "$f"; continue ;; esac
+        if alive "$pid"; then printf '%s\n' "$pid"; else rm -f -- "$f"; fi
+    done
+}
+
+lock_dir() { # $1 dir; sets DIR and holds DIR/lock on fd 9
+    mkdir -p "$1"
+    DIR=$(cd "$1" && pwd -P)
     exec 9>>"$DIR/lock"
     flock -w 120 9 || die "timed out waiting for the lock $DIR/lock"
+}
+
+valid_pid() {
+    case $1 in '' | *[!0-9]*) usage ;; esac
+}
+
+do_release() { # $1 pid
+    rm -f -- "$DIR/users/$1"
+    if [ -n "$(live_users)" ]; then
+        return 0
+    fi
+    if [ -e "$DIR/run/tests-own" ]; then
+        stop_instance
+    fi
+}
+
+case $cmd in
+start)
+    [ -z "$pid_arg" ] || usage
+    lock_dir "$dir_arg"
     do_start
+    # Started or reused by hand: it runs until `stop`, whoever started it.
+    rm -f "$DIR/run/tests-own"
+    ;;
+acquire)
+    valid_pid "$pid_arg"
+    lock_dir "$dir_arg"
+    do_start
+    if [ "$STARTED" = 1 ]; then
+        : >"$DIR/run/tests-own"
+    fi
+    mkdir -p "$DIR/users"
+    : >"$DIR/users/$pid_arg"
+    ;;
+release)
+    valid_pid "$pid_arg"
+    [ -d "$dir_arg" ] || exit 0
+    lock_dir "$dir_arg"
+    do_release "$pid_arg"
+    ;;
+release-on-eof)
+    valid_pid "$pid_arg"
+    # Not under the lock while waiting: only once the test process is gone.
+    cat >/dev/null || true
+    [ -d "$dir_arg" ] || exit 0
+    lock_dir "$dir_arg"
+    do_release "$pid_arg"
     ;;
 stop)
+    [ -z "$pid_arg" ] || usage
     if [ ! -d "$dir_arg" ]; then
         exit 0
     fi
-    DIR=$(cd "$dir_arg" && pwd -P)
-    exec 9>>"$DIR/lock"
-    flock -w 120 9 || die "timed out waiting for the lock $DIR/lock"
+    lock_dir "$dir_arg"
     stop_instance
     ;;
 *)

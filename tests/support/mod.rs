@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub(crate) mod example;
 pub(crate) mod peers;
 
 use std::sync::Arc;

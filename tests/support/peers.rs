@@ -4,19 +4,30 @@
 //! Include it from an integration test with
 //! `#[path = "support/peers.rs"] mod peers;` (or from `tests/support/mod.rs`).
 //!
-//! Apache is started by `tests/peers/apache.sh start target/peers/apache` on
-//! first use and left running for the other test binaries (the script reuses
-//! a live instance); stop it with `tests/peers/apache.sh stop target/peers/apache`.
+//! Apache is taken from the `TOWER_AUTH_APACHE_*` env vars when they are set
+//! (`.ci/run` starts and stops it itself and sets them); the tests then start
+//! and stop nothing. Otherwise, on first use in a test process,
+//! `tests/peers/apache.sh acquire target/peers/apache PID` starts one (or
+//! reuses a live one) and registers the process as a user, and a watcher
+//! (`apache.sh release-on-eof …`, in its own process group) waits for the
+//! process to exit, however it exits, and then releases it: the last test
+//! process out stops the Apache the tests started. An Apache started by hand
+//! with `tests/peers/apache.sh start target/peers/apache` is reused and left
+//! running (stop it with `tests/peers/apache.sh stop target/peers/apache`).
 //! What it serves (paths, realms, users `alice`/`s3cret` and `bob`/`hunter2`)
 //! is described at the top of `tests/peers/apache.sh`.
 //!
-//! When a peer cannot be had, the functions return `None` after printing
-//! `skipping: …` on stderr, except under CI (`CI` set, non-empty, not `false`
-//! or `0`), where they panic with the reason and how to fix it.
+//! When a peer cannot be had, the functions return `None` after writing
+//! `SKIPPED <test>: <reason>` straight to the process's stderr, which libtest
+//! does not capture (it captures `print!`/`eprint!` only), so `cargo test`
+//! shows it; except under CI (`CI` set, non-empty, not `false` or `0`), where
+//! they panic with the reason and how to fix it.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Env var holding the Apache origin URL (`http://127.0.0.1:PORT`).
 #[allow(dead_code, unreachable_pub)]
@@ -43,10 +54,11 @@ pub struct Apache {
 }
 
 /// The Apache peer: from the `TOWER_AUTH_APACHE_*` env vars if set, otherwise
-/// started (once per process) with `tests/peers/apache.sh start target/peers/apache`.
+/// acquired (once per process) with `tests/peers/apache.sh acquire
+/// target/peers/apache PID` and released when the process exits.
 ///
-/// Returns `None` (after printing `skipping: {reason}`) when Apache cannot be
-/// had; panics instead when running under CI.
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when
+/// Apache cannot be had; panics instead when running under CI.
 #[allow(dead_code, unreachable_pub)]
 pub fn apache() -> Option<&'static Apache> {
     static APACHE: OnceLock<Result<Apache, String>> = OnceLock::new();
@@ -59,8 +71,8 @@ pub fn apache() -> Option<&'static Apache> {
 /// Path of Debian's `curl` (the `curl` found on `PATH`, checked by running
 /// `curl --version`).
 ///
-/// Returns `None` (after printing `skipping: {reason}`) when there is none;
-/// panics instead when running under CI.
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when
+/// there is none; panics instead when running under CI.
 #[allow(dead_code, unreachable_pub)]
 pub fn curl() -> Option<PathBuf> {
     static CURL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -87,8 +99,28 @@ fn unavailable<T>(reason: &str) -> Option<T> {
     if in_ci() {
         panic!("{reason}\n(CI is set, so a missing peer is an error rather than a skip)");
     }
-    eprintln!("skipping: {reason}");
+    report_skip(reason);
     None
+}
+
+/// Writes `SKIPPED {test}: {reason}` where `cargo test` shows it. libtest
+/// captures what `print!`/`eprint!` write during a test and shows it only if
+/// the test fails; a write to the `std::io::stderr()` handle itself is not
+/// captured. The test is named by its thread, which libtest names after it.
+/// The reason's further lines (e.g. the script's output) are written once.
+#[allow(dead_code)]
+fn report_skip(reason: &str) {
+    static DETAILED: AtomicBool = AtomicBool::new(false);
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("a peer test");
+    let (first, rest) = reason.split_once('\n').unwrap_or((reason, ""));
+    let mut text = format!("SKIPPED {test}: {first}\n");
+    if !rest.trim().is_empty() && !DETAILED.swap(true, Ordering::Relaxed) {
+        for line in rest.lines() {
+            text.push_str(&format!("    {line}\n"));
+        }
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 #[allow(dead_code)]
@@ -105,10 +137,16 @@ fn find_apache() -> Result<Apache, String> {
          {APACHE_PROXY_BASIC_URL_VAR} and {APACHE_PROXY_DIGEST_URL_VAR} to a running instance",
         manifest = manifest_dir.display(),
     );
+    let pid = std::process::id().to_string();
+    // The watcher first, so that whatever `acquire` registers is released even if this process
+    // dies while `acquire` runs.
+    release_at_exit(manifest_dir, script, dir, &pid)
+        .map_err(|e| format!("Apache peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
     let output = Command::new("bash")
         .arg(script)
-        .arg("start")
+        .arg("acquire")
         .arg(dir)
+        .arg(&pid)
         .current_dir(manifest_dir)
         .stdin(Stdio::null())
         .output()
@@ -117,17 +155,49 @@ fn find_apache() -> Result<Apache, String> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         return Err(format!(
-            "Apache peer unavailable: `{script} start {dir}` failed ({status}):\n{stderr}{fix}",
+            "Apache peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
             status = output.status,
             stderr = with_newline(stderr.trim_end()),
         ));
     }
     parse_env_lines(&stdout).map_err(|e| {
         format!(
-            "Apache peer unavailable: `{script} start {dir}` printed unexpected output ({e}):\n\
+            "Apache peer unavailable: `{script} acquire {dir} {pid}` printed unexpected output ({e}):\n\
              stdout:\n{stdout}stderr:\n{stderr}{fix}"
         )
     })
+}
+
+/// Starts `apache.sh release-on-eof DIR PID` with its stdin a pipe whose
+/// write end only this process holds (std opens pipes close-on-exec, so no
+/// other child inherits it), kept in a static that is never dropped: the
+/// kernel closes it when the process exits, normally, by a panic, by `exit` or
+/// by a signal, and the watcher then releases the Apache. The watcher gets its
+/// own process group, so a Ctrl-C that stops the tests does not stop it, and
+/// writes to `DIR/release.log`, not to the terminal after the tests are done.
+#[allow(dead_code)]
+fn release_at_exit(manifest_dir: &Path, script: &str, dir: &str, pid: &str) -> std::io::Result<()> {
+    static RELEASE_PIPE: OnceLock<ChildStdin> = OnceLock::new();
+    let peer_dir = manifest_dir.join(dir);
+    std::fs::create_dir_all(&peer_dir)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(peer_dir.join("release.log"))?;
+    let mut command = Command::new("bash");
+    command
+        .arg(script)
+        .arg("release-on-eof")
+        .arg(dir)
+        .arg(pid)
+        .current_dir(manifest_dir)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command.spawn()?;
+    let pipe = child.stdin.take().expect("stdin is piped");
+    // `child` is dropped without waiting: the watcher outlives this process.
+    let _ = RELEASE_PIPE.set(pipe);
+    Ok(())
 }
 
 #[allow(dead_code)]
