@@ -86,7 +86,9 @@ options:
   -H, --header 'Name: value'   an extra request header (repeatable)
   -n, --count N                send the request N times through one shared service (default 1)
   -c, --concurrency C          at most C requests in flight at once (default 1)
-  -v, --verbose                log each exchange on stderr, credentials redacted
+  -v, --verbose                log each exchange on stderr, credentials redacted, and the
+                               crate's debug lines (its warnings are always shown;
+                               RUST_LOG=... overrides, as usual)
   -h, --help                   print this help
 
 Several credential options combine: --api-key with --bearer sends both. The response body is
@@ -94,6 +96,22 @@ printed on stdout when N is 1. Standard error ends with a summary line:
   summary requests=N ok=K statuses=200:K[,401:M...] round_trips=R token_requests=T elapsed_ms=E
 Exit status: 0 if every response was 2xx, 1 otherwise, 2 for a usage or configuration error.
 ";
+
+/// The crate's log lines on stderr: its warnings always (Basic over plain http, a body over the
+/// replay limit), its debug lines too with `-v` (a challenge from another origin, a scheme's
+/// choices); `RUST_LOG` overrides both, as usual. The crate never logs a secret.
+fn init_tracing(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose { "tower_auth=debug" } else { "tower_auth=warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .try_init();
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -108,6 +126,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_tracing(opts.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {

@@ -555,3 +555,28 @@ fn help_exits_0() {
     assert!(run.stdout.starts_with("usage: fetch"), "{run:?}");
     assert!(run.stderr.is_empty(), "{run:?}");
 }
+
+#[test]
+fn the_crates_log_lines_reach_stderr_without_secrets() {
+    // Without -v: the crate's warnings (Basic over plain http), before the summary.
+    let run = fetch(&["-u", &format!("{USER}:{PASS}"), &url("/basic")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("sending Basic credentials over plain http"), "{run:?}");
+    assert_eq!(run.stderr.matches("plain http").count(), 1, "warned once: {run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {run:?}");
+    run.assert_summary(1, 1, "200:1", 1);
+    assert_no_secret(&run.stderr);
+    // With -v: the crate's debug lines too (Digest's choices), still without a secret.
+    let run = fetch(&["-v", "--digest", "-u", &format!("{USER}:{PASS}"), "-n", "2", &url("/digest")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.assert_summary(2, 2, "200:2", 3);
+    assert_no_secret(&run.stderr);
+    // RUST_LOG overrides: nothing from the crate.
+    let out = Command::new(fetch_bin())
+        .args(["-u", &format!("{USER}:{PASS}"), &url("/basic")])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("plain http"), "{stderr}");
+}
