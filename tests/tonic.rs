@@ -18,7 +18,9 @@
 //! - A scheme that keeps the body type observes the server's rejection (a trailers-only response
 //!   with `grpc-status: 16`), moves to its next token (compare-and-swap on the token it sent, so
 //!   concurrent rejections of one token move it once), and never sends the rejected token again.
-//! - The caller's own `authorization` metadata wins over the layer's.
+//! - The caller's own `authorization` metadata wins over the layer's (a boxed Bearer and a boxed
+//!   router, both keeping the body type).
+//! - `examples/tonic_client.rs` runs, prints what is expected and exits 0.
 //!
 //! Every server is stopped (graceful shutdown, awaited) at the end of its test.
 
@@ -436,4 +438,60 @@ async fn the_callers_own_authorization_metadata_wins() {
         ]
     );
     server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The example, run as a user runs it.
+
+/// `target/<profile>/examples/tonic_client`, built if missing or older than its sources (`cargo
+/// test` builds the examples; `cargo test --test tonic` alone does not).
+fn example_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|p| p.parent()).expect("test binary in target/<profile>/deps");
+    let bin = profile_dir.join("examples").join(format!("tonic_client{}", std::env::consts::EXE_SUFFIX));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut sources = vec![root.join("examples/tonic_client.rs"), root.join("Cargo.toml"), root.join("Cargo.lock")];
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { dirs.push(path) } else { sources.push(path) }
+        }
+    }
+    let newest = sources.iter().filter_map(|p| modified(p)).max();
+    if modified(&bin).is_some_and(|built| newest.is_some_and(|src| src <= built)) {
+        return bin;
+    }
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "--example", "tonic_client", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", profile_dir.parent().expect("target dir"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build --example tonic_client");
+    assert!(status.success() && bin.exists(), "could not build {}", bin.display());
+    bin
+}
+
+#[test]
+fn the_example_runs_and_finds_no_mismatch() {
+    let out = std::process::Command::new(example_bin()).output().expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(first.starts_with("tonic server on http://127.0.0.1:"), "{stdout}");
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        [
+            r#"router, the route's origin: OK, the server saw authorization: "Bearer fresh""#,
+            "router, another origin (no route, no token): Unauthenticated: no token",
+            "token list, first call (stale token): Unauthenticated: wrong token",
+            r#"token list, second call (next token): OK, the server saw authorization: "Bearer fresh""#,
+            "token list moved to token #1 after observing the rejection",
+            "server stopped; 0 mismatch(es)",
+        ]
+    );
 }
