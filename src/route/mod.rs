@@ -45,6 +45,11 @@
 //! picks the mode from the routes it is given; [`RouteBuilder::replaying`] picks `Replay` up
 //! front (to add such routes at run time, or in a loop).
 //!
+//! A tonic client in front of a router is made with `Grpc::with_origin(svc, origin)`: one made
+//! with `Grpc::new` sends requests whose URI is a path only (the `Channel` fills in the host
+//! below the layers), which no route matches, so they go without credentials
+//! (`examples/tonic_client.rs`, `tests/tonic.rs`).
+//!
 //! # How a request is routed
 //!
 //! 1. **Exact origin** ([`RouteBuilder::origin`]): scheme and host compared ignoring case,
