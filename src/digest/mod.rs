@@ -59,11 +59,13 @@
 //! only when the server offers no Digest challenge.
 
 pub(crate) mod algorithm;
+mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::Waker;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -73,7 +75,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 pub use self::algorithm::{Algorithm, Qop};
 use self::algorithm::{Exchange, ha1_base, session_ha1};
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, NoWait, Replay};
+pub use self::pool::DigestWait;
+use self::pool::{Gate, Grant, Pool, ProbeGuard, Take, WaitCell};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, Replay};
 use crate::basic::check_text;
 use crate::challenge::{self, Challenge, push_quoted};
 use crate::error::ConfigError;
@@ -96,6 +100,16 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'`')
     .remove(b'|')
     .remove(b'~');
+
+/// Nonces one protection space may use at once in leased mode, unless
+/// [`Digest::nonces_per_space`] says otherwise.
+pub const DEFAULT_NONCES_PER_SPACE: usize = 4;
+/// How many times one request may wait for a nonce of its protection space; past that it asks
+/// for a nonce of its own.
+const MAX_LEASE_WAITS: u32 = 8;
+/// Origins whose first request gets a gate; past this many, first requests to new origins go
+/// without one (no single flight), so the table stays bounded.
+const MAX_GATED_ORIGINS: usize = 10_000;
 
 /// Whom the credentials are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,9 +157,19 @@ pub struct Digest {
     target: Target,
     /// Guess mode: answer a Basic challenge when no Digest challenge is offered.
     allow_basic: bool,
-    spaces: RwLock<HashMap<Option<OriginKey>, Vec<Arc<Space>>>>,
+    origins: RwLock<HashMap<Option<OriginKey>, OriginEntry>>,
     cnonce: Option<Arc<CnonceFn>>,
     warned_plain_http: AtomicBool,
+    nonces_per_space: usize,
+}
+
+/// What is known of one origin (or of the proxy).
+#[derive(Default)]
+struct OriginEntry {
+    /// Its protection spaces, most recent first.
+    spaces: Vec<Arc<Space>>,
+    /// The gate of its first request: closed while that request is in flight.
+    gate: Option<Arc<Gate>>,
 }
 
 /// A protection space: realm and scheme parameters for one origin (or the proxy).
@@ -162,33 +186,67 @@ enum SpaceKind {
 struct DigestSpace {
     algorithm: Algorithm,
     qop: Qop,
-    opaque: Option<String>,
-    /// `, realm="…"` and `, opaque="…"` (or nothing), quoted once.
+    userhash: bool,
+    /// `, realm="…"`, quoted once.
     realm_param: String,
-    opaque_param: String,
     /// `username="…"` (or `username*=…`, plus `userhash=true`), rendered once.
     username: String,
     /// H(user:realm:password): derived from the password, never printed.
     ha1: String,
-    nonce: RwLock<Arc<NonceState>>,
+    /// Shared mode: the nonce every request counts on.
+    shared: RwLock<Arc<NonceState>>,
+    /// Leased mode: the server checks that each nonce's counts arrive in order, so each nonce
+    /// is used by one request at a time, from `pool`.
+    leased: AtomicBool,
+    /// A request has succeeded with these credentials: a later refusal is not a wrong password.
+    proven: AtomicBool,
+    pool: Mutex<Pool>,
+    /// The most nonces in `pool`.
+    cap: usize,
 }
 
-struct NonceState {
+pub(crate) struct NonceState {
     nonce: String,
     /// `, nonce="…"`, quoted once.
     param: String,
+    /// The challenge's `opaque`, and `, opaque="…"` (or nothing), quoted once.
+    opaque: Option<String>,
+    opaque_param: String,
+    /// The last nonce count used.
     nc: AtomicU32,
+    /// Shared mode: requests in flight with this nonce.
+    inflight: AtomicU32,
     /// For `-sess` algorithms: the cnonce and session H(A1) fixed for this nonce.
     session: Option<(String, String)>,
 }
 
-/// What one request sent, to check `rspauth` and apply `nextnonce`.
+/// What one request sent, to check `rspauth`, apply `nextnonce` and tell why it was refused.
 struct Sent {
     space: Arc<Space>,
     nonce: Arc<NonceState>,
     nc: u32,
     cnonce: Cnonce,
     uri: String,
+    /// Sent with the shared nonce (and counted in its `inflight`).
+    shared: bool,
+    /// Another request was in flight with the same shared nonce when this one was sent.
+    overlap: bool,
+}
+
+impl Sent {
+    /// Whether another request counted on the same shared nonce while this one was in flight:
+    /// then their counts may have reached the server out of order.
+    fn overlapped(&self) -> bool {
+        self.shared && (self.overlap || self.nonce.nc.load(Ordering::Relaxed) != self.nc)
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if self.shared {
+            self.nonce.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A client nonce: ours on the stack, or a string (injected, or fixed for `-sess`).
@@ -206,7 +264,101 @@ impl Cnonce {
     }
 }
 
-/// Progress of one request through [`Digest`].
+/// A nonce used by one request only: a slot of its space's pool (`id` > 0), or a nonce of its
+/// own (`id` 0). Dropped without [`release`](Lease::release) (the request was cancelled or
+/// failed, so whether the server saw its count is unknown), the slot is retired.
+struct Lease {
+    space: Arc<Space>,
+    id: u64,
+    nonce: Arc<NonceState>,
+}
+
+impl Lease {
+    fn new(space: &Arc<Space>, grant: Grant) -> Self {
+        Lease { space: Arc::clone(space), id: grant.id, nonce: grant.nonce }
+    }
+
+    /// Goes on with a new nonce (`stale=true`, a fresh challenge, `nextnonce`).
+    fn replace(&mut self, nonce: Arc<NonceState>) {
+        if self.id != 0
+            && let Some(d) = self.space.digest()
+        {
+            d.pool().replace(self.id, &nonce);
+        }
+        self.nonce = nonce;
+    }
+
+    /// The request has its answer: the server saw the count; the nonce goes to the next waiter.
+    fn release(mut self) {
+        let id = std::mem::take(&mut self.id);
+        if id != 0
+            && let Some(d) = self.space.digest()
+        {
+            let waker = d.pool().release(id);
+            wake(waker);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.id != 0
+            && let Some(d) = self.space.digest()
+        {
+            let waker = d.pool().retire(self.id);
+            wake(waker);
+        }
+    }
+}
+
+/// A place in a pool taken by a request gone to fetch a nonce ([`Take::Grow`]).
+struct Growth {
+    space: Arc<Space>,
+}
+
+impl Growth {
+    /// The nonce was fetched (and [`Pool::adopt`] took the place back).
+    fn consume(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Growth {
+    fn drop(&mut self) {
+        if let Some(d) = self.space.digest() {
+            let waker = d.pool().cancel_growth();
+            wake(waker);
+        }
+    }
+}
+
+/// A queued wait: for a gate (`space` none) or a pool. Dropped, it leaves the queue, and a nonce
+/// handed over meanwhile goes to the next waiter.
+struct Waiting {
+    space: Option<Arc<Space>>,
+    cell: Arc<WaitCell>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(grant) = self.cell.cancel()
+            && let Some(d) = self.space.as_ref().and_then(|s| s.digest())
+        {
+            let waker = d.pool().release(grant.id);
+            wake(waker);
+        }
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// Progress of one request through [`Digest`]. What it holds (a leased nonce, its place as an
+/// origin's first request, a place in a queue) is given back when it is dropped, whatever the
+/// request's fate.
 #[derive(Default)]
 pub struct DigestState {
     /// A challenge received during this request has been answered.
@@ -214,6 +366,21 @@ pub struct DigestState {
     /// A `stale=true` challenge has been answered.
     stale_answered: bool,
     sent: Option<Sent>,
+    lease: Option<Lease>,
+    growth: Option<Growth>,
+    probe: Option<ProbeGuard>,
+    waiting: Option<Waiting>,
+    /// Has waited for its origin's first request (it does so at most once).
+    waited_gate: bool,
+    /// Times it has waited for a nonce.
+    waits: u32,
+    /// This request switched its space to leased mode (undone if its own nonce is refused too).
+    switched: bool,
+    /// Answering a refusal of the shared nonce with a nonce of its own.
+    private: bool,
+    /// Sent without credentials on purpose, to fetch a nonce of its own: the challenge is
+    /// answered even after an earlier refusal.
+    fetching: bool,
 }
 
 impl fmt::Debug for DigestState {
@@ -222,14 +389,35 @@ impl fmt::Debug for DigestState {
             .field("answered", &self.answered)
             .field("stale_answered", &self.stale_answered)
             .field("sent_nc", &self.sent.as_ref().map(|s| s.nc))
+            .field("leased", &self.lease.is_some())
+            .field("waiting", &self.waiting.is_some())
             .finish()
     }
+}
+
+/// How a request ended, for [`Digest::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    /// The last challenge was not answered (wrong credentials).
+    Refused,
+    Other,
 }
 
 /// A challenge chosen to be answered.
 enum Chosen<'a> {
     Basic { realm: &'a str },
     Digest { challenge: &'a Challenge, realm: &'a str, nonce: &'a str, algorithm: Algorithm, qop: Qop, stale: bool },
+}
+
+/// What an origin's first contact is.
+enum First {
+    /// This request is the first: it goes, the others wait for its answer.
+    Probe(ProbeGuard),
+    /// Another request is first: wait for it.
+    Wait(Arc<Gate>),
+    /// Go as things are.
+    Go,
 }
 
 impl Digest {
@@ -283,9 +471,10 @@ impl Digest {
             password: Secret::new(password),
             target,
             allow_basic,
-            spaces: RwLock::new(HashMap::new()),
+            origins: RwLock::new(HashMap::new()),
             cnonce: None,
             warned_plain_http: AtomicBool::new(false),
+            nonces_per_space: DEFAULT_NONCES_PER_SPACE,
         })
     }
 
@@ -293,6 +482,16 @@ impl Digest {
     /// Meant for tests and RFC example vectors; a predictable cnonce weakens Digest.
     pub fn with_cnonce(mut self, cnonce: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.cnonce = Some(Arc::new(cnonce));
+        self
+    }
+
+    /// How many nonces one protection space may use at once once the server is found to check
+    /// nonce counts (leased mode, see the [module documentation](self)): each is used by one
+    /// request at a time and further requests wait for one. Default
+    /// [`DEFAULT_NONCES_PER_SPACE`]; clamped to 1..=64. Apache httpd remembers few Digest
+    /// clients by default (`AuthDigestShmemSize`) and forgets the oldest, so keep it small.
+    pub fn nonces_per_space(mut self, n: usize) -> Self {
+        self.nonces_per_space = n.clamp(1, 64);
         self
     }
 
@@ -320,11 +519,46 @@ impl Digest {
         }
     }
 
-    /// The most recent protection space for this request.
-    fn current_space(&self, uri: &http::Uri) -> Option<Arc<Space>> {
-        let key = self.space_key(uri)?;
-        let spaces = self.spaces.read().unwrap_or_else(|p| p.into_inner());
-        spaces.get(&key)?.first().cloned()
+    fn origins_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Option<OriginKey>, OriginEntry>> {
+        self.origins.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn origins_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Option<OriginKey>, OriginEntry>> {
+        self.origins.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recent protection space of an origin; its gate if its first request is in
+    /// flight; whether this request would be its first.
+    fn lookup(&self, key: &Option<OriginKey>) -> (Option<Arc<Space>>, Option<Arc<Gate>>, bool) {
+        let origins = self.origins_read();
+        match origins.get(key) {
+            None => (None, None, true),
+            Some(o) => {
+                let space = o.spaces.first().cloned();
+                let closed = o.gate.as_ref().filter(|g| g.is_closed()).cloned();
+                let first = space.is_none() && closed.is_none() && o.gate.as_ref().is_none_or(|g| g.is_cancelled());
+                (space, closed, first)
+            }
+        }
+    }
+
+    /// Makes this request the origin's first, unless another has become it meanwhile.
+    fn first_contact(&self, key: &Option<OriginKey>) -> First {
+        let mut origins = self.origins_write();
+        if origins.len() >= MAX_GATED_ORIGINS && !origins.contains_key(key) {
+            return First::Go;
+        }
+        let entry = origins.entry(key.clone()).or_default();
+        match &entry.gate {
+            Some(gate) if gate.is_closed() => First::Wait(Arc::clone(gate)),
+            Some(gate) if !gate.is_cancelled() => First::Go,
+            _ if !entry.spaces.is_empty() => First::Go,
+            _ => {
+                let gate = Arc::new(Gate::new());
+                entry.gate = Some(Arc::clone(&gate));
+                First::Probe(ProbeGuard::new(gate))
+            }
+        }
     }
 
     /// Picks the strongest challenge we can answer.
@@ -375,33 +609,26 @@ impl Digest {
         best
     }
 
-    /// Records a chosen challenge as the current protection space of this request's origin.
+    /// Records a chosen challenge's protection space as the current one of this request's
+    /// origin (the same space as before if realm and parameters match). Nonces are the caller's
+    /// business.
     fn install(&self, uri: &http::Uri, chosen: &Chosen<'_>) -> Option<Arc<Space>> {
         let key = self.space_key(uri)?;
-        let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
-        let list = spaces.entry(key).or_default();
+        let mut origins = self.origins_write();
+        let list = &mut origins.entry(key).or_default().spaces;
         let (realm, is_basic) = match chosen {
             Chosen::Basic { realm } => (*realm, true),
             Chosen::Digest { realm, .. } => (*realm, false),
         };
         let found = list.iter().position(|s| s.realm == realm && matches!(s.kind, SpaceKind::Basic(_)) == is_basic);
         let space = match (found, chosen) {
-            (Some(i), Chosen::Digest { challenge, nonce, algorithm, qop, .. }) => {
+            (Some(i), Chosen::Digest { challenge, algorithm, qop, .. }) => {
                 let space = list.remove(i);
-                let same_params = match &space.kind {
-                    SpaceKind::Digest(d) => {
-                        d.algorithm == *algorithm && d.qop == *qop && d.opaque.as_deref() == challenge.param("opaque")
-                    }
-                    SpaceKind::Basic(_) => false,
-                };
-                if same_params {
-                    if let SpaceKind::Digest(d) = &space.kind {
-                        d.set_nonce(nonce, || self.new_cnonce());
-                    }
-                    space
-                } else {
-                    Arc::new(self.new_space(chosen)?)
-                }
+                let userhash = challenge.param("userhash").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let same = space
+                    .digest()
+                    .is_some_and(|d| d.algorithm == *algorithm && d.qop == *qop && d.userhash == userhash);
+                if same { space } else { Arc::new(self.new_space(chosen)?) }
             }
             (Some(i), Chosen::Basic { .. }) => list.remove(i),
             (None, _) => Arc::new(self.new_space(chosen)?),
@@ -437,22 +664,20 @@ impl Digest {
                     username.extend(utf8_percent_encode(&self.user, ATTR_CHAR));
                 }
                 let ha1 = ha1_base(*algorithm, &self.user, realm, self.password.expose());
-                let opaque = challenge.param("opaque").map(str::to_owned);
                 let mut realm_param = String::from(", realm=");
                 push_quoted(&mut realm_param, realm);
-                let opaque_param = opaque.as_deref().map_or_else(String::new, |o| {
-                    let mut p = String::from(", opaque=");
-                    push_quoted(&mut p, o);
-                    p
-                });
+                let first = NonceState::new(*algorithm, &ha1, nonce, challenge.param("opaque"), || self.new_cnonce());
                 let space = DigestSpace {
                     algorithm: *algorithm,
                     qop: *qop,
-                    opaque,
+                    userhash,
                     realm_param,
-                    opaque_param,
                     username: if userhash { format!("{username}, userhash=true") } else { username },
-                    nonce: RwLock::new(Arc::new(NonceState::new(*algorithm, &ha1, nonce, || self.new_cnonce()))),
+                    shared: RwLock::new(Arc::new(first)),
+                    leased: AtomicBool::new(false),
+                    proven: AtomicBool::new(false),
+                    pool: Mutex::new(Pool::default()),
+                    cap: self.nonces_per_space,
                     ha1,
                 };
                 Some(Space { realm: (*realm).to_owned(), kind: SpaceKind::Digest(space) })
@@ -460,15 +685,29 @@ impl Digest {
         }
     }
 
-    /// The `Authorization` value for one request in a Digest space.
+    /// A nonce fresh from a challenge, leased to the request that received it: into its space's
+    /// pool if the space is in leased mode (or the request had a place reserved) and there is
+    /// room, else its own.
+    fn adopt(space: &Arc<Space>, d: &DigestSpace, nonce: Arc<NonceState>, growth: Option<Growth>) -> Lease {
+        let reserved = growth.is_some();
+        let id = if reserved || d.leased.load(Ordering::Acquire) { d.pool().adopt(&nonce, d.cap, reserved) } else { 0 };
+        if let Some(growth) = growth {
+            growth.consume();
+        }
+        Lease { space: Arc::clone(space), id, nonce }
+    }
+
+    /// The `Authorization` value for one request in a Digest space, with `nonce` (the shared
+    /// one if `shared`, else one leased to this request).
     fn digest_header(
         &self,
         space: &Arc<Space>,
         d: &DigestSpace,
+        nonce: &Arc<NonceState>,
+        shared: bool,
         req: &AuthRequest<'_>,
         body_hash: Option<&str>,
     ) -> Option<(HeaderValue, Sent)> {
-        let nonce = Arc::clone(&d.nonce.read().unwrap_or_else(|p| p.into_inner()));
         let nc = nonce.nc.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let (cnonce, ha1) = match &nonce.session {
             Some((cnonce, ha1)) => (Cnonce::Owned(cnonce.clone()), ha1.as_str()),
@@ -519,20 +758,22 @@ impl Digest {
                 Cnonce::Owned(s) => push_quoted(&mut out, s),
             }
         }
-        out.push_str(&d.opaque_param);
+        out.push_str(&nonce.opaque_param);
         let mut value = HeaderValue::try_from(out).ok()?;
         value.set_sensitive(true);
-        Some((value, Sent { space: Arc::clone(space), nonce, nc, cnonce, uri }))
+        let overlap = shared && nonce.inflight.fetch_add(1, Ordering::Relaxed) > 0;
+        let sent = Sent { space: Arc::clone(space), nonce: Arc::clone(nonce), nc, cnonce, uri, shared, overlap };
+        Some((value, sent))
     }
 
     /// Checks `rspauth` and applies `nextnonce` from an Authentication-Info header.
-    fn authentication_info(&self, res: &http::response::Parts, sent: &Sent) {
+    fn authentication_info(&self, res: &http::response::Parts, sent: &Sent, lease: Option<&mut Lease>) {
         let Some(value) = res.headers.get(self.target.info_header()) else { return };
         let Ok(params) = challenge::parse_params(value.as_bytes()) else {
             tracing::debug!("malformed Authentication-Info header ignored");
             return;
         };
-        let SpaceKind::Digest(d) = &sent.space.kind else { return };
+        let Some(d) = sent.space.digest() else { return };
         let get = |name: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         if let Some(rspauth) = get("rspauth") {
             let ha1 = sent.nonce.session.as_ref().map_or(d.ha1.as_str(), |(_, h)| h.as_str());
@@ -553,13 +794,53 @@ impl Digest {
             }
         }
         if let Some(next) = get("nextnonce") {
-            d.set_nonce(next, || self.new_cnonce());
+            let opaque = sent.nonce.opaque.as_deref();
+            let fresh = Arc::new(NonceState::new(d.algorithm, &d.ha1, next, opaque, || self.new_cnonce()));
+            match lease {
+                Some(lease) => lease.replace(fresh),
+                None => d.set_shared(fresh),
+            }
+        }
+    }
+
+    /// The request has its answer: gives back what it holds, and learns from the outcome.
+    fn finish(state: &mut DigestState, outcome: Outcome) {
+        if let Some(probe) = state.probe.take() {
+            probe.finish();
+        }
+        state.growth = None;
+        state.waiting = None;
+        state.sent = None;
+        let Some(lease) = state.lease.take() else { return };
+        if let Some(d) = lease.space.digest() {
+            if state.switched {
+                if outcome == Outcome::Refused {
+                    // A nonce of its own was refused too: not a matter of counts.
+                    d.leased.store(false, Ordering::Release);
+                    tracing::debug!(realm = %lease.space.realm, "Digest: a fresh nonce was refused too; back to sharing nonces");
+                } else if outcome == Outcome::Success {
+                    tracing::debug!(realm = %lease.space.realm, "Digest: a fresh nonce succeeded right after a refusal of the shared one; the server checks nonce counts");
+                }
+            }
+            if outcome == Outcome::Success && state.private && lease.id == 0 && !d.leased.load(Ordering::Acquire) {
+                d.set_shared(Arc::clone(&lease.nonce));
+            }
+        }
+        lease.release();
+    }
+}
+
+impl Space {
+    fn digest(&self) -> Option<&DigestSpace> {
+        match &self.kind {
+            SpaceKind::Digest(d) => Some(d),
+            SpaceKind::Basic(_) => None,
         }
     }
 }
 
 impl NonceState {
-    fn new(algorithm: Algorithm, ha1: &str, nonce: &str, cnonce: impl FnOnce() -> String) -> Self {
+    fn new(algorithm: Algorithm, ha1: &str, nonce: &str, opaque: Option<&str>, cnonce: impl FnOnce() -> String) -> Self {
         let session = algorithm.is_session().then(|| {
             let cnonce = cnonce();
             let sess = session_ha1(algorithm, ha1, nonce, &cnonce);
@@ -567,17 +848,38 @@ impl NonceState {
         });
         let mut param = String::from(", nonce=");
         push_quoted(&mut param, nonce);
-        NonceState { nonce: nonce.to_owned(), param, nc: AtomicU32::new(0), session }
+        let opaque_param = opaque.map_or_else(String::new, |o| {
+            let mut p = String::from(", opaque=");
+            push_quoted(&mut p, o);
+            p
+        });
+        NonceState {
+            nonce: nonce.to_owned(),
+            param,
+            opaque: opaque.map(str::to_owned),
+            opaque_param,
+            nc: AtomicU32::new(0),
+            inflight: AtomicU32::new(0),
+            session,
+        }
     }
 }
 
 impl DigestSpace {
-    /// Starts a new nonce (count back to zero), unless it is the current one: requests racing
-    /// on the same challenge keep counting on the same nonce.
-    fn set_nonce(&self, nonce: &str, cnonce: impl FnOnce() -> String) {
-        let mut slot = self.nonce.write().unwrap_or_else(|p| p.into_inner());
-        if slot.nonce != nonce {
-            *slot = Arc::new(NonceState::new(self.algorithm, &self.ha1, nonce, cnonce));
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shared(&self) -> Arc<NonceState> {
+        Arc::clone(&self.shared.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `fresh` the shared nonce (count from where it is), unless it is the current one:
+    /// requests racing on the same challenge keep counting on the same nonce.
+    fn set_shared(&self, fresh: Arc<NonceState>) {
+        let mut slot = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.nonce != fresh.nonce || slot.opaque != fresh.opaque {
+            *slot = fresh;
         }
     }
 }
@@ -606,6 +908,7 @@ impl fmt::Debug for Digest {
             .field("password", &self.password)
             .field("target", &self.target)
             .field("guess", &self.allow_basic)
+            .field("nonces_per_space", &self.nonces_per_space)
             .finish_non_exhaustive()
     }
 }
@@ -614,18 +917,54 @@ impl Authenticator for Digest {
     type Mode = Replay;
     type Error = std::convert::Infallible;
     type State = DigestState;
-    type Wait = NoWait<std::convert::Infallible>;
+    type Wait = DigestWait;
 
     fn authorize(
         &self,
         req: &mut AuthRequest<'_>,
         state: &mut DigestState,
-    ) -> Result<Authorize<Self::Wait>, std::convert::Infallible> {
+    ) -> Result<Authorize<DigestWait>, std::convert::Infallible> {
         let header = self.target.credentials_header();
         if req.headers().contains_key(&header) || (self.target == Target::Proxy && !proxy_may_see(req.uri())) {
             return Ok(Authorize::Done);
         }
-        let Some(space) = self.current_space(req.uri()) else {
+        // A wait has ended: take the nonce it brought, if any. Dropping the wait leaves its
+        // queue (and gives back a nonce this request does not need).
+        if let Some(waiting) = state.waiting.take()
+            && state.lease.is_none()
+            && let Some(space) = &waiting.space
+            && let Some(grant) = waiting.cell.take_grant()
+        {
+            state.lease = Some(Lease::new(space, grant));
+        }
+        let Some(key) = self.space_key(req.uri()) else {
+            return Ok(Authorize::Done);
+        };
+        let (mut space, gate, first) = self.lookup(&key);
+        if state.probe.is_none() && (gate.is_some() || first) {
+            let gate = match gate {
+                Some(gate) => Some(gate),
+                None => match self.first_contact(&key) {
+                    First::Probe(probe) => {
+                        state.probe = Some(probe);
+                        return Ok(Authorize::Done); // the origin's first request: it takes the challenge
+                    }
+                    First::Wait(gate) => Some(gate),
+                    First::Go => None,
+                },
+            };
+            if let Some(gate) = gate
+                && !state.waited_gate
+            {
+                state.waited_gate = true;
+                if let Some(cell) = gate.wait() {
+                    state.waiting = Some(Waiting { space: None, cell: Arc::clone(&cell) });
+                    return Ok(Authorize::Wait(DigestWait::new(cell)));
+                }
+            }
+            space = self.lookup(&key).0;
+        }
+        let Some(space) = space else {
             return Ok(Authorize::Done);
         };
         match &space.kind {
@@ -644,7 +983,37 @@ impl Authenticator for Digest {
                     (Qop::AuthInt, BodyView::Unavailable) => return Ok(Authorize::NeedBody),
                     _ => None,
                 };
-                if let Some((value, sent)) = self.digest_header(&space, d, req, body_hash.as_deref()) {
+                if state.lease.is_none() && d.leased.load(Ordering::Acquire) {
+                    let take = d.pool().take(d.cap, state.waits < MAX_LEASE_WAITS);
+                    match take {
+                        Take::Leased(grant) => state.lease = Some(Lease::new(&space, grant)),
+                        Take::Grow => {
+                            // Sent without credentials: the challenge brings a nonce for the pool
+                            // (a new opaque, to servers that count per opaque).
+                            state.growth = Some(Growth { space: Arc::clone(&space) });
+                            state.fetching = true;
+                            return Ok(Authorize::Done);
+                        }
+                        Take::Wait(cell) => {
+                            state.waits += 1;
+                            state.waiting = Some(Waiting { space: Some(Arc::clone(&space)), cell: Arc::clone(&cell) });
+                            return Ok(Authorize::Wait(DigestWait::new(cell)));
+                        }
+                        Take::Full => {
+                            tracing::debug!(realm = %space.realm, "Digest: every nonce of the protection space is in use and this request has waited enough; it asks for a nonce of its own");
+                            state.fetching = true;
+                            return Ok(Authorize::Done);
+                        }
+                    }
+                }
+                let built = match &state.lease {
+                    Some(lease) => match lease.space.digest() {
+                        Some(ld) => self.digest_header(&lease.space, ld, &lease.nonce, false, req, body_hash.as_deref()),
+                        None => None,
+                    },
+                    None => self.digest_header(&space, d, &d.shared(), true, req, body_hash.as_deref()),
+                };
+                if let Some((value, sent)) = built {
                     req.headers_mut().insert(header, value);
                     state.sent = Some(sent);
                 }
@@ -654,26 +1023,39 @@ impl Authenticator for Digest {
     }
 
     fn on_response(&self, req: &http::request::Parts, res: &http::response::Parts, state: &mut DigestState) -> Action {
+        state.waiting = None;
         if res.status != self.target.status() {
-            if res.status.is_success()
-                && let Some(sent) = &state.sent
-            {
-                self.authentication_info(res, sent);
-            }
+            let outcome = if res.status.is_success() {
+                if let Some(sent) = &state.sent {
+                    if let Some(d) = sent.space.digest() {
+                        d.proven.store(true, Ordering::Relaxed);
+                    }
+                    self.authentication_info(res, sent, state.lease.as_mut());
+                }
+                Outcome::Success
+            } else {
+                Outcome::Other
+            };
+            Digest::finish(state, outcome);
             return Action::Done;
         }
         if req.headers.contains_key(self.target.credentials_header()) {
+            Digest::finish(state, Outcome::Other);
             return Action::Done; // the caller's own credentials: not ours to retry
         }
         let challenges = challenge::parse_headers(&res.headers, self.target.challenge_header());
         let Some(chosen) = self.choose(&challenges) else {
             tracing::debug!(status = %res.status, "no challenge this scheme can answer");
+            Digest::finish(state, Outcome::Other);
             return Action::Done;
         };
         let stale = matches!(chosen, Chosen::Digest { stale: true, .. });
+        let fetched = std::mem::take(&mut state.fetching) && state.sent.is_none();
         let retry = if !state.answered {
             state.answered = true;
             true
+        } else if fetched {
+            true // the challenge this request went to fetch
         } else if stale && state.sent.is_some() && !state.stale_answered {
             state.stale_answered = true;
             true
@@ -681,13 +1063,60 @@ impl Authenticator for Digest {
             false
         };
         if !retry {
+            Digest::finish(state, Outcome::Refused);
             return Action::Done; // wrong credentials: the second challenge goes to the caller
         }
-        state.sent = None;
-        match self.install(&req.uri, &chosen) {
-            Some(_) => Action::Retry,
-            None => Action::Done,
+        let sent = state.sent.take();
+        let refused_shared = !stale && sent.as_ref().is_some_and(|s| s.shared);
+        let overlapped = sent.as_ref().is_some_and(Sent::overlapped);
+        let refused_opaque = sent.as_ref().and_then(|s| s.nonce.opaque.clone());
+        drop(sent);
+        let Some(space) = self.install(&req.uri, &chosen) else {
+            Digest::finish(state, Outcome::Other);
+            return Action::Done;
+        };
+        let (Chosen::Digest { challenge, nonce, .. }, Some(d)) = (&chosen, space.digest()) else {
+            if let Some(lease) = state.lease.take() {
+                lease.release();
+            }
+            return Action::Retry; // Basic (Guess)
+        };
+        let fresh = Arc::new(NonceState::new(d.algorithm, &d.ha1, nonce, challenge.param("opaque"), || {
+            self.new_cnonce()
+        }));
+        if let Some(lease) = state.lease.as_mut()
+            && Arc::ptr_eq(&lease.space, &space)
+        {
+            lease.replace(fresh); // stale or refused: the same slot goes on with the new nonce
+            return Action::Retry;
         }
+        if let Some(lease) = state.lease.take() {
+            lease.release();
+        }
+        if refused_shared {
+            // Refused with the shared nonce, after these credentials have worked: if others
+            // counted on it at the same time, their counts may have arrived out of order. Lease
+            // nonces from now on, and answer with a nonce of this request's own: if that
+            // succeeds, counts were the cause.
+            if overlapped && d.proven.load(Ordering::Relaxed) && !d.leased.swap(true, Ordering::AcqRel) {
+                state.switched = true;
+                tracing::debug!(realm = %space.realm, "Digest: a pre-authorised request sharing its nonce with others was refused; leasing nonces, one request at a time each");
+            }
+            let same_opaque = refused_opaque.is_some() && challenge.param("opaque") == refused_opaque.as_deref();
+            if same_opaque && d.leased.load(Ordering::Acquire) {
+                // The new nonce comes with the same opaque, which servers such as Apache httpd
+                // count on (and others still use): go again with a nonce of the pool (fetched
+                // with an unauthenticated send if the pool has room).
+                return Action::Retry;
+            }
+            state.private = true;
+            state.lease = Some(Digest::adopt(&space, d, fresh, state.growth.take()));
+        } else if state.growth.is_some() || d.leased.load(Ordering::Acquire) {
+            state.lease = Some(Digest::adopt(&space, d, fresh, state.growth.take()));
+        } else {
+            d.set_shared(fresh);
+        }
+        Action::Retry
     }
 }
 

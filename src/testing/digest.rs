@@ -40,6 +40,7 @@ pub struct DigestCheck {
     uses_per_nonce: Option<u32>,
     next_nonce: bool,
     proxy: bool,
+    nc_check: bool,
     nonces: Mutex<HashMap<String, NonceRecord>>,
 }
 
@@ -47,6 +48,8 @@ pub struct DigestCheck {
 struct NonceRecord {
     /// Nonce counts seen (a replay is a count seen before).
     seen: std::collections::BTreeSet<u32>,
+    /// The highest count accepted (for `nc_check`).
+    last: u32,
     uses: u32,
 }
 
@@ -63,6 +66,7 @@ impl DigestCheck {
             uses_per_nonce: None,
             next_nonce: false,
             proxy: false,
+            nc_check: false,
             nonces: Mutex::new(HashMap::new()),
         }
     }
@@ -107,6 +111,14 @@ impl DigestCheck {
     /// Answers each accepted request with `Authentication-Info: nextnonce=…` (and `rspauth`).
     pub fn next_nonce(mut self, on: bool) -> Self {
         self.next_nonce = on;
+        self
+    }
+
+    /// Checks nonce counts as they arrive, as Apache httpd's `AuthDigestNcCheck On` does: a
+    /// count not above the last one accepted for its nonce is refused (`401`, a new nonce, not
+    /// stale), so concurrent requests counting on one nonce fail when they overtake each other.
+    pub fn nc_check(mut self, on: bool) -> Self {
+        self.nc_check = on;
         self
     }
 
@@ -280,6 +292,15 @@ impl Check for DigestCheck {
                 drop(nonces);
                 tracing::debug!(nc, "Digest nonce count replayed");
                 return self.challenge(false);
+            }
+            if self.nc_check && qop != Qop::None {
+                if nc <= record.last {
+                    let last = record.last;
+                    drop(nonces);
+                    tracing::debug!(nc, last, "Digest nonce count not above the last one");
+                    return self.challenge(false);
+                }
+                record.last = nc;
             }
             record.uses += 1;
             if self.uses_per_nonce.is_some_and(|max| record.uses > max) {

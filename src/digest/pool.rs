@@ -1,0 +1,303 @@
+//! The concurrency machinery of Digest: the first-request gate (single flight per origin), the
+//! bounded pool of leased nonces of a protection space in leased mode, and the wait that both
+//! hand out. Std only: a `Mutex`-protected queue of [`WaitCell`]s, each holding the waiting
+//! task's `Waker`. See the [module documentation](super) for the design.
+//!
+//! Lock order: a pool (or gate) lock may be held while a cell lock is taken, never the other way
+//! round; wakers are woken after every lock is released.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use super::NonceState;
+
+/// The most requests queued on one gate or one pool; a request that finds the queue full does
+/// not wait (see [`Take::Full`]).
+pub(crate) const MAX_WAITERS: usize = 1024;
+
+/// A nonce handed to one request: the pool slot it belongs to (`0`: a nonce of its own, in no
+/// pool) and the nonce.
+pub(crate) struct Grant {
+    pub(crate) id: u64,
+    pub(crate) nonce: Arc<NonceState>,
+}
+
+#[derive(Default)]
+struct CellInner {
+    waker: Option<Waker>,
+    /// Woken: by a hand-off (with a grant), a kick (without) or the gate opening.
+    woken: bool,
+    /// The request is gone: no hand-off to it.
+    cancelled: bool,
+    grant: Option<Grant>,
+}
+
+/// One waiting request.
+#[derive(Default)]
+pub(crate) struct WaitCell {
+    inner: Mutex<CellInner>,
+}
+
+impl WaitCell {
+    fn lock(&self) -> MutexGuard<'_, CellInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the waiter with `grant`: the waker to wake once every lock is released, or the
+    /// grant back if the waiter has gone.
+    fn wake(&self, grant: Option<Grant>) -> Result<Option<Waker>, Option<Grant>> {
+        let mut c = self.lock();
+        if c.cancelled {
+            return Err(grant);
+        }
+        c.woken = true;
+        c.grant = grant;
+        Ok(c.waker.take())
+    }
+
+    /// The nonce handed over with the wake-up, if any.
+    pub(crate) fn take_grant(&self) -> Option<Grant> {
+        self.lock().grant.take()
+    }
+
+    /// The request no longer waits; a nonce handed over but not taken is returned, to be
+    /// released by the caller (outside any lock).
+    pub(crate) fn cancel(&self) -> Option<Grant> {
+        let mut c = self.lock();
+        c.cancelled = true;
+        c.waker = None;
+        c.grant.take()
+    }
+}
+
+/// The [`Authenticator::Wait`](crate::Authenticator::Wait) future of [`Digest`](super::Digest):
+/// resolves when the request may go on, that is when the first request to its origin has its
+/// answer, or when a nonce of its protection space is handed to it (or its slot is freed).
+///
+/// Each wait ends at the end of another request's exchange on the same origin (a hand-off); a
+/// request waits a bounded number of times (see the module documentation).
+pub struct DigestWait {
+    cell: Arc<WaitCell>,
+}
+
+impl DigestWait {
+    pub(crate) fn new(cell: Arc<WaitCell>) -> Self {
+        DigestWait { cell }
+    }
+}
+
+impl Future for DigestWait {
+    type Output = Result<(), Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut c = self.cell.lock();
+        if c.woken || c.cancelled {
+            return Poll::Ready(Ok(()));
+        }
+        match &c.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => c.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl fmt::Debug for DigestWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestWait").field("woken", &self.cell.lock().woken).finish()
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const CANCELLED: u8 = 2;
+
+/// The gate of an origin's first request: closed while it is in flight; the others wait.
+pub(crate) struct Gate {
+    state: AtomicU8,
+    waiters: Mutex<Vec<Arc<WaitCell>>>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Self {
+        Gate { state: AtomicU8::new(CLOSED), waiters: Mutex::new(Vec::new()) }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+
+    /// The first request was dropped before its answer: another may take its place.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CANCELLED
+    }
+
+    /// Queues a waiter, unless the gate has opened meanwhile or the queue is full.
+    pub(crate) fn wait(&self) -> Option<Arc<WaitCell>> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.is_closed() || waiters.len() >= MAX_WAITERS {
+            return None;
+        }
+        let cell = Arc::new(WaitCell::default());
+        waiters.push(Arc::clone(&cell));
+        Some(cell)
+    }
+
+    fn open(&self, cancelled: bool) {
+        let waiters = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            self.state.store(if cancelled { CANCELLED } else { OPEN }, Ordering::Release);
+            std::mem::take(&mut *waiters)
+        };
+        for cell in waiters {
+            if let Ok(Some(waker)) = cell.wake(None) {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Held by an origin's first request: opens the gate when the request has its answer
+/// ([`finish`](ProbeGuard::finish)), or, dropped without an answer, opens it as cancelled.
+pub(crate) struct ProbeGuard {
+    gate: Arc<Gate>,
+}
+
+impl ProbeGuard {
+    pub(crate) fn new(gate: Arc<Gate>) -> Self {
+        ProbeGuard { gate }
+    }
+
+    pub(crate) fn finish(self) {
+        self.gate.open(false);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.gate.open(true);
+    }
+}
+
+struct Slot {
+    id: u64,
+    nonce: Arc<NonceState>,
+    leased: bool,
+}
+
+/// What [`Pool::take`] gives a request.
+pub(crate) enum Take {
+    /// A free nonce, leased to the request.
+    Leased(Grant),
+    /// No free nonce, room for one more: the request goes without credentials and answers the
+    /// challenge with a nonce of its own, which joins the pool ([`Pool::adopt`]).
+    Grow,
+    /// Wait for a nonce to be handed over.
+    Wait(Arc<WaitCell>),
+    /// No free nonce, no room, no waiting: the request gets a nonce of its own, in no pool.
+    Full,
+}
+
+/// The nonces of one protection space in leased mode: at most `cap`, each used by one request
+/// at a time, and the requests waiting for one (first come, first served).
+#[derive(Default)]
+pub(crate) struct Pool {
+    slots: Vec<Slot>,
+    /// Requests gone to fetch a nonce that will join the pool.
+    growing: usize,
+    waiters: VecDeque<Arc<WaitCell>>,
+    next_id: u64,
+}
+
+impl Pool {
+    pub(crate) fn take(&mut self, cap: usize, may_wait: bool) -> Take {
+        if let Some(slot) = self.slots.iter_mut().find(|s| !s.leased) {
+            slot.leased = true;
+            return Take::Leased(Grant { id: slot.id, nonce: Arc::clone(&slot.nonce) });
+        }
+        if self.slots.len() + self.growing < cap {
+            self.growing += 1;
+            return Take::Grow;
+        }
+        if may_wait && self.waiters.len() < MAX_WAITERS {
+            let cell = Arc::new(WaitCell::default());
+            self.waiters.push_back(Arc::clone(&cell));
+            return Take::Wait(cell);
+        }
+        Take::Full
+    }
+
+    /// Adds a nonce fresh from a challenge, leased to the request that received it, if there is
+    /// room (`reserved`: the request had a place from [`Take::Grow`]). Returns its slot id, or
+    /// `0` when the pool is full (the nonce then stays the request's own).
+    pub(crate) fn adopt(&mut self, nonce: &Arc<NonceState>, cap: usize, reserved: bool) -> u64 {
+        if reserved {
+            self.growing = self.growing.saturating_sub(1);
+        }
+        if self.slots.len() >= cap {
+            return 0;
+        }
+        self.next_id += 1;
+        self.slots.push(Slot { id: self.next_id, nonce: Arc::clone(nonce), leased: true });
+        self.next_id
+    }
+
+    /// A new nonce for a leased slot (`stale=true`, a fresh challenge, `nextnonce`).
+    pub(crate) fn replace(&mut self, id: u64, nonce: &Arc<NonceState>) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id) {
+            slot.nonce = Arc::clone(nonce);
+        }
+    }
+
+    /// The request using slot `id` has its answer: the next waiter gets the slot, or it is free.
+    #[must_use]
+    pub(crate) fn release(&mut self, id: u64) -> Option<Waker> {
+        let slot = self.slots.iter_mut().find(|s| s.id == id)?;
+        let mut grant = Some(Grant { id, nonce: Arc::clone(&slot.nonce) });
+        while let Some(cell) = self.waiters.pop_front() {
+            match cell.wake(grant) {
+                Ok(waker) => return waker,
+                Err(back) => grant = back,
+            }
+        }
+        slot.leased = false;
+        None
+    }
+
+    /// Slot `id` can no longer be trusted (its request was dropped, so whether the server saw
+    /// its count is unknown): forget it, and let the next waiter take its place.
+    #[must_use]
+    pub(crate) fn retire(&mut self, id: u64) -> Option<Waker> {
+        self.slots.retain(|s| s.id != id);
+        self.kick()
+    }
+
+    /// A request that went to fetch a nonce for the pool came back without one.
+    #[must_use]
+    pub(crate) fn cancel_growth(&mut self) -> Option<Waker> {
+        self.growing = self.growing.saturating_sub(1);
+        self.kick()
+    }
+
+    /// Wakes the first waiter without a nonce: there is room for it to fetch one.
+    fn kick(&mut self) -> Option<Waker> {
+        while let Some(cell) = self.waiters.pop_front() {
+            if let Ok(waker) = cell.wake(None) {
+                return waker;
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
