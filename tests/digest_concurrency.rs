@@ -88,7 +88,11 @@ async fn run(url: &str, user: &str, password: &str, n: usize, c: usize) -> Run {
 fn assert_strict(what: &str, run: &Run, n: usize) {
     println!("{what}: ok={} of {n}, round_trips={}", run.ok, run.round_trips);
     assert_eq!(run.ok, n, "{what}: every request succeeds; statuses {:?}", run.statuses);
-    assert!(run.round_trips * 10 <= n * 11, "{what}: {} round trips for {n} requests (at most 1.1 × N)", run.round_trips);
+    assert!(
+        run.round_trips * 10 <= n * 11,
+        "{what}: {} round trips for {n} requests (at most 1.1 × N)",
+        run.round_trips
+    );
 }
 
 async fn strict_apache(n: usize, c: usize) {
@@ -170,7 +174,16 @@ type MockFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infa
 
 /// An in-process server whose first exchange never answers; the others challenge requests
 /// without credentials and accept any Digest credentials.
-fn hanging_first() -> (impl Service<Request<ReplayBody<Full<Bytes>>>, Response = Response<Full<Bytes>>, Error = Infallible, Future = MockFuture> + Clone, Arc<AtomicUsize>) {
+#[allow(clippy::type_complexity)]
+fn hanging_first() -> (
+    impl Service<
+        Request<ReplayBody<Full<Bytes>>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = MockFuture,
+    > + Clone,
+    Arc<AtomicUsize>,
+) {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
     let svc = tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| -> MockFuture {

@@ -295,9 +295,4 @@ impl Pool {
         }
         None
     }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
-    }
 }
