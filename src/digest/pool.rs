@@ -21,8 +21,11 @@ use super::NonceState;
 /// not wait (see [`Take::Full`]).
 pub(crate) const MAX_WAITERS: usize = 1024;
 
+/// The slot id of a permit to count on the shared nonce (probation, see [`Pool::take_permit`]).
+pub(crate) const PERMIT: u64 = u64::MAX;
+
 /// A nonce handed to one request: the pool slot it belongs to (`0`: a nonce of its own, in no
-/// pool) and the nonce.
+/// pool; [`PERMIT`]: a permit to count on the shared nonce) and the nonce.
 pub(crate) struct Grant {
     pub(crate) id: u64,
     pub(crate) nonce: Arc<NonceState>,
@@ -212,6 +215,8 @@ pub(crate) struct Pool {
     slots: Vec<Slot>,
     /// Requests gone to fetch a nonce that will join the pool.
     growing: usize,
+    /// Permits in use (probation).
+    permits: usize,
     waiters: VecDeque<Arc<WaitCell>>,
     next_id: u64,
 }
@@ -232,6 +237,42 @@ impl Pool {
             return Take::Wait(cell);
         }
         Take::Full
+    }
+
+    /// Probation: a permit to count on the shared nonce `shared`, at most `window` at once.
+    pub(crate) fn take_permit(&mut self, window: usize, may_wait: bool, shared: &Arc<NonceState>) -> Take {
+        if self.permits < window {
+            self.permits += 1;
+            return Take::Leased(Grant { id: PERMIT, nonce: Arc::clone(shared) });
+        }
+        if may_wait && self.waiters.len() < MAX_WAITERS {
+            let cell = Arc::new(WaitCell::default());
+            self.waiters.push_back(Arc::clone(&cell));
+            return Take::Wait(cell);
+        }
+        Take::Full
+    }
+
+    /// A permit comes back: to the next waiter if still in probation (`hand_off`).
+    #[must_use]
+    pub(crate) fn release_permit(&mut self, hand_off: bool, shared: &Arc<NonceState>) -> Option<Waker> {
+        if hand_off {
+            let mut grant = Some(Grant { id: PERMIT, nonce: Arc::clone(shared) });
+            while let Some(cell) = self.waiters.pop_front() {
+                match cell.wake(grant) {
+                    Ok(waker) => return waker,
+                    Err(back) => grant = back,
+                }
+            }
+        }
+        self.permits = self.permits.saturating_sub(1);
+        None
+    }
+
+    /// The mode of the space changed: every waiter goes again, in the new mode.
+    #[must_use]
+    pub(crate) fn kick_all(&mut self) -> Vec<Waker> {
+        self.waiters.drain(..).filter_map(|cell| cell.wake(None).ok().flatten()).collect()
     }
 
     /// Adds a nonce fresh from a challenge, leased to the request that received it, if there is
