@@ -570,7 +570,7 @@ impl Digest {
         if origins.len() >= MAX_GATED_ORIGINS && !origins.contains_key(key) {
             return First::Go;
         }
-        let entry = origins.entry(key.clone()).or_default();
+        let entry = origins.entry(*key).or_default();
         match &entry.gate {
             Some(gate) if gate.is_closed() => First::Wait(Arc::clone(gate)),
             Some(gate) if !gate.is_cancelled() => First::Go,
@@ -863,7 +863,13 @@ impl Space {
 }
 
 impl NonceState {
-    fn new(algorithm: Algorithm, ha1: &str, nonce: &str, opaque: Option<&str>, cnonce: impl FnOnce() -> String) -> Self {
+    fn new(
+        algorithm: Algorithm,
+        ha1: &str,
+        nonce: &str,
+        opaque: Option<&str>,
+        cnonce: impl FnOnce() -> String,
+    ) -> Self {
         let session = algorithm.is_session().then(|| {
             let cnonce = cnonce();
             let sess = session_ha1(algorithm, ha1, nonce, &cnonce);
@@ -918,7 +924,10 @@ impl DigestSpace {
             && self.confirmations.fetch_add(1, Ordering::Relaxed) + 1 >= CONFIRM_OVERLAPS
             && self.mode.compare_exchange(PROBATION, SHARED, Ordering::AcqRel, Ordering::Acquire).is_ok()
         {
-            tracing::debug!(realm, "Digest: overlapping requests on one nonce keep succeeding; the server does not check the order of nonce counts");
+            tracing::debug!(
+                realm,
+                "Digest: overlapping requests on one nonce keep succeeding; the server does not check the order of nonce counts"
+            );
             let wakers = self.pool().kick_all();
             wakers.into_iter().for_each(Waker::wake);
         }
@@ -1074,7 +1083,9 @@ impl Authenticator for Digest {
                 }
                 let built = match &state.lease {
                     Some(lease) if !lease.is_permit() => match lease.space.digest() {
-                        Some(ld) => self.digest_header(&lease.space, ld, &lease.nonce, false, req, body_hash.as_deref()),
+                        Some(ld) => {
+                            self.digest_header(&lease.space, ld, &lease.nonce, false, req, body_hash.as_deref())
+                        }
                         None => None,
                     },
                     _ => self.digest_header(&space, d, &d.shared(), true, req, body_hash.as_deref()),
@@ -1153,9 +1164,8 @@ impl Authenticator for Digest {
             }
             return Action::Retry; // Basic (Guess)
         };
-        let fresh = Arc::new(NonceState::new(d.algorithm, &d.ha1, nonce, challenge.param("opaque"), || {
-            self.new_cnonce()
-        }));
+        let fresh =
+            Arc::new(NonceState::new(d.algorithm, &d.ha1, nonce, challenge.param("opaque"), || self.new_cnonce()));
         if let Some(lease) = state.lease.as_mut()
             && Arc::ptr_eq(&lease.space, &space)
         {
