@@ -1052,6 +1052,8 @@ impl Authenticator for Digest {
                     _ => None,
                 };
                 let mode = d.mode();
+                // The shared nonce as read for a permit just taken (read once per request).
+                let mut shared_now = None;
                 if state.lease.is_none() && mode != SHARED {
                     let may_wait = state.waits < MAX_LEASE_WAITS;
                     let take = if mode == LEASED {
@@ -1060,7 +1062,12 @@ impl Authenticator for Digest {
                         d.pool().take_permit(PROBATION_WINDOW, may_wait, &d.shared())
                     };
                     match take {
-                        Take::Leased(grant) => state.lease = Some(Lease::new(&space, grant)),
+                        Take::Leased(grant) => {
+                            if grant.id == PERMIT {
+                                shared_now = Some(Arc::clone(&grant.nonce));
+                            }
+                            state.lease = Some(Lease::new(&space, grant));
+                        }
                         Take::Full if mode != LEASED => {} // probation, waited enough: go without a permit
                         Take::Grow => {
                             // Sent without credentials: the challenge brings a nonce for the pool
@@ -1088,7 +1095,10 @@ impl Authenticator for Digest {
                         }
                         None => None,
                     },
-                    _ => self.digest_header(&space, d, &d.shared(), true, req, body_hash.as_deref()),
+                    _ => {
+                        let nonce = shared_now.unwrap_or_else(|| d.shared());
+                        self.digest_header(&space, d, &nonce, true, req, body_hash.as_deref())
+                    }
                 };
                 if let Some((value, sent)) = built {
                     req.headers_mut().insert(header, value);
