@@ -52,6 +52,65 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Concurrency: one nonce, many requests
+//!
+//! Servers differ in what they accept from concurrent requests counting on one nonce. A
+//! *lenient* server (Apache httpd by default, most others) only refuses a count it has seen; a
+//! *strict* one (Apache with `AuthDigestNcCheck On`) wants each nonce's counts to *arrive* in
+//! increasing order, which requests in flight together cannot promise: a later count can
+//! overtake an earlier one. Apache also counts per `opaque` (one "client" entry per opaque in a
+//! small shared-memory table, the oldest forgotten when it fills up), and answers a refused
+//! request with a new nonce but the *same* opaque, its count reset. This module holds under both,
+//! per protection space, without knowing beforehand which kind of server it talks to:
+//!
+//! - **First request: single flight.** The first request to an origin goes alone, without
+//!   credentials, and takes the challenge; the requests that arrive meanwhile wait for its answer
+//!   (a gate per origin) and then go pre-authorised. `N` concurrent requests to a new origin cost
+//!   `N + 1` round trips, not `N + c`. A first request dropped before its answer opens its gate
+//!   as cancelled: the next request takes its place; each request waits for at most one gate.
+//! - **Probation.** A new protection space shares one nonce (atomic count), but at most
+//!   4 requests count on it at once (permits, handed over first come, first served). Each
+//!   success of a request that overlapped others on the nonce (another was in flight with it)
+//!   is evidence that the server does not care about arrival order; after 64 of them the space
+//!   is *shared*: no limit, one atomic count per request, the fast path for lenient servers.
+//! - **Detection of a strict server.** A pre-authorised request refused (`401` without
+//!   `stale=true`) while others counted on the same nonce, in a space whose credentials have
+//!   worked before (so not a wrong password), means counts may have arrived out of order: the
+//!   space switches to *leased* mode at once. The refused request goes again with a nonce of its
+//!   own; if that nonce is refused too, counts were not the cause and the space goes back to
+//!   probation. A sequential client never overlaps, so it never switches and never pays for it.
+//! - **Leased mode: a bounded pool.** Each nonce (with its opaque) is leased to one request at a
+//!   time, from a pool of at most [`DEFAULT_NONCES_PER_SPACE`] (4) nonces per space
+//!   ([`Digest::nonces_per_space`]): few enough that Apache's client table keeps them all. With
+//!   none free and room in the pool, a request goes without credentials: the challenge brings a
+//!   new nonce and a new opaque (a new client to the server), which joins the pool leased to it.
+//!   With the pool full, requests wait in a queue and a released nonce is handed directly to the
+//!   first waiter (no barging), so its counts reach the server in order. A refused request whose
+//!   challenge repeats its opaque goes again with a pooled nonce, never with that opaque, which
+//!   others may still be counting on.
+//! - **Leases always come back.** The lease (or permit, or place in a queue, or gate) lives in
+//!   the request's [`DigestState`], as a guard: given back when the response is seen; dropped
+//!   with the state (request cancelled, service error, retry refused by the engine), a leased
+//!   nonce is *retired* (whether the server saw its count is unknown) and its place goes to the
+//!   next waiter, which fetches a new nonce.
+//!
+//! Waits are bounded without a timer. A wait ([`DigestWait`], std only: a `Mutex`-guarded queue
+//! of wakers) ends when another request's exchange on the same origin ends: the gate's first
+//! request, or a lease holder, handing over in order. So a request waits at most for the
+//! requests queued ahead of it divided by the pool size, each bounded by the server's response
+//! time (bound those with a timeout layer above this one, which also bounds the wait). A request
+//! waits for a gate at most once and for a nonce at most 8 times; with the queue full (1024) or
+//! its waits used up, it does not wait: it goes without credentials and answers the challenge
+//! with a nonce of its own (outside the pool if it is full). Credentials are never sent on a nonce
+//! that another request is using in leased mode, and never sent wrong.
+//!
+//! Figures (tests/digest_concurrency.rs, Apache 2.4 with `AuthDigestNcCheck On`): every request
+//! succeeds at 2, 8 and 32 concurrent requests, with about `N + 4` to `N + 8` round trips;
+//! without nc checking, `N + 1` at any concurrency. A wrong password costs two round trips per
+//! request, concurrently too. No request is retried more than the engine's
+//! [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) allows, and no rule here loops: a refusal is answered
+//! at most once, a stale nonce at most once.
+//!
 //! # Security
 //!
 //! Digest with MD5 is weak by today's standards but does not send the password; prefer SHA-256
