@@ -395,19 +395,23 @@ fn give_back(space: &Space, id: u64, nonce: &Arc<NonceState>, retire: bool) {
 
 /// A place in a pool taken by a request gone to fetch a nonce ([`Take::Grow`]).
 struct Growth {
-    space: Arc<Space>,
+    space: Option<Arc<Space>>,
 }
 
 impl Growth {
+    fn new(space: &Arc<Space>) -> Self {
+        Growth { space: Some(Arc::clone(space)) }
+    }
+
     /// The nonce was fetched (and [`Pool::adopt`] took the place back).
-    fn consume(self) {
-        std::mem::forget(self);
+    fn consume(mut self) {
+        self.space = None;
     }
 }
 
 impl Drop for Growth {
     fn drop(&mut self) {
-        if let Some(d) = self.space.digest() {
+        if let Some(d) = self.space.as_ref().and_then(|s| s.digest()) {
             let waker = d.pool().cancel_growth();
             wake(waker);
         }
@@ -1131,7 +1135,7 @@ impl Authenticator for Digest {
                         Take::Grow => {
                             // Sent without credentials: the challenge brings a nonce for the pool
                             // (a new opaque, to servers that count per opaque).
-                            state.growth = Some(Growth { space: Arc::clone(&space) });
+                            state.growth = Some(Growth::new(&space));
                             state.fetching = true;
                             return Ok(Authorize::Done);
                         }

@@ -169,23 +169,26 @@ impl Gate {
 /// Held by an origin's first request: opens the gate when the request has its answer
 /// ([`finish`](ProbeGuard::finish)), or, dropped without an answer, opens it as cancelled.
 pub(crate) struct ProbeGuard {
-    gate: Arc<Gate>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl ProbeGuard {
     pub(crate) fn new(gate: Arc<Gate>) -> Self {
-        ProbeGuard { gate }
+        ProbeGuard { gate: Some(gate) }
     }
 
-    pub(crate) fn finish(self) {
-        self.gate.open(false);
-        std::mem::forget(self);
+    pub(crate) fn finish(mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.open(false);
+        }
     }
 }
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        self.gate.open(true);
+        if let Some(gate) = self.gate.take() {
+            gate.open(true);
+        }
     }
 }
 
@@ -445,9 +448,8 @@ mod tests {
         let mut wait = DigestWait::new(cell);
         assert!(!poll(&mut wait, &count));
         drop(ProbeGuard::new(Arc::new(Gate::new()))); // another gate: nothing here
-        let guard = ProbeGuard { gate: Arc::new(gate) };
-        let gate = Arc::clone(&guard.gate);
-        drop(guard); // dropped without an answer: cancelled, waiters go
+        let gate = Arc::new(gate);
+        drop(ProbeGuard::new(Arc::clone(&gate))); // dropped without an answer: cancelled, waiters go
         assert!(gate.is_cancelled() && !gate.is_closed());
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(poll(&mut wait, &count));
