@@ -1,11 +1,16 @@
 //! The pre-authorised Digest path: one request through the Digest layer, once the protection
-#![allow(missing_docs)] // criterion_group! generates undocumented items
 //! space is known (no 401), against Basic in the same run, around an in-process service that
 //! answers at once. `cargo bench --bench digest`
 //!
 //! The figure includes the engine's per-request work for retrying schemes (a copy of the
 //! request head kept for a possible retry, the replay handle) and the header computation
 //! (H(A2), the response hash, formatting); H(A1) is computed once per protection space.
+//!
+//! "authorize only" is the header itself: `Digest::authorize` on a copy of a request head, with
+//! a fresh `DigestState` dropped after each call as the engine does (so the nonce permit or
+//! lease a request takes is given back inside the timed loop), next to `Basic::authorize` on
+//! the same copy. Target: at most 1 µs for MD5 and SHA-256.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -83,12 +88,16 @@ fn bench(c: &mut Criterion) {
         let digest = Arc::new(Digest::new("alice", "s3cret").unwrap());
         let mut svc = ServiceBuilder::new().layer(AuthLayer::from_arc(Arc::clone(&digest))).service(server(algorithm));
         assert_eq!(ready(svc.call(request())).unwrap().status(), 200);
+        let authorize = |parts: &mut http::request::Parts| {
+            let mut state = DigestState::default();
+            digest.authorize(&mut AuthRequest::new(parts, BodyView::Empty, 0), &mut state).unwrap();
+            // `state` is dropped here, as the engine drops it after the response.
+        };
+        let mut parts = clone_head(&template);
+        authorize(&mut parts);
+        assert!(parts.headers.contains_key("authorization"), "pre-authorised");
         group.bench_function(format!("digest {}", algorithm.name()), |b| {
-            b.iter_batched_ref(
-                || (clone_head(&template), DigestState::default()),
-                |(parts, state)| digest.authorize(&mut AuthRequest::new(parts, BodyView::Empty, 0), state).unwrap(),
-                BatchSize::SmallInput,
-            )
+            b.iter_batched_ref(|| clone_head(&template), authorize, BatchSize::SmallInput)
         });
     }
     let basic = Basic::new("alice", "s3cret").unwrap();

@@ -174,19 +174,16 @@ type MockFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infa
 
 /// An in-process server whose first exchange never answers; the others challenge requests
 /// without credentials and accept any Digest credentials.
-#[allow(clippy::type_complexity)]
-fn hanging_first() -> (
-    impl Service<
-        Request<ReplayBody<Full<Bytes>>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = MockFuture,
-    > + Clone,
-    Arc<AtomicUsize>,
-) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let svc = tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| -> MockFuture {
+fn hanging_first(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<ReplayBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = MockFuture,
+> + Clone {
+    let seen = calls;
+    tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| -> MockFuture {
         if seen.fetch_add(1, Ordering::SeqCst) == 0 {
             return Box::pin(std::future::pending());
         }
@@ -200,13 +197,13 @@ fn hanging_first() -> (
                 .unwrap()
         };
         Box::pin(async move { Ok(res) })
-    });
-    (svc, calls)
+    })
 }
 
 #[tokio::test]
 async fn a_dropped_first_request_lets_the_waiting_ones_go() {
-    let (server, calls) = hanging_first();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = hanging_first(calls.clone());
     let svc = ServiceBuilder::new().layer(AuthLayer::digest("alice", "s3cret").unwrap()).service(server);
     let get = || Request::get("http://127.0.0.1:9/x").body(Full::<Bytes>::default()).unwrap();
     // The first request to the origin hangs; the second waits for its answer.

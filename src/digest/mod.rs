@@ -52,6 +52,65 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Concurrency: one nonce, many requests
+//!
+//! Servers differ in what they accept from concurrent requests counting on one nonce. A
+//! *lenient* server (Apache httpd by default, most others) only refuses a count it has seen; a
+//! *strict* one (Apache with `AuthDigestNcCheck On`) wants each nonce's counts to *arrive* in
+//! increasing order, which requests in flight together cannot promise: a later count can
+//! overtake an earlier one. Apache also counts per `opaque` (one "client" entry per opaque in a
+//! small shared-memory table, the oldest forgotten when it fills up), and answers a refused
+//! request with a new nonce but the *same* opaque, its count reset. This module holds under both,
+//! per protection space, without knowing beforehand which kind of server it talks to:
+//!
+//! - **First request: single flight.** The first request to an origin goes alone, without
+//!   credentials, and takes the challenge; the requests that arrive meanwhile wait for its answer
+//!   (a gate per origin) and then go pre-authorised. `N` concurrent requests to a new origin cost
+//!   `N + 1` round trips, not `N + c`. A first request dropped before its answer opens its gate
+//!   as cancelled: the next request takes its place; each request waits for at most one gate.
+//! - **Probation.** A new protection space shares one nonce (atomic count), but at most
+//!   4 requests count on it at once (permits, handed over first come, first served). Each
+//!   success of a request that overlapped others on the nonce (another was in flight with it)
+//!   is evidence that the server does not care about arrival order; after 64 of them the space
+//!   is *shared*: no limit, one atomic count per request, the fast path for lenient servers.
+//! - **Detection of a strict server.** A pre-authorised request refused (`401` without
+//!   `stale=true`) while others counted on the same nonce, in a space whose credentials have
+//!   worked before (so not a wrong password), means counts may have arrived out of order: the
+//!   space switches to *leased* mode at once. The refused request goes again with a nonce of its
+//!   own; if that nonce is refused too, counts were not the cause and the space goes back to
+//!   probation. A sequential client never overlaps, so it never switches and never pays for it.
+//! - **Leased mode: a bounded pool.** Each nonce (with its opaque) is leased to one request at a
+//!   time, from a pool of at most [`DEFAULT_NONCES_PER_SPACE`] (4) nonces per space
+//!   ([`Digest::nonces_per_space`]): few enough that Apache's client table keeps them all. With
+//!   none free and room in the pool, a request goes without credentials: the challenge brings a
+//!   new nonce and a new opaque (a new client to the server), which joins the pool leased to it.
+//!   With the pool full, requests wait in a queue and a released nonce is handed directly to the
+//!   first waiter (no barging), so its counts reach the server in order. A refused request whose
+//!   challenge repeats its opaque goes again with a pooled nonce, never with that opaque, which
+//!   others may still be counting on.
+//! - **Leases always come back.** The lease (or permit, or place in a queue, or gate) lives in
+//!   the request's [`DigestState`], as a guard: given back when the response is seen; dropped
+//!   with the state (request cancelled, service error, retry refused by the engine), a leased
+//!   nonce is *retired* (whether the server saw its count is unknown) and its place goes to the
+//!   next waiter, which fetches a new nonce.
+//!
+//! Waits are bounded without a timer. A wait ([`DigestWait`], std only: a `Mutex`-guarded queue
+//! of wakers) ends when another request's exchange on the same origin ends: the gate's first
+//! request, or a lease holder, handing over in order. So a request waits at most for the
+//! requests queued ahead of it divided by the pool size, each bounded by the server's response
+//! time (bound those with a timeout layer above this one, which also bounds the wait). A request
+//! waits for a gate at most once and for a nonce at most 8 times; with the queue full (1024) or
+//! its waits used up, it does not wait: it goes without credentials and answers the challenge
+//! with a nonce of its own (outside the pool if it is full). Credentials are never sent on a nonce
+//! that another request is using in leased mode, and never sent wrong.
+//!
+//! Figures (tests/digest_concurrency.rs, Apache 2.4 with `AuthDigestNcCheck On`): every request
+//! succeeds at 2, 8 and 32 concurrent requests, with about `N + 4` to `N + 8` round trips;
+//! without nc checking, `N + 1` at any concurrency. A wrong password costs two round trips per
+//! request, concurrently too. No request is retried more than the engine's
+//! [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) allows, and no rule here loops: a refusal is answered
+//! at most once, a stale nonce at most once.
+//!
 //! # Security
 //!
 //! Digest with MD5 is weak by today's standards but does not send the password; prefer SHA-256
@@ -63,7 +122,7 @@ mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::Waker;
 
@@ -76,7 +135,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 pub use self::algorithm::{Algorithm, Qop};
 use self::algorithm::{Exchange, ha1_base, session_ha1};
 pub use self::pool::DigestWait;
-use self::pool::{Gate, Grant, Pool, ProbeGuard, Take, WaitCell};
+use self::pool::{Gate, Grant, PERMIT, Pool, ProbeGuard, Take, WaitCell};
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, Replay};
 use crate::basic::check_text;
 use crate::challenge::{self, Challenge, push_quoted};
@@ -104,6 +163,19 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
 /// Nonces one protection space may use at once in leased mode, unless
 /// [`Digest::nonces_per_space`] says otherwise.
 pub const DEFAULT_NONCES_PER_SPACE: usize = 4;
+/// Requests that may count on a space's shared nonce at once while it is on probation.
+const PROBATION_WINDOW: usize = 4;
+/// Successes of requests that overlapped others on the shared nonce after which a space on
+/// probation is taken to be lenient (no count checking): no window any more.
+const CONFIRM_OVERLAPS: u32 = 64;
+
+/// [`DigestSpace::mode`]: a new space, whose server is not known to check counts or not.
+const PROBATION: u8 = 0;
+/// [`DigestSpace::mode`]: the server does not check the order of counts; one shared nonce.
+const SHARED: u8 = 1;
+/// [`DigestSpace::mode`]: the server checks counts as they arrive; nonces are leased.
+const LEASED: u8 = 2;
+
 /// How many times one request may wait for a nonce of its protection space; past that it asks
 /// for a nonce of its own.
 const MAX_LEASE_WAITS: u32 = 8;
@@ -195,9 +267,12 @@ struct DigestSpace {
     ha1: String,
     /// Shared mode: the nonce every request counts on.
     shared: RwLock<Arc<NonceState>>,
-    /// Leased mode: the server checks that each nonce's counts arrive in order, so each nonce
-    /// is used by one request at a time, from `pool`.
-    leased: AtomicBool,
+    /// [`PROBATION`] (the shared nonce, at most [`PROBATION_WINDOW`] requests at once),
+    /// [`SHARED`] (the shared nonce, no limit) or [`LEASED`] (the server checks that each nonce's
+    /// counts arrive in order, so each nonce of `pool` is used by one request at a time).
+    mode: AtomicU8,
+    /// Probation: successes of requests that overlapped others on the shared nonce.
+    confirmations: AtomicU32,
     /// A request has succeeded with these credentials: a later refusal is not a wrong password.
     proven: AtomicBool,
     pool: Mutex<Pool>,
@@ -281,6 +356,7 @@ impl Lease {
     /// Goes on with a new nonce (`stale=true`, a fresh challenge, `nextnonce`).
     fn replace(&mut self, nonce: Arc<NonceState>) {
         if self.id != 0
+            && self.id != PERMIT
             && let Some(d) = self.space.digest()
         {
             d.pool().replace(self.id, &nonce);
@@ -288,44 +364,54 @@ impl Lease {
         self.nonce = nonce;
     }
 
+    fn is_permit(&self) -> bool {
+        self.id == PERMIT
+    }
+
     /// The request has its answer: the server saw the count; the nonce goes to the next waiter.
     fn release(mut self) {
         let id = std::mem::take(&mut self.id);
-        if id != 0
-            && let Some(d) = self.space.digest()
-        {
-            let waker = d.pool().release(id);
-            wake(waker);
-        }
+        give_back(&self.space, id, &self.nonce, false);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.id != 0
-            && let Some(d) = self.space.digest()
-        {
-            let waker = d.pool().retire(self.id);
-            wake(waker);
-        }
+        give_back(&self.space, self.id, &self.nonce, true);
     }
+}
+
+/// Gives a slot or permit back to its pool (`retire`: the slot's count is in doubt).
+fn give_back(space: &Space, id: u64, nonce: &Arc<NonceState>, retire: bool) {
+    let Some(d) = space.digest() else { return };
+    let waker = match id {
+        0 => None,
+        PERMIT => d.pool().release_permit(d.mode() == PROBATION, nonce),
+        id if retire => d.pool().retire(id),
+        id => d.pool().release(id),
+    };
+    wake(waker);
 }
 
 /// A place in a pool taken by a request gone to fetch a nonce ([`Take::Grow`]).
 struct Growth {
-    space: Arc<Space>,
+    space: Option<Arc<Space>>,
 }
 
 impl Growth {
+    fn new(space: &Arc<Space>) -> Self {
+        Growth { space: Some(Arc::clone(space)) }
+    }
+
     /// The nonce was fetched (and [`Pool::adopt`] took the place back).
-    fn consume(self) {
-        std::mem::forget(self);
+    fn consume(mut self) {
+        self.space = None;
     }
 }
 
 impl Drop for Growth {
     fn drop(&mut self) {
-        if let Some(d) = self.space.digest() {
+        if let Some(d) = self.space.as_ref().and_then(|s| s.digest()) {
             let waker = d.pool().cancel_growth();
             wake(waker);
         }
@@ -342,10 +428,9 @@ struct Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(grant) = self.cell.cancel()
-            && let Some(d) = self.space.as_ref().and_then(|s| s.digest())
+            && let Some(space) = &self.space
         {
-            let waker = d.pool().release(grant.id);
-            wake(waker);
+            give_back(space, grant.id, &grant.nonce, false);
         }
     }
 }
@@ -674,7 +759,8 @@ impl Digest {
                     realm_param,
                     username: if userhash { format!("{username}, userhash=true") } else { username },
                     shared: RwLock::new(Arc::new(first)),
-                    leased: AtomicBool::new(false),
+                    mode: AtomicU8::new(PROBATION),
+                    confirmations: AtomicU32::new(0),
                     proven: AtomicBool::new(false),
                     pool: Mutex::new(Pool::default()),
                     cap: self.nonces_per_space,
@@ -690,7 +776,7 @@ impl Digest {
     /// room, else its own.
     fn adopt(space: &Arc<Space>, d: &DigestSpace, nonce: Arc<NonceState>, growth: Option<Growth>) -> Lease {
         let reserved = growth.is_some();
-        let id = if reserved || d.leased.load(Ordering::Acquire) { d.pool().adopt(&nonce, d.cap, reserved) } else { 0 };
+        let id = if reserved || d.is_leased() { d.pool().adopt(&nonce, d.cap, reserved) } else { 0 };
         if let Some(growth) = growth {
             growth.consume();
         }
@@ -797,8 +883,8 @@ impl Digest {
             let opaque = sent.nonce.opaque.as_deref();
             let fresh = Arc::new(NonceState::new(d.algorithm, &d.ha1, next, opaque, || self.new_cnonce()));
             match lease {
-                Some(lease) => lease.replace(fresh),
-                None => d.set_shared(fresh),
+                Some(lease) if !lease.is_permit() => lease.replace(fresh),
+                _ => d.set_shared(fresh),
             }
         }
     }
@@ -816,13 +902,13 @@ impl Digest {
             if state.switched {
                 if outcome == Outcome::Refused {
                     // A nonce of its own was refused too: not a matter of counts.
-                    d.leased.store(false, Ordering::Release);
+                    d.set_mode(PROBATION);
                     tracing::debug!(realm = %lease.space.realm, "Digest: a fresh nonce was refused too; back to sharing nonces");
                 } else if outcome == Outcome::Success {
                     tracing::debug!(realm = %lease.space.realm, "Digest: a fresh nonce succeeded right after a refusal of the shared one; the server checks nonce counts");
                 }
             }
-            if outcome == Outcome::Success && state.private && lease.id == 0 && !d.leased.load(Ordering::Acquire) {
+            if outcome == Outcome::Success && state.private && lease.id == 0 && !d.is_leased() {
                 d.set_shared(Arc::clone(&lease.nonce));
             }
         }
@@ -874,6 +960,40 @@ impl NonceState {
 impl DigestSpace {
     fn pool(&self) -> MutexGuard<'_, Pool> {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn mode(&self) -> u8 {
+        self.mode.load(Ordering::Acquire)
+    }
+
+    fn is_leased(&self) -> bool {
+        self.mode() == LEASED
+    }
+
+    /// Changes the mode; the requests waiting go again, in the new mode. Returns the old one.
+    fn set_mode(&self, mode: u8) -> u8 {
+        let old = self.mode.swap(mode, Ordering::AcqRel);
+        if old != mode {
+            let wakers = self.pool().kick_all();
+            wakers.into_iter().for_each(Waker::wake);
+        }
+        old
+    }
+
+    /// A request that overlapped others on the shared nonce succeeded: after enough of them, a
+    /// space on probation is taken to be lenient.
+    fn confirm_overlap(&self, realm: &str) {
+        if self.mode() == PROBATION
+            && self.confirmations.fetch_add(1, Ordering::Relaxed) + 1 >= CONFIRM_OVERLAPS
+            && self.mode.compare_exchange(PROBATION, SHARED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            tracing::debug!(
+                realm,
+                "Digest: overlapping requests on one nonce keep succeeding; the server does not check the order of nonce counts"
+            );
+            let wakers = self.pool().kick_all();
+            wakers.into_iter().for_each(Waker::wake);
+        }
     }
 
     fn shared(&self) -> Arc<NonceState> {
@@ -941,7 +1061,12 @@ impl Authenticator for Digest {
             && let Some(space) = &waiting.space
             && let Some(grant) = waiting.cell.take_grant()
         {
-            state.lease = Some(Lease::new(space, grant));
+            let lease = Lease::new(space, grant);
+            if lease.is_permit() && space.digest().is_none_or(|d| d.mode() != PROBATION) {
+                lease.release(); // probation ended meanwhile: go in the new mode
+            } else {
+                state.lease = Some(lease);
+            }
         }
         let Some(key) = self.space_key(req.uri()) else {
             return Ok(Authorize::Done);
@@ -989,14 +1114,28 @@ impl Authenticator for Digest {
                     (Qop::AuthInt, BodyView::Unavailable) => return Ok(Authorize::NeedBody),
                     _ => None,
                 };
-                if state.lease.is_none() && d.leased.load(Ordering::Acquire) {
-                    let take = d.pool().take(d.cap, state.waits < MAX_LEASE_WAITS);
+                let mode = d.mode();
+                // The shared nonce as read for a permit just taken (read once per request).
+                let mut shared_now = None;
+                if state.lease.is_none() && mode != SHARED {
+                    let may_wait = state.waits < MAX_LEASE_WAITS;
+                    let take = if mode == LEASED {
+                        d.pool().take(d.cap, may_wait)
+                    } else {
+                        d.pool().take_permit(PROBATION_WINDOW, may_wait, &d.shared())
+                    };
                     match take {
-                        Take::Leased(grant) => state.lease = Some(Lease::new(&space, grant)),
+                        Take::Leased(grant) => {
+                            if grant.id == PERMIT {
+                                shared_now = Some(Arc::clone(&grant.nonce));
+                            }
+                            state.lease = Some(Lease::new(&space, grant));
+                        }
+                        Take::Full if mode != LEASED => {} // probation, waited enough: go without a permit
                         Take::Grow => {
                             // Sent without credentials: the challenge brings a nonce for the pool
                             // (a new opaque, to servers that count per opaque).
-                            state.growth = Some(Growth { space: Arc::clone(&space) });
+                            state.growth = Some(Growth::new(&space));
                             state.fetching = true;
                             return Ok(Authorize::Done);
                         }
@@ -1013,13 +1152,16 @@ impl Authenticator for Digest {
                     }
                 }
                 let built = match &state.lease {
-                    Some(lease) => match lease.space.digest() {
+                    Some(lease) if !lease.is_permit() => match lease.space.digest() {
                         Some(ld) => {
                             self.digest_header(&lease.space, ld, &lease.nonce, false, req, body_hash.as_deref())
                         }
                         None => None,
                     },
-                    None => self.digest_header(&space, d, &d.shared(), true, req, body_hash.as_deref()),
+                    _ => {
+                        let nonce = shared_now.unwrap_or_else(|| d.shared());
+                        self.digest_header(&space, d, &nonce, true, req, body_hash.as_deref())
+                    }
                 };
                 if let Some((value, sent)) = built {
                     req.headers_mut().insert(header, value);
@@ -1037,6 +1179,9 @@ impl Authenticator for Digest {
                 if let Some(sent) = &state.sent {
                     if let Some(d) = sent.space.digest() {
                         d.proven.store(true, Ordering::Relaxed);
+                        if sent.overlapped() {
+                            d.confirm_overlap(&sent.space.realm);
+                        }
                     }
                     self.authentication_info(res, sent, state.lease.as_mut());
                 }
@@ -1079,6 +1224,9 @@ impl Authenticator for Digest {
         let overlapped = sent.as_ref().is_some_and(Sent::overlapped);
         let refused_opaque = sent.as_ref().and_then(|s| s.nonce.opaque.clone());
         drop(sent);
+        if let Some(lease) = state.lease.take_if(|l| l.is_permit()) {
+            lease.release(); // the permit was for the shared nonce just refused
+        }
         let Some(space) = self.install(&req.uri, &chosen) else {
             Digest::finish(state, Outcome::Other);
             return Action::Done;
@@ -1105,12 +1253,12 @@ impl Authenticator for Digest {
             // counted on it at the same time, their counts may have arrived out of order. Lease
             // nonces from now on, and answer with a nonce of this request's own: if that
             // succeeds, counts were the cause.
-            if overlapped && d.proven.load(Ordering::Relaxed) && !d.leased.swap(true, Ordering::AcqRel) {
+            if overlapped && d.proven.load(Ordering::Relaxed) && d.set_mode(LEASED) != LEASED {
                 state.switched = true;
                 tracing::debug!(realm = %space.realm, "Digest: a pre-authorised request sharing its nonce with others was refused; leasing nonces, one request at a time each");
             }
             let same_opaque = refused_opaque.is_some() && challenge.param("opaque") == refused_opaque.as_deref();
-            if same_opaque && d.leased.load(Ordering::Acquire) {
+            if same_opaque && d.is_leased() {
                 // The new nonce comes with the same opaque, which servers such as Apache httpd
                 // count on (and others still use): go again with a nonce of the pool (fetched
                 // with an unauthenticated send if the pool has room).
@@ -1118,7 +1266,7 @@ impl Authenticator for Digest {
             }
             state.private = true;
             state.lease = Some(Digest::adopt(&space, d, fresh, state.growth.take()));
-        } else if state.growth.is_some() || d.leased.load(Ordering::Acquire) {
+        } else if state.growth.is_some() || d.is_leased() {
             state.lease = Some(Digest::adopt(&space, d, fresh, state.growth.take()));
         } else {
             d.set_shared(fresh);

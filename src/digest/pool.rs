@@ -21,8 +21,11 @@ use super::NonceState;
 /// not wait (see [`Take::Full`]).
 pub(crate) const MAX_WAITERS: usize = 1024;
 
+/// The slot id of a permit to count on the shared nonce (probation, see [`Pool::take_permit`]).
+pub(crate) const PERMIT: u64 = u64::MAX;
+
 /// A nonce handed to one request: the pool slot it belongs to (`0`: a nonce of its own, in no
-/// pool) and the nonce.
+/// pool; [`PERMIT`]: a permit to count on the shared nonce) and the nonce.
 pub(crate) struct Grant {
     pub(crate) id: u64,
     pub(crate) nonce: Arc<NonceState>,
@@ -166,23 +169,26 @@ impl Gate {
 /// Held by an origin's first request: opens the gate when the request has its answer
 /// ([`finish`](ProbeGuard::finish)), or, dropped without an answer, opens it as cancelled.
 pub(crate) struct ProbeGuard {
-    gate: Arc<Gate>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl ProbeGuard {
     pub(crate) fn new(gate: Arc<Gate>) -> Self {
-        ProbeGuard { gate }
+        ProbeGuard { gate: Some(gate) }
     }
 
-    pub(crate) fn finish(self) {
-        self.gate.open(false);
-        std::mem::forget(self);
+    pub(crate) fn finish(mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.open(false);
+        }
     }
 }
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        self.gate.open(true);
+        if let Some(gate) = self.gate.take() {
+            gate.open(true);
+        }
     }
 }
 
@@ -212,6 +218,8 @@ pub(crate) struct Pool {
     slots: Vec<Slot>,
     /// Requests gone to fetch a nonce that will join the pool.
     growing: usize,
+    /// Permits in use (probation).
+    permits: usize,
     waiters: VecDeque<Arc<WaitCell>>,
     next_id: u64,
 }
@@ -232,6 +240,42 @@ impl Pool {
             return Take::Wait(cell);
         }
         Take::Full
+    }
+
+    /// Probation: a permit to count on the shared nonce `shared`, at most `window` at once.
+    pub(crate) fn take_permit(&mut self, window: usize, may_wait: bool, shared: &Arc<NonceState>) -> Take {
+        if self.permits < window {
+            self.permits += 1;
+            return Take::Leased(Grant { id: PERMIT, nonce: Arc::clone(shared) });
+        }
+        if may_wait && self.waiters.len() < MAX_WAITERS {
+            let cell = Arc::new(WaitCell::default());
+            self.waiters.push_back(Arc::clone(&cell));
+            return Take::Wait(cell);
+        }
+        Take::Full
+    }
+
+    /// A permit comes back: to the next waiter if still in probation (`hand_off`).
+    #[must_use]
+    pub(crate) fn release_permit(&mut self, hand_off: bool, shared: &Arc<NonceState>) -> Option<Waker> {
+        if hand_off {
+            let mut grant = Some(Grant { id: PERMIT, nonce: Arc::clone(shared) });
+            while let Some(cell) = self.waiters.pop_front() {
+                match cell.wake(grant) {
+                    Ok(waker) => return waker,
+                    Err(back) => grant = back,
+                }
+            }
+        }
+        self.permits = self.permits.saturating_sub(1);
+        None
+    }
+
+    /// The mode of the space changed: every waiter goes again, in the new mode.
+    #[must_use]
+    pub(crate) fn kick_all(&mut self) -> Vec<Waker> {
+        self.waiters.drain(..).filter_map(|cell| cell.wake(None).ok().flatten()).collect()
     }
 
     /// Adds a nonce fresh from a challenge, leased to the request that received it, if there is
@@ -294,5 +338,121 @@ impl Pool {
             }
         }
         None
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::digest::{Algorithm, wake};
+
+    fn nonce(n: &str) -> Arc<NonceState> {
+        Arc::new(NonceState::new(Algorithm::Md5, "ha1", n, Some("o"), String::new))
+    }
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(wait: &mut DigestWait, count: &Arc<Count>) -> bool {
+        let waker = Waker::from(Arc::clone(count));
+        Pin::new(wait).poll(&mut Context::from_waker(&waker)).is_ready()
+    }
+
+    #[test]
+    fn a_released_slot_goes_to_the_first_waiter_first_come_first_served() {
+        let mut pool = Pool::default();
+        assert!(matches!(pool.take(1, true), Take::Grow));
+        let id = pool.adopt(&nonce("n1"), 1, true);
+        assert_eq!((id, pool.len()), (1, 1));
+        let (Take::Wait(a), Take::Wait(b)) = (pool.take(1, true), pool.take(1, true)) else { panic!("full: wait") };
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let (mut wait_a, mut wait_b) = (DigestWait::new(Arc::clone(&a)), DigestWait::new(Arc::clone(&b)));
+        assert!(!poll(&mut wait_a, &count) && !poll(&mut wait_b, &count));
+        wake(pool.release(id));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut wait_a, &count) && !poll(&mut wait_b, &count));
+        let grant = a.take_grant().expect("handed over");
+        assert_eq!((grant.id, grant.nonce.nonce.as_str()), (id, "n1"));
+        // Not waiting or full: `Full`, never a second nonce past the cap.
+        assert!(matches!(pool.take(1, false), Take::Full));
+        // Released again: b, still waiting, gets it; released once more, it is free.
+        wake(pool.release(id));
+        assert!(poll(&mut wait_b, &count) && b.take_grant().is_some());
+        assert!(pool.release(id).is_none());
+        assert!(matches!(pool.take(1, true), Take::Leased(g) if g.id == id));
+    }
+
+    #[test]
+    fn a_cancelled_waiter_is_skipped_and_gives_back_what_it_was_handed() {
+        let mut pool = Pool::default();
+        let id = pool.adopt(&nonce("n1"), 1, false);
+        let (Take::Wait(a), Take::Wait(b)) = (pool.take(1, true), pool.take(1, true)) else { panic!("wait") };
+        assert!(a.cancel().is_none()); // a's request is gone before the hand-off
+        assert!(pool.release(id).is_none()); // no waker registered yet, but b was handed the slot
+        assert!(b.take_grant().is_some());
+        // Handed over, then cancelled before it was taken: the grant comes back to be released.
+        let Take::Wait(c) = pool.take(1, true) else { panic!("wait") };
+        let _ = pool.release(id);
+        assert_eq!(c.cancel().map(|g| g.id), Some(id));
+    }
+
+    #[test]
+    fn a_retired_slot_makes_room_for_a_waiter_to_fetch_a_nonce() {
+        let mut pool = Pool::default();
+        let id = pool.adopt(&nonce("n1"), 1, false);
+        let Take::Wait(a) = pool.take(1, true) else { panic!("wait") };
+        let _ = pool.retire(id);
+        assert_eq!(pool.len(), 0);
+        assert!(a.take_grant().is_none(), "woken without a nonce");
+        assert!(matches!(pool.take(1, true), Take::Grow));
+        let Take::Wait(_b) = pool.take(1, true) else { panic!("the place is reserved") };
+        let _ = pool.cancel_growth();
+        assert!(matches!(pool.take(1, true), Take::Grow));
+    }
+
+    #[test]
+    fn permits_bound_the_shared_nonce_and_go_to_waiters() {
+        let mut pool = Pool::default();
+        let shared = nonce("s");
+        assert!(matches!(pool.take_permit(2, true, &shared), Take::Leased(g) if g.id == PERMIT));
+        assert!(matches!(pool.take_permit(2, true, &shared), Take::Leased(_)));
+        let Take::Wait(a) = pool.take_permit(2, true, &shared) else { panic!("window full") };
+        let _ = pool.release_permit(true, &shared);
+        assert_eq!(a.take_grant().map(|g| g.id), Some(PERMIT));
+        let Take::Wait(b) = pool.take_permit(2, true, &shared) else { panic!("still full") };
+        let wakers = pool.kick_all();
+        assert!(wakers.is_empty(), "no waker registered");
+        assert!(b.take_grant().is_none());
+        let _ = pool.release_permit(false, &shared);
+        let _ = pool.release_permit(false, &shared);
+        assert!(matches!(pool.take_permit(2, false, &shared), Take::Leased(_)));
+    }
+
+    #[test]
+    fn the_gate_wakes_its_waiters_once_open_and_takes_none_after() {
+        let gate = Gate::new();
+        let cell = gate.wait().expect("closed");
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let mut wait = DigestWait::new(cell);
+        assert!(!poll(&mut wait, &count));
+        drop(ProbeGuard::new(Arc::new(Gate::new()))); // another gate: nothing here
+        let gate = Arc::new(gate);
+        drop(ProbeGuard::new(Arc::clone(&gate))); // dropped without an answer: cancelled, waiters go
+        assert!(gate.is_cancelled() && !gate.is_closed());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut wait, &count));
+        assert!(gate.wait().is_none());
     }
 }
