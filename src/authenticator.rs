@@ -172,6 +172,48 @@ pub trait Authenticator: Send + Sync + 'static {
         let _ = (req, res, state);
         Action::Done
     }
+
+    /// The response body a [`Flow`](crate::engine::Flow) scheme asked for with
+    /// [`Action::ReadBody`] (httpx's `requires_response_body`), read whole up to the layer's
+    /// [`body_limit`](crate::AuthLayer::body_limit). The caller receives the same bytes. A body
+    /// over the limit is not shown: the response goes to the caller as it is, unread bytes
+    /// included. The default answers [`Action::Done`].
+    fn on_response_body(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &Bytes,
+        state: &mut Self::State,
+    ) -> Action {
+        let _ = (req, res, body, state);
+        Action::Done
+    }
+
+    /// The request of its own a [`Flow`](crate::engine::Flow) scheme sends through the wrapped
+    /// service after answering [`Action::SendOwn`] (httpx's `yield self.build_refresh_request()`):
+    /// a token refresh, a login. It is sent as it is (not authorised by the scheme); its whole
+    /// response goes to [`on_own_response`](Authenticator::on_own_response). `None` returns the
+    /// response at hand to the caller. The default is `None`.
+    fn own_request(&self, req: &Parts, state: &mut Self::State) -> Option<http::Request<Bytes>> {
+        let _ = (req, state);
+        None
+    }
+
+    /// The response to the scheme's own request, its body read whole (up to the layer's limit).
+    /// [`Action::Retry`] (the default) sends the caller's request again, authorised anew;
+    /// [`Action::Done`] hands this response to the caller (as httpx returns a flow's last
+    /// response); another [`Action::SendOwn`] sends one more request of its own. Every request
+    /// counts towards [`MAX_EXCHANGES`](crate::MAX_EXCHANGES).
+    fn on_own_response(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &Bytes,
+        state: &mut Self::State,
+    ) -> Action {
+        let _ = (req, res, body, state);
+        Action::Retry
+    }
 }
 
 /// What [`Authenticator::authorize`] asks of the engine.
@@ -190,13 +232,39 @@ pub enum Authorize<W> {
     NeedBody,
 }
 
-/// What [`Authenticator::on_response`] asks of the engine.
+/// What [`Authenticator::on_response`] (and its body and own-request siblings) asks of the
+/// engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Hand the response to the caller.
     Done,
-    /// Send the request again, calling `authorize` first.
+    /// Send the request again, calling `authorize` first ([`Replay`] and
+    /// [`Flow`](crate::engine::Flow) schemes).
     Retry,
+    /// Read the response body and show it to
+    /// [`on_response_body`](Authenticator::on_response_body) ([`Flow`](crate::engine::Flow)
+    /// schemes).
+    ReadBody,
+    /// Send the scheme's [`own_request`](Authenticator::own_request) through the wrapped service,
+    /// then show its response to [`on_own_response`](Authenticator::on_own_response)
+    /// ([`Flow`](crate::engine::Flow) schemes).
+    SendOwn,
+}
+
+impl Action {
+    /// The stronger of two answers, for combined schemes: `SendOwn` > `ReadBody` > `Retry` >
+    /// `Done`.
+    pub fn max(self, other: Action) -> Action {
+        fn rank(a: Action) -> u8 {
+            match a {
+                Action::Done => 0,
+                Action::Retry => 1,
+                Action::ReadBody => 2,
+                Action::SendOwn => 3,
+            }
+        }
+        if rank(other) > rank(self) { other } else { self }
+    }
 }
 
 /// The [`Authenticator::Wait`] type of schemes that never wait.

@@ -7,10 +7,11 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::request::Parts;
 
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
-use crate::engine::{BodyMode, ErrorMode, FitsIn, Once, Replay};
+use crate::engine::{BodyMode, ErrorMode, FitsIn, Flow, Once, Replay};
 use crate::error::Error;
 
 /// The [`Wait`](Authenticator::Wait) future of a [`BoxAuthenticator`].
@@ -96,8 +97,21 @@ impl fmt::Debug for BoxState {
 }
 
 impl BoxAuthenticator<Replay> {
-    /// Erases any scheme. A `BoxAuthenticator` given here is taken as it is, not boxed twice.
-    pub fn new<A: Authenticator>(scheme: A) -> Self {
+    /// Erases any scheme that does not need a [`Flow`] (every built-in scheme). A
+    /// `BoxAuthenticator` given here is taken as it is, not boxed twice.
+    pub fn new<A>(scheme: A) -> Self
+    where
+        A: Authenticator,
+        A::Mode: FitsIn<Replay>,
+    {
+        BoxAuthenticator::erase(scheme)
+    }
+}
+
+impl BoxAuthenticator<Flow> {
+    /// Erases any scheme, httpx-style flows included (the caller's response body becomes a
+    /// [`ResponseBody`](crate::engine::ResponseBody)).
+    pub fn flow<A: Authenticator>(scheme: A) -> Self {
         BoxAuthenticator::erase(scheme)
     }
 }
@@ -123,6 +137,11 @@ impl<M: BodyMode> BoxAuthenticator<M> {
         let mut slot = Some(scheme);
         let any = &mut slot as &mut dyn Any;
         if let Some(boxed) = any.downcast_mut::<Option<BoxAuthenticator<Replay>>>()
+            && let Some(boxed) = boxed.take()
+        {
+            return BoxAuthenticator { inner: boxed.inner, mode: PhantomData };
+        }
+        if let Some(boxed) = any.downcast_mut::<Option<BoxAuthenticator<Flow>>>()
             && let Some(boxed) = boxed.take()
         {
             return BoxAuthenticator { inner: boxed.inner, mode: PhantomData };
@@ -195,6 +214,18 @@ impl<M: BodyMode> Authenticator for BoxAuthenticator<M> {
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action {
         self.inner.on_response(req, res, state)
     }
+
+    fn on_response_body(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action {
+        self.inner.on_response_body(req, res, body, state)
+    }
+
+    fn own_request(&self, req: &Parts, state: &mut BoxState) -> Option<http::Request<Bytes>> {
+        self.inner.own_request(req, state)
+    }
+
+    fn on_own_response(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action {
+        self.inner.on_own_response(req, res, body, state)
+    }
 }
 
 /// The object-safe face of [`Authenticator`].
@@ -202,6 +233,9 @@ trait DynAuth: Send + Sync + 'static {
     fn authorize(&self, req: &mut AuthRequest<'_>, state: &mut BoxState) -> Result<Authorize<BoxWait>, Error>;
     fn applies_to(&self, req: &Parts) -> bool;
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action;
+    fn on_response_body(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action;
+    fn own_request(&self, req: &Parts, state: &mut BoxState) -> Option<http::Request<Bytes>>;
+    fn on_own_response(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action;
     fn replays(&self) -> bool;
     fn sees_responses(&self) -> bool;
     fn type_name(&self) -> &'static str;
@@ -235,6 +269,18 @@ impl<A: Authenticator> DynAuth for Erased<A> {
         if <A::Mode as BodyMode>::REPLAY { action } else { Action::Done }
     }
 
+    fn on_response_body(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action {
+        self.0.on_response_body(req, res, body, typed::<A::State>(state))
+    }
+
+    fn own_request(&self, req: &Parts, state: &mut BoxState) -> Option<http::Request<Bytes>> {
+        self.0.own_request(req, typed::<A::State>(state))
+    }
+
+    fn on_own_response(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action {
+        self.0.on_own_response(req, res, body, typed::<A::State>(state))
+    }
+
     fn replays(&self) -> bool {
         <A::Mode as BodyMode>::REPLAY
     }
@@ -260,6 +306,15 @@ impl DynAuth for Nothing {
         false
     }
     fn on_response(&self, _: &Parts, _: &http::response::Parts, _: &mut BoxState) -> Action {
+        Action::Done
+    }
+    fn on_response_body(&self, _: &Parts, _: &http::response::Parts, _: &Bytes, _: &mut BoxState) -> Action {
+        Action::Done
+    }
+    fn own_request(&self, _: &Parts, _: &mut BoxState) -> Option<http::Request<Bytes>> {
+        None
+    }
+    fn on_own_response(&self, _: &Parts, _: &http::response::Parts, _: &Bytes, _: &mut BoxState) -> Action {
         Action::Done
     }
     fn replays(&self) -> bool {

@@ -193,7 +193,39 @@ where
     fn on_response(&self, req: &Parts, res: &http::response::Parts, (sa, sb): &mut Self::State) -> Action {
         let a = self.first.on_response(req, res, sa);
         let b = self.second.on_response(req, res, sb);
-        if a == Action::Retry || b == Action::Retry { Action::Retry } else { Action::Done }
+        a.max(b)
+    }
+
+    fn on_response_body(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &bytes::Bytes,
+        (sa, sb): &mut Self::State,
+    ) -> Action {
+        let a = self.first.on_response_body(req, res, body, sa);
+        let b = self.second.on_response_body(req, res, body, sb);
+        a.max(b)
+    }
+
+    fn own_request(&self, req: &Parts, (sa, sb): &mut Self::State) -> Option<http::Request<bytes::Bytes>> {
+        self.first.own_request(req, sa).or_else(|| self.second.own_request(req, sb))
+    }
+
+    fn on_own_response(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &bytes::Bytes,
+        (sa, sb): &mut Self::State,
+    ) -> Action {
+        let a = self.first.on_own_response(req, res, body, sa);
+        let b = self.second.on_own_response(req, res, body, sb);
+        a.max(b)
+    }
+
+    fn observes_responses(&self) -> bool {
+        self.first.observes_responses() || self.second.observes_responses()
     }
 }
 
@@ -242,6 +274,46 @@ where
             Some(false) if self.second.applies_to(req) => self.second.on_response(req, res, &mut state.second),
             _ => Action::Done,
         }
+    }
+
+    fn on_response_body(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &bytes::Bytes,
+        state: &mut Self::State,
+    ) -> Action {
+        match state.chosen {
+            Some(true) => self.first.on_response_body(req, res, body, &mut state.first),
+            Some(false) => self.second.on_response_body(req, res, body, &mut state.second),
+            None => Action::Done,
+        }
+    }
+
+    fn own_request(&self, req: &Parts, state: &mut Self::State) -> Option<http::Request<bytes::Bytes>> {
+        match state.chosen {
+            Some(true) => self.first.own_request(req, &mut state.first),
+            Some(false) => self.second.own_request(req, &mut state.second),
+            None => None,
+        }
+    }
+
+    fn on_own_response(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &bytes::Bytes,
+        state: &mut Self::State,
+    ) -> Action {
+        match state.chosen {
+            Some(true) => self.first.on_own_response(req, res, body, &mut state.first),
+            Some(false) => self.second.on_own_response(req, res, body, &mut state.second),
+            None => Action::Done,
+        }
+    }
+
+    fn observes_responses(&self) -> bool {
+        self.first.observes_responses() || self.second.observes_responses()
     }
 }
 

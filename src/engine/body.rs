@@ -33,6 +33,8 @@ pub struct ReplayBody<B> {
 enum Repr<B> {
     /// Known empty at the start: nothing to share.
     Empty,
+    /// Bytes of the crate's own (a scheme's own request): sent as they are, replayable.
+    Bytes(Option<Bytes>),
     Shared {
         shared: Arc<Mutex<Shared<B>>>,
         pos: usize,
@@ -87,10 +89,19 @@ where
 }
 
 impl<B> ReplayBody<B> {
+    /// A body of known bytes, whatever the caller's body type `B` (a scheme's own request).
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            return ReplayBody { repr: Repr::Empty };
+        }
+        ReplayBody { repr: Repr::Bytes(Some(bytes)) }
+    }
+
     /// A copy that sends the body again from its start.
     pub(crate) fn clone_for_replay(&self) -> Self {
         match &self.repr {
             Repr::Empty => ReplayBody { repr: Repr::Empty },
+            Repr::Bytes(b) => ReplayBody { repr: Repr::Bytes(b.clone()) },
             Repr::Shared { shared, .. } => {
                 ReplayBody { repr: Repr::Shared { shared: Arc::clone(shared), pos: 0, trailers_sent: false } }
             }
@@ -100,7 +111,7 @@ impl<B> ReplayBody<B> {
     /// Whether a copy made now could send the whole body again.
     pub fn is_replayable(&self) -> bool {
         match &self.repr {
-            Repr::Empty => true,
+            Repr::Empty | Repr::Bytes(_) => true,
             Repr::Shared { shared, .. } => {
                 let s = lock(shared);
                 !s.overflow && !s.failed
@@ -117,6 +128,7 @@ impl<B> ReplayBody<B> {
     pub(crate) fn buffered(&self) -> Option<Vec<Bytes>> {
         match &self.repr {
             Repr::Empty => Some(Vec::new()),
+            Repr::Bytes(b) => Some(b.iter().cloned().collect()),
             Repr::Shared { shared, .. } => {
                 let s = lock(shared);
                 (s.done && !s.overflow && !s.failed).then(|| s.chunks.clone())
@@ -225,8 +237,10 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        let Repr::Shared { shared, pos, trailers_sent } = &mut this.repr else {
-            return Poll::Ready(None);
+        let (shared, pos, trailers_sent) = match &mut this.repr {
+            Repr::Empty => return Poll::Ready(None),
+            Repr::Bytes(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Repr::Shared { shared, pos, trailers_sent } => (shared, pos, trailers_sent),
         };
         let mut s = lock(shared);
         if *pos < s.seen {
@@ -262,6 +276,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.repr {
             Repr::Empty => true,
+            Repr::Bytes(b) => b.is_none(),
             Repr::Shared { shared, pos, trailers_sent } => {
                 let s = lock(shared);
                 s.done && *pos >= s.seen && (*trailers_sent || s.trailers.is_none())
@@ -272,6 +287,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.repr {
             Repr::Empty => SizeHint::with_exact(0),
+            Repr::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Repr::Shared { shared, .. } => lock(shared).hint,
         }
     }
@@ -292,6 +308,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
             Repr::Empty => f.write_str("ReplayBody(empty)"),
+            Repr::Bytes(b) => write!(f, "ReplayBody({} bytes)", b.as_ref().map_or(0, Bytes::len)),
             Repr::Shared { shared, pos, .. } => {
                 let s = lock(shared);
                 f.debug_struct("ReplayBody")
@@ -382,5 +399,117 @@ mod tests {
         std::future::poll_fn(|cx| body.poll_fill(cx)).await.unwrap();
         assert_eq!(body.buffered().unwrap(), vec![Bytes::from("x"), Bytes::from("y")]);
         assert_eq!(collect(body.clone_for_replay()).await, b"xy");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body a caller gets from a layer whose scheme is of
+    /// [`Flow`](crate::engine::Flow) mode: the wrapped service's body as it is, or the bytes a
+    /// scheme read (then whatever was not read, past the layer's limit), then the trailers. Its
+    /// data type is [`Bytes`]; its error type is [`BoxError`](crate::BoxError), so that an error met
+    /// while a scheme read the body reaches the caller after the bytes read before it.
+    pub struct ResponseBody<R> {
+        #[pin]
+        kind: Kind<R>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<R> {
+        Inner { #[pin] body: R },
+        Buffered {
+            data: Option<Bytes>,
+            trailers: Option<HeaderMap>,
+            rest: Option<Pin<Box<R>>>,
+            error: Option<crate::BoxError>,
+        },
+    }
+}
+
+impl<R> ResponseBody<R> {
+    /// The wrapped service's body, untouched.
+    pub fn new(body: R) -> Self {
+        ResponseBody { kind: Kind::Inner { body } }
+    }
+
+    /// Bytes already read, then the rest of the body if it was not read to the end, else the
+    /// trailers.
+    pub(crate) fn buffered(
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+        rest: Option<Pin<Box<R>>>,
+        error: Option<crate::BoxError>,
+    ) -> Self {
+        let data = (!data.is_empty()).then_some(data);
+        ResponseBody { kind: Kind::Buffered { data, trailers, rest, error } }
+    }
+}
+
+impl<R> Body for ResponseBody<R>
+where
+    R: Body,
+    R::Data: Buf,
+    R::Error: Into<crate::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
+        fn convert<D: Buf, E: Into<crate::BoxError>>(
+            frame: Result<Frame<D>, E>,
+        ) -> Result<Frame<Bytes>, crate::BoxError> {
+            frame.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining()))).map_err(Into::into)
+        }
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx).map(|f| f.map(convert)),
+            KindProj::Buffered { data, trailers, rest, error } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if let Some(error) = error.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                if let Some(body) = rest.as_mut() {
+                    return body.as_mut().poll_frame(cx).map(|f| f.map(convert));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Buffered { data, trailers, rest, error } => {
+                data.is_none()
+                    && error.is_none()
+                    && trailers.is_none()
+                    && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Buffered { data, rest: None, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Buffered { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for ResponseBody<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Inner { .. } => f.write_str("ResponseBody(..)"),
+            Kind::Buffered { data, rest, .. } => f
+                .debug_struct("ResponseBody")
+                .field("buffered_bytes", &data.as_ref().map_or(0, Bytes::len))
+                .field("rest", &rest.is_some())
+                .finish(),
+        }
     }
 }

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http::request::Parts;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -21,6 +21,9 @@ use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyVi
 /// The most bytes of a challenge response body read (and dropped) so that the connection can
 /// be reused; a larger body is dropped unread.
 const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// The response body type the caller gets.
+type ResOut<A, ResB> = <<A as Authenticator>::Mode as BodyMode>::ResBody<ResB>;
 
 type ErrorOut<A, S, B> =
     <<A as Authenticator>::Error as ErrorMode>::Out<<S as Service<Request<ModeBody<A, B>>>>::Error>;
@@ -41,6 +44,10 @@ pin_project! {
     ///            ▼   │                                                          ▼  at most MAX_EXCHANGES)
     ///          Filling (buffer the body)                         Draining (read the challenge body) ─► Authorizing
     /// ```
+    ///
+    /// A [`Flow`](crate::engine::Flow) scheme may also have a response body read (`Reading`,
+    /// then `on_response_body`), and send a request of its own (`Draining`, `Ready`, `Called`,
+    /// `Reading`, then `on_own_response`) before the caller's request is sent again.
     ///
     /// Schemes that neither wait nor look at responses take the fast path: `call` authorises in
     /// place and the future is the inner service's future, with nothing kept per request.
@@ -72,6 +79,9 @@ pin_project! {
         Ready,
         // Reading a challenge response's body so the connection can be reused.
         Draining { #[pin] body: ResB, read: usize },
+        // Reading a response body whole for a Flow scheme (boxed: what is not read may go back
+        // to the caller).
+        Reading { body: Option<Pin<Box<ResB>>> },
         // The scheme failed before anything was sent.
         Failed { err: Option<E> },
         Done,
@@ -105,6 +115,45 @@ struct Ctx<S, A: Authenticator, B> {
     /// Whether the scheme sees responses (it replays, or it observes them).
     observes: bool,
     response_uri: Option<ResponseUriFn>,
+    /// The most response body bytes read for a Flow scheme.
+    limit: usize,
+    /// A Flow scheme's own request, to send next.
+    own: Option<Request<ModeBody<A, B>>>,
+    /// The response being sent or read answers the scheme's own request.
+    in_own: bool,
+    /// What follows `Draining`: another exchange of the caller's request, or the scheme's own.
+    drain_then_own: bool,
+    /// The response head whose body is being read, and what was read of it.
+    held: Option<Held>,
+}
+
+/// A response whose body is being read for a Flow scheme.
+struct Held {
+    parts: http::response::Parts,
+    chunks: Vec<Bytes>,
+    size: usize,
+    trailers: Option<HeaderMap>,
+}
+
+impl Held {
+    fn new(parts: http::response::Parts) -> Self {
+        Held { parts, chunks: Vec::new(), size: 0, trailers: None }
+    }
+
+    /// The bytes read, in one piece (no copy for a single chunk).
+    fn data(&mut self) -> Bytes {
+        match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = Vec::with_capacity(self.size);
+                for chunk in self.chunks.drain(..) {
+                    all.extend_from_slice(&chunk);
+                }
+                Bytes::from(all)
+            }
+        }
+    }
 }
 
 impl<S, A, B, ResB> ResponseFuture<S, A, B, ResB>
@@ -138,7 +187,7 @@ where
     /// The full state machine, from [`State::Authorizing`] (or [`State::Waiting`] when `call`
     /// already asked the scheme and it must wait).
     pub(crate) fn start(setup: Setup<S, A, B>, wait: Option<A::Wait>) -> Self {
-        let Setup { svc, auth, original, body, replay, state, response_uri } = setup;
+        let Setup { svc, auth, original, body, replay, state, response_uri, limit } = setup;
         let body_empty = replay.as_ref().is_some_and(ReplayBody::is_empty_body);
         let observes = <A::Mode as BodyMode>::REPLAY || auth.observes_responses();
         let ctx = Ctx {
@@ -154,6 +203,11 @@ where
             body_requested: false,
             observes,
             response_uri,
+            limit,
+            own: None,
+            in_own: false,
+            drain_then_own: false,
+            held: None,
         };
         let state = match wait {
             Some(wait) => State::Waiting { wait },
@@ -172,6 +226,7 @@ pub(crate) struct Setup<S, A: Authenticator, B> {
     pub(crate) replay: Option<ReplayBody<B>>,
     pub(crate) state: A::State,
     pub(crate) response_uri: Option<ResponseUriFn>,
+    pub(crate) limit: usize,
 }
 
 /// Whether the response was produced by another origin than the request's: a redirect
@@ -196,26 +251,84 @@ fn answered_elsewhere(response_uri: Option<ResponseUriFn>, req: &Parts, res: &ht
     elsewhere
 }
 
-/// Shows a response to a scheme; `true` if it asks for another exchange.
+/// Shows a response to a scheme; what it asks, within what its mode allows.
 fn shown<A: Authenticator>(
     auth: &A,
     response_uri: Option<ResponseUriFn>,
     original: &Parts,
     res: &http::response::Parts,
     state: &mut A::State,
-) -> bool {
+) -> Action {
     if answered_elsewhere(response_uri, original, res) {
-        return false;
+        return Action::Done;
     }
-    let retry = auth.on_response(original, res, state) == Action::Retry;
-    if retry && !<A::Mode as BodyMode>::REPLAY {
-        tracing::debug!(
-            status = %res.status,
-            "a scheme that never replays asked for a retry; the response is returned (its state has seen it)"
-        );
-        return false;
+    allowed::<A>(auth.on_response(original, res, state), res)
+}
+
+/// What the engine does of a scheme's answer: a `Once` scheme never replays, only a `Flow`
+/// scheme reads bodies or sends requests of its own.
+fn allowed<A: Authenticator>(action: Action, res: &http::response::Parts) -> Action {
+    let ok = match action {
+        Action::Done => true,
+        Action::Retry => <A::Mode as BodyMode>::REPLAY,
+        Action::ReadBody | Action::SendOwn => <A::Mode as BodyMode>::FLOW,
+    };
+    if ok {
+        return action;
     }
-    retry
+    tracing::debug!(
+        status = %res.status,
+        ?action,
+        "the scheme asked for more than its mode allows (Once: no retry; Replay: no body, no own request); the response is returned"
+    );
+    Action::Done
+}
+
+impl<S: Clone, A: Authenticator, B> Ctx<S, A, B> {
+    /// Prepares another exchange of the caller's request; `false` if it cannot be sent again
+    /// (the exchange cap, a body over the replay limit).
+    fn again(&mut self, status: http::StatusCode) -> bool {
+        if self.attempt + 1 >= MAX_EXCHANGES {
+            tracing::warn!(
+                %status,
+                exchanges = MAX_EXCHANGES,
+                "the authentication scheme asked for another exchange past the limit; the response is returned as is"
+            );
+            return false;
+        }
+        let next = self.replay.as_ref().filter(|r| r.is_replayable()).and_then(A::Mode::again);
+        let Some(next) = next else {
+            tracing::warn!(
+                %status,
+                "the request body is larger than the layer's replay limit (AuthLayer::body_limit), so the request cannot be sent again; the response is returned as is"
+            );
+            return false;
+        };
+        self.next_body = Some(next);
+        self.attempt += 1;
+        self.drain_then_own = false;
+        true
+    }
+
+    /// Prepares the scheme's own request; `false` if there is none (or no room for it).
+    fn own(&mut self, status: http::StatusCode) -> bool {
+        if self.attempt + 1 >= MAX_EXCHANGES {
+            tracing::warn!(
+                %status,
+                exchanges = MAX_EXCHANGES,
+                "the authentication scheme asked to send a request of its own past the limit; the response is returned as is"
+            );
+            return false;
+        }
+        let Some(req) = self.auth.own_request(&self.original, &mut self.state).and_then(A::Mode::own) else {
+            tracing::debug!(%status, "the scheme asked to send a request of its own and gave none");
+            return false;
+        };
+        self.own = Some(req);
+        self.attempt += 1;
+        self.drain_then_own = true;
+        true
+    }
 }
 
 /// A copy of a request head (`Parts` is not `Clone`; its fields are).
@@ -237,11 +350,13 @@ where
     B: Body,
     B::Data: Buf,
     ResB: Body,
+    ResB::Error: Into<BoxError>,
 {
-    type Output = Result<Response<ResB>, ErrorOut<A, S, B>>;
+    type Output = Result<Response<ResOut<A, ResB>>, ErrorOut<A, S, B>>;
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let done = |parts, body| Poll::Ready(Ok(A::Mode::response(Response::from_parts(parts, body))));
         loop {
             let this = self.as_mut().project();
             let next = match this.state.project() {
@@ -253,34 +368,28 @@ where
                     if let Some(obs) = this.observer.as_deref_mut() {
                         let (parts, body) = res.into_parts();
                         shown(&*obs.auth, obs.response_uri, &obs.original, &parts, &mut obs.state);
-                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        return done(parts, body);
                     }
                     let Some(ctx) = this.ctx.as_deref_mut().filter(|ctx| ctx.observes) else {
-                        return Poll::Ready(Ok(res));
+                        return Poll::Ready(Ok(A::Mode::response(res)));
                     };
                     let (parts, body) = res.into_parts();
-                    if !shown(&*ctx.auth, ctx.response_uri, &ctx.original, &parts, &mut ctx.state) {
-                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    if ctx.in_own {
+                        // The answer to the scheme's own request: read whole, then shown.
+                        ctx.held = Some(Held::new(parts));
+                        State::Reading { body: Some(Box::pin(body)) }
+                    } else {
+                        match shown(&*ctx.auth, ctx.response_uri, &ctx.original, &parts, &mut ctx.state) {
+                            Action::Done => return done(parts, body),
+                            Action::Retry if ctx.again(parts.status) => State::Draining { body, read: 0 },
+                            Action::SendOwn if ctx.own(parts.status) => State::Draining { body, read: 0 },
+                            Action::ReadBody => {
+                                ctx.held = Some(Held::new(parts));
+                                State::Reading { body: Some(Box::pin(body)) }
+                            }
+                            Action::Retry | Action::SendOwn => return done(parts, body),
+                        }
                     }
-                    if ctx.attempt + 1 >= MAX_EXCHANGES {
-                        tracing::warn!(
-                            status = %parts.status,
-                            exchanges = MAX_EXCHANGES,
-                            "the authentication scheme asked for another exchange past the limit; the response is returned as is"
-                        );
-                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
-                    }
-                    let next = ctx.replay.as_ref().filter(|r| r.is_replayable()).and_then(A::Mode::again);
-                    let Some(next) = next else {
-                        tracing::warn!(
-                            status = %parts.status,
-                            "the request body is larger than the layer's replay limit (AuthLayer::body_limit), so the request cannot be sent again; the challenge response is returned as is"
-                        );
-                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
-                    };
-                    ctx.next_body = Some(next);
-                    ctx.attempt += 1;
-                    State::Draining { body, read: 0 }
                 }
                 StateProj::Draining { mut body, read } => {
                     // Read a small challenge body to its end so the connection can be reused.
@@ -290,7 +399,71 @@ where
                             _ => break,
                         }
                     }
-                    State::Authorizing
+                    match this.ctx.as_deref() {
+                        Some(ctx) if ctx.drain_then_own => State::Ready,
+                        _ => State::Authorizing,
+                    }
+                }
+                StateProj::Reading { body } => {
+                    let ctx = this.ctx.as_deref_mut().expect("reading without context");
+                    let held = ctx.held.as_mut().expect("reading without a response head");
+                    let mut failed = None;
+                    let mut overflow = false;
+                    if let Some(inner) = body.as_mut() {
+                        loop {
+                            match ready!(inner.as_mut().poll_frame(cx)) {
+                                None => break,
+                                Some(Err(err)) => {
+                                    failed = Some(err.into());
+                                    break;
+                                }
+                                Some(Ok(frame)) => match frame.into_data() {
+                                    Ok(mut data) => {
+                                        let chunk = data.copy_to_bytes(data.remaining());
+                                        held.size += chunk.len();
+                                        held.chunks.push(chunk);
+                                        if held.size > ctx.limit {
+                                            overflow = true;
+                                            break;
+                                        }
+                                    }
+                                    Err(frame) => {
+                                        if let Ok(trailers) = frame.into_trailers() {
+                                            held.trailers = Some(trailers);
+                                        }
+                                    }
+                                },
+                            }
+                        }
+                    }
+                    let mut held = ctx.held.take().expect("held above");
+                    let data = held.data();
+                    if failed.is_some() || overflow {
+                        // Not whole: the scheme is not shown it; the caller gets every byte read,
+                        // then the rest (or the error).
+                        tracing::warn!(
+                            status = %held.parts.status,
+                            read = held.size,
+                            limit = ctx.limit,
+                            "the response body could not be read whole for the scheme (over the layer's body limit, or it failed); it is returned as is"
+                        );
+                        let rest = if overflow { body.take() } else { None };
+                        return Poll::Ready(Ok(A::Mode::buffered(held.parts, data, held.trailers, rest, failed)));
+                    }
+                    let own = std::mem::take(&mut ctx.in_own);
+                    let action = if own {
+                        ctx.auth.on_own_response(&ctx.original, &held.parts, &data, &mut ctx.state)
+                    } else {
+                        ctx.auth.on_response_body(&ctx.original, &held.parts, &data, &mut ctx.state)
+                    };
+                    let status = held.parts.status;
+                    match allowed::<A>(action, &held.parts) {
+                        Action::Retry if ctx.again(status) => State::Authorizing,
+                        Action::SendOwn if ctx.own(status) => State::Ready,
+                        _ => {
+                            return Poll::Ready(Ok(A::Mode::buffered(held.parts, data, held.trailers, None, None)));
+                        }
+                    }
                 }
                 StateProj::Authorizing => {
                     let ctx = this.ctx.as_deref_mut().expect("authorizing without context");
@@ -353,9 +526,15 @@ where
                     if let Err(err) = ready!(ctx.svc.poll_ready(cx)) {
                         return Poll::Ready(Err(A::Error::inner(err)));
                     }
-                    let parts = ctx.pending.take().expect("authorised head set before Ready");
-                    let body = ctx.next_body.take().expect("body set before Ready");
-                    State::Called { fut: ctx.svc.call(Request::from_parts(parts, body)) }
+                    if let Some(own) = ctx.own.take() {
+                        ctx.in_own = true;
+                        ctx.drain_then_own = false;
+                        State::Called { fut: ctx.svc.call(own) }
+                    } else {
+                        let parts = ctx.pending.take().expect("authorised head set before Ready");
+                        let body = ctx.next_body.take().expect("body set before Ready");
+                        State::Called { fut: ctx.svc.call(Request::from_parts(parts, body)) }
+                    }
                 }
                 StateProj::Failed { err } => {
                     let err = err.take().expect("polled after completion");
@@ -382,6 +561,7 @@ where
             State::Filling => "filling",
             State::Ready => "ready",
             State::Draining { .. } => "draining",
+            State::Reading { .. } => "reading",
             State::Failed { .. } => "failed",
             State::Done => "done",
         };

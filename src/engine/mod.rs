@@ -16,10 +16,10 @@ pub(crate) mod error;
 mod future;
 pub(crate) mod mode;
 
-pub use body::{DEFAULT_BODY_LIMIT, ReplayBody};
+pub use body::{DEFAULT_BODY_LIMIT, ReplayBody, ResponseBody};
 pub use error::{BoxError, ConfigError, Error};
 pub use future::ResponseFuture;
-pub use mode::{BodyMode, ErrorMode, FitsIn, JoinError, JoinMode, Once, Replay};
+pub use mode::{BodyMode, ErrorMode, FitsIn, Flow, JoinError, JoinMode, Once, Replay};
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +37,10 @@ use crate::authenticator::{AuthRequest, Authenticator, Authorize, BodyView, FnAu
 /// The request body type the wrapped service receives from [`Auth<S, A>`] for a caller's body
 /// `B`: `B` itself for schemes that never retry, [`ReplayBody<B>`](crate::ReplayBody) otherwise.
 pub type ModeBody<A, B> = <<A as Authenticator>::Mode as BodyMode>::Body<B>;
+
+/// The response body type the caller gets from [`Auth<S, A>`] for the wrapped service's body
+/// `R`: `R` itself, or [`ResponseBody<R>`] for schemes of [`Flow`] mode.
+pub type ModeResBody<A, R> = <<A as Authenticator>::Mode as BodyMode>::ResBody<R>;
 
 /// The most exchanges the engine makes for one request, whatever the scheme asks: the first
 /// one and at most three retries. Built-in schemes use at most three (a challenge, then a
@@ -242,8 +246,9 @@ where
     S: Service<Request<ModeBody<A, B>>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     ResB: Body,
+    ResB::Error: Into<BoxError>,
 {
-    type Response = Response<ResB>;
+    type Response = Response<ModeResBody<A, ResB>>;
     type Error = <A::Error as ErrorMode>::Out<S::Error>;
     type Future = ResponseFuture<S, A, B, ResB>;
 
@@ -292,6 +297,7 @@ where
                         replay,
                         state,
                         response_uri: self.response_uri,
+                        limit: self.body_limit,
                     };
                     return ResponseFuture::start(setup, Some(wait));
                 }
@@ -307,6 +313,7 @@ where
             replay,
             state: A::State::default(),
             response_uri: self.response_uri,
+            limit: self.body_limit,
         };
         ResponseFuture::start(setup, None)
     }

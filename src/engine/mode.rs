@@ -1,27 +1,55 @@
-//! The engine's compile-time choices: the body mode ([`Once`], [`Replay`]) and the error mode
-//! ([`Infallible`], [`Error`]) of a scheme, and how they combine.
+//! The engine's compile-time choices: the body mode ([`Once`], [`Replay`], [`Flow`]) and the
+//! error mode ([`Infallible`], [`Error`]) of a scheme, and how they combine.
 
 use std::convert::Infallible;
 use std::fmt;
 
-use crate::engine::body::ReplayBody;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+
+use crate::engine::body::{ReplayBody, ResponseBody};
 use crate::engine::error::{BoxError, Error};
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Once {}
     impl Sealed for super::Replay {}
+    impl Sealed for super::Flow {}
     impl Sealed for std::convert::Infallible {}
     impl Sealed for crate::Error {}
 }
 
-/// Chooses the request body type the engine gives the wrapped service. Implemented by [`Once`]
-/// and [`Replay`] only.
-pub trait BodyMode: sealed::Sealed + FitsIn<Replay> + Send + Sync + 'static {
+/// Chooses the request body type the engine gives the wrapped service, and the response body
+/// type the caller gets back. Implemented by [`Once`], [`Replay`] and [`Flow`] only.
+///
+/// | mode | the wrapped service receives | the caller gets | the scheme may |
+/// |---|---|---|---|
+/// | [`Once`] | the caller's body `B` | the wrapped service's body `R` | add credentials, observe responses |
+/// | [`Replay`] | [`ReplayBody<B>`] | `R` | and ask for a retry |
+/// | [`Flow`] | [`ReplayBody<B>`] | [`ResponseBody<R>`] | and read response bodies, send requests of its own |
+pub trait BodyMode: sealed::Sealed + FitsIn<Flow> + Send + Sync + 'static {
     /// The body type the wrapped service receives for a caller's body `B`.
     type Body<B>;
+    /// The body type the caller receives for the wrapped service's response body `R`.
+    type ResBody<R>;
     /// Whether schemes of this mode may retry.
     const REPLAY: bool;
+    /// Whether schemes of this mode may read response bodies and send requests of their own.
+    const FLOW: bool;
+    /// The caller's response, for a response of the wrapped service.
+    fn response<R>(res: Response<R>) -> Response<Self::ResBody<R>>;
+    /// The caller's response from a buffered body (and what was not read of it). The engine
+    /// buffers response bodies only for [`Flow`] (it checks [`FLOW`](BodyMode::FLOW) first);
+    /// the other modes cannot carry one and are never asked.
+    fn buffered<R>(
+        parts: http::response::Parts,
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+        rest: Option<std::pin::Pin<Box<R>>>,
+        error: Option<BoxError>,
+    ) -> Response<Self::ResBody<R>>;
+    /// A scheme's own request as the wrapped service takes it, if this mode sends them.
+    fn own<B>(req: Request<Bytes>) -> Option<Request<Self::Body<B>>>;
     /// Wraps the caller's body for the first exchange; returns the handle that can replay it.
     fn first<B>(body: B, limit: usize) -> (Self::Body<B>, Option<ReplayBody<B>>)
     where
@@ -38,9 +66,36 @@ pub struct Once;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Replay;
 
+/// [`BodyMode`] of schemes with httpx-style flows: they may retry, read a response body
+/// ([`Action::ReadBody`](crate::Action::ReadBody)) and send a request of their own through the
+/// wrapped service before the caller's is sent again
+/// ([`Action::SendOwn`](crate::Action::SendOwn)). The request body is a [`ReplayBody`]; the
+/// caller's response body is a [`ResponseBody`], which holds the bytes a scheme read and
+/// whatever it did not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flow;
+
 impl BodyMode for Once {
     type Body<B> = B;
+    type ResBody<R> = R;
     const REPLAY: bool = false;
+    const FLOW: bool = false;
+    #[inline]
+    fn response<R>(res: Response<R>) -> Response<R> {
+        res
+    }
+    fn buffered<R>(
+        _: http::response::Parts,
+        _: Bytes,
+        _: Option<HeaderMap>,
+        _: Option<std::pin::Pin<Box<R>>>,
+        _: Option<BoxError>,
+    ) -> Response<R> {
+        unreachable!("the engine buffers response bodies for Flow schemes only (BodyMode::FLOW)")
+    }
+    fn own<B>(_: Request<Bytes>) -> Option<Request<B>> {
+        None
+    }
     fn first<B>(body: B, _limit: usize) -> (B, Option<ReplayBody<B>>)
     where
         B: http_body::Body + Send + 'static,
@@ -54,7 +109,25 @@ impl BodyMode for Once {
 
 impl BodyMode for Replay {
     type Body<B> = ReplayBody<B>;
+    type ResBody<R> = R;
     const REPLAY: bool = true;
+    const FLOW: bool = false;
+    #[inline]
+    fn response<R>(res: Response<R>) -> Response<R> {
+        res
+    }
+    fn buffered<R>(
+        _: http::response::Parts,
+        _: Bytes,
+        _: Option<HeaderMap>,
+        _: Option<std::pin::Pin<Box<R>>>,
+        _: Option<BoxError>,
+    ) -> Response<R> {
+        unreachable!("the engine buffers response bodies for Flow schemes only (BodyMode::FLOW)")
+    }
+    fn own<B>(_: Request<Bytes>) -> Option<Request<ReplayBody<B>>> {
+        None
+    }
     fn first<B>(body: B, limit: usize) -> (ReplayBody<B>, Option<ReplayBody<B>>)
     where
         B: http_body::Body + Send + 'static,
@@ -65,6 +138,38 @@ impl BodyMode for Replay {
     }
     fn again<B>(replay: &ReplayBody<B>) -> Option<ReplayBody<B>> {
         Some(replay.clone_for_replay())
+    }
+}
+
+impl BodyMode for Flow {
+    type Body<B> = ReplayBody<B>;
+    type ResBody<R> = ResponseBody<R>;
+    const REPLAY: bool = true;
+    const FLOW: bool = true;
+    #[inline]
+    fn response<R>(res: Response<R>) -> Response<ResponseBody<R>> {
+        res.map(ResponseBody::new)
+    }
+    fn buffered<R>(
+        parts: http::response::Parts,
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+        rest: Option<std::pin::Pin<Box<R>>>,
+        error: Option<BoxError>,
+    ) -> Response<ResponseBody<R>> {
+        Response::from_parts(parts, ResponseBody::buffered(data, trailers, rest, error))
+    }
+    fn own<B>(req: Request<Bytes>) -> Option<Request<ReplayBody<B>>> {
+        Some(req.map(ReplayBody::from_bytes))
+    }
+    fn first<B>(body: B, limit: usize) -> (ReplayBody<B>, Option<ReplayBody<B>>)
+    where
+        B: http_body::Body + Send + 'static,
+    {
+        Replay::first(body, limit)
+    }
+    fn again<B>(replay: &ReplayBody<B>) -> Option<ReplayBody<B>> {
+        Replay::again(replay)
     }
 }
 
@@ -107,7 +212,8 @@ impl ErrorMode for Error {
     }
 }
 
-/// The mode of two schemes combined: [`Replay`] if either replays.
+/// The mode of two schemes combined: the more capable of the two ([`Once`] < [`Replay`] <
+/// [`Flow`]).
 pub trait JoinMode<M: BodyMode>: BodyMode {
     /// The combined mode.
     type Out: BodyMode;
@@ -123,6 +229,21 @@ impl JoinMode<Once> for Replay {
 }
 impl JoinMode<Replay> for Replay {
     type Out = Replay;
+}
+impl JoinMode<Flow> for Once {
+    type Out = Flow;
+}
+impl JoinMode<Flow> for Replay {
+    type Out = Flow;
+}
+impl JoinMode<Once> for Flow {
+    type Out = Flow;
+}
+impl JoinMode<Replay> for Flow {
+    type Out = Flow;
+}
+impl JoinMode<Flow> for Flow {
+    type Out = Flow;
 }
 
 /// The error mode of two schemes combined: [`Error`](crate::Error) if either can fail.
@@ -149,11 +270,14 @@ impl From<Infallible> for Error {
     }
 }
 
-/// A body mode that fits where mode `M` is expected: [`Once`] fits both, [`Replay`] only
-/// [`Replay`]. A [`BoxAuthenticator<Once>`](crate::BoxAuthenticator) or a
+/// A body mode that fits where mode `M` is expected: [`Once`] fits all, [`Replay`] fits
+/// [`Replay`] and [`Flow`], [`Flow`] only [`Flow`]. A [`BoxAuthenticator<Once>`](crate::BoxAuthenticator) or a
 /// [`Router<Once>`](crate::route::Router) takes only schemes that never retry, so it can keep the
 /// caller's body type.
 pub trait FitsIn<M> {}
 impl FitsIn<Once> for Once {}
 impl FitsIn<Replay> for Once {}
 impl FitsIn<Replay> for Replay {}
+impl FitsIn<Flow> for Once {}
+impl FitsIn<Flow> for Replay {}
+impl FitsIn<Flow> for Flow {}

@@ -521,6 +521,36 @@ impl<M: BodyMode> Authenticator for Router<M> {
             None => Action::Done,
         }
     }
+
+    fn on_response_body(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &bytes::Bytes,
+        state: &mut RouteState<M>,
+    ) -> Action {
+        match &state.route {
+            Some(scheme) => scheme.on_response_body(req, res, body, &mut state.inner),
+            None => Action::Done,
+        }
+    }
+
+    fn own_request(&self, req: &Parts, state: &mut RouteState<M>) -> Option<http::Request<bytes::Bytes>> {
+        state.route.as_ref()?.own_request(req, &mut state.inner)
+    }
+
+    fn on_own_response(
+        &self,
+        req: &Parts,
+        res: &http::response::Parts,
+        body: &bytes::Bytes,
+        state: &mut RouteState<M>,
+    ) -> Action {
+        match &state.route {
+            Some(scheme) => scheme.on_own_response(req, res, body, &mut state.inner),
+            None => Action::Done,
+        }
+    }
 }
 
 /// Builds a [`Router`]; made by [`AuthLayer::route`]. See the [module documentation](self).
