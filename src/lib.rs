@@ -122,3 +122,8 @@ pub use header::HeaderCredential;
 pub use netrc::NetrcAuth;
 pub use secret::{Secret, sensitive_header_value};
 pub use url_credentials::UrlCredentials;
+
+/// The README's Rust snippets, compiled and run as doctests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
