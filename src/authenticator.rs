@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::HeaderValue;
 use http::header::{HeaderName, PROXY_AUTHORIZATION};
 
-pub(crate) use crate::engine::mode::{BodyMode, ErrorMode, Once, Replay};
+pub(crate) use crate::engine::mode::{BodyMode, ErrorMode, Once};
 
 /// An authentication scheme, driven by the engine ([`Auth`](crate::Auth)); implement it for your own.
 ///
@@ -27,7 +27,7 @@ pub(crate) use crate::engine::mode::{BodyMode, ErrorMode, Once, Replay};
 /// Three associated types choose what the engine does around the scheme, at compile time:
 ///
 /// - [`Mode`](Authenticator::Mode): [`Once`] (the scheme never retries: the request body type is
-///   passed through unchanged and nothing is buffered) or [`Replay`] (the engine wraps the body in
+///   passed through unchanged and nothing is buffered) or [`Replay`](crate::Replay) (the engine wraps the body in
 ///   a [`ReplayBody`](crate::ReplayBody) so the request can be sent again);
 /// - [`Error`](Authenticator::Error): [`Infallible`] (the layer keeps the wrapped service's error
 ///   type) or [`Error`](crate::Error) (the scheme can fail, for example fetching a token);
@@ -117,7 +117,7 @@ pub(crate) use crate::engine::mode::{BodyMode, ErrorMode, Once, Replay};
 /// # }
 /// ```
 pub trait Authenticator: Send + Sync + 'static {
-    /// [`Once`] if the scheme never asks for a retry, [`Replay`] if it may.
+    /// [`Once`] if the scheme never asks for a retry, [`Replay`](crate::Replay) if it may.
     type Mode: BodyMode;
     /// [`Infallible`] if the scheme never fails, [`Error`](crate::Error) if it can.
     type Error: ErrorMode;
@@ -153,7 +153,7 @@ pub trait Authenticator: Send + Sync + 'static {
 
     /// Whether a scheme of [`Once`] mode wants to see responses through
     /// [`on_response`](Authenticator::on_response) (a token source that must learn its token
-    /// was rejected: `401`, or gRPC's `grpc-status: 16`). [`Replay`] schemes always see them.
+    /// was rejected: `401`, or gRPC's `grpc-status: 16`). [`Replay`](crate::Replay) schemes always see them.
     /// The default, `false`, keeps the engine's fast path: nothing is kept per request.
     #[inline]
     fn observes_responses(&self) -> bool {
@@ -163,9 +163,9 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Looks at a response; [`Action::Retry`] sends the request again, authorised anew.
     ///
     /// `req` is the request as the caller made it, before this scheme added anything. Called
-    /// for every response of a [`Replay`] scheme, and of a [`Once`] scheme whose
+    /// for every response of a [`Replay`](crate::Replay) scheme, and of a [`Once`] scheme whose
     /// [`observes_responses`](Authenticator::observes_responses) is `true`; the engine honours
-    /// [`Action::Retry`] only for [`Replay`] schemes (a [`Once`] scheme cannot resend the
+    /// [`Action::Retry`] only for [`Replay`](crate::Replay) schemes (a [`Once`] scheme cannot resend the
     /// caller's body). [`credentials_rejected`] tells a rejection apart from other answers. The
     /// default answers [`Action::Done`].
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut Self::State) -> Action {
@@ -238,7 +238,7 @@ pub enum Authorize<W> {
 pub enum Action {
     /// Hand the response to the caller.
     Done,
-    /// Send the request again, calling `authorize` first ([`Replay`] and
+    /// Send the request again, calling `authorize` first ([`Replay`](crate::Replay) and
     /// [`Flow`](crate::engine::Flow) schemes).
     Retry,
     /// Read the response body and show it to

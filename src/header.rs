@@ -94,4 +94,3 @@ impl HeaderCredential {
         self.value.to_str().unwrap()
     }
 }
-pub(crate) use crate::authenticator::proxy_may_see;

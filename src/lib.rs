@@ -25,6 +25,7 @@
 //! |---|---|---|---|
 //! | never retries (Basic, Bearer, API keys, headers, closures, netrc, a router of those) | the caller's body `B`, unchanged | the wrapped service's own | nothing to resend; fits tonic's `Channel`, whose body type is fixed |
 //! | answers challenges (Digest, Guess, proxy Digest, a router with such a route) | [`ReplayBody<B>`](ReplayBody) | the wrapped service's own | the body is kept (up to [`AuthLayer::body_limit`]) to be sent again after a `401`/`407` |
+//! | runs an httpx-style flow (reads response bodies, sends requests of its own: [`engine::Flow`]) | [`ReplayBody<B>`](ReplayBody) | the caller gets [`engine::ResponseBody<R>`] | the bytes the scheme read go back to the caller, then whatever was not read |
 //! | can fail (a token fetch; a router, a [`BoxAuthenticator`]) | as above | [`Error`] (the wrapped service's error is its [`source`](std::error::Error::source)) | a request never leaves without its credentials: it fails instead |
 //!
 //! So a hyper-util client under Digest is built for `ReplayBody`:
@@ -104,7 +105,6 @@ mod url_credentials;
 // Short crate-internal paths to the engine's pieces.
 pub(crate) use engine as layer;
 pub(crate) use engine::error;
-pub(crate) use route::origin;
 
 pub use api_key::{ApiKey, DEFAULT_API_KEY_HEADER, DEFAULT_API_KEY_PARAM};
 pub use authenticator::{

@@ -239,6 +239,7 @@ impl Exchange<'_> {
     }
 
     /// The `response` parameter.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn response(&self) -> String {
         self.response_hex().as_str().to_owned()
     }

@@ -136,13 +136,13 @@ pub use self::algorithm::{Algorithm, Qop};
 use self::algorithm::{Exchange, ha1_base, session_ha1};
 pub use self::pool::DigestWait;
 use self::pool::{Gate, Grant, PERMIT, Pool, ProbeGuard, Take, WaitCell};
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, Replay};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, proxy_may_see};
 use crate::basic::check_text;
 use crate::challenge::{self, Challenge, push_quoted};
+use crate::engine::Replay;
 use crate::error::ConfigError;
-use crate::header::proxy_may_see;
 use crate::layer::AuthLayer;
-use crate::origin::{OriginKey, key_of_uri};
+use crate::route::origin::{OriginKey, key_of_uri};
 use crate::secret::Secret;
 
 /// RFC 8187 `attr-char`: what `username*` leaves unencoded.

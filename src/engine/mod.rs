@@ -7,7 +7,8 @@
 //! | [`AuthLayer`], [`Auth`] | the layer and its service; `call` authorises in place on the fast path |
 //! | [`ResponseFuture`] | waits, sends, shows the response to the scheme, replays (its steps are documented there) |
 //! | [`ReplayBody`] | the caller's body, kept (up to [`AuthLayer::body_limit`]) so it can be sent again |
-//! | [`BodyMode`] ([`Once`], [`Replay`]) | whether the wrapped service gets the caller's body type or [`ReplayBody`] |
+//! | [`BodyMode`] ([`Once`], [`Replay`], [`Flow`]) | whether the wrapped service gets the caller's body type or [`ReplayBody`], and whether the caller gets the wrapped service's response body or a [`ResponseBody`] |
+//! | [`ResponseBody`] | the response body of [`Flow`] schemes: the bytes a scheme read, then the rest |
 //! | [`ErrorMode`] ([`Infallible`](std::convert::Infallible), [`Error`]) | whether the layer keeps the wrapped service's error type |
 //! | [`JoinMode`], [`JoinError`], [`FitsIn`] | how modes combine in [`AllOf`](crate::AllOf), routers and boxes |
 
