@@ -119,6 +119,14 @@ impl Credential for Basic {
     }
 }
 
+impl Basic {
+    /// Sets the header without this instance's plain-http warning: for a scheme that holds many
+    /// `Basic`s and warns once for all of them (netrc).
+    pub(crate) fn apply_unwarned(&self, req: &mut AuthRequest<'_>) {
+        self.header.apply(req);
+    }
+}
+
 impl AuthLayer<Basic> {
     /// A layer that sends Basic credentials (RFC 7617) with every request.
     ///

@@ -180,10 +180,8 @@ fn cases() -> Vec<Case> {
         .header(AUTHORIZATION, Want::digest("sha-realm", "SHA-256"))
         .digest_secret("sha-realm", DIGEST_SHA_PW)
         .challenged(),
-        // Guess's Basic answer does not go through the shared helpers (`set_credential`,
-        // `PlainHttpWarning`): src/digest/mod.rs has its own sensitive flag, warning flag and
-        // message. It meets the rules today; these rows (and the proxy one) are what holds it to
-        // them (removing `set_sensitive` from `set_credential` does not fail them).
+        // Guess's Basic answer goes through the shared helpers (`basic_value`, `set_credential`,
+        // `PlainHttpWarning`), like Basic itself.
         Case::new(
             "Guess answering Basic",
             |r| erase(AuthLayer::guess(USER, GUESS_BASIC_PW).unwrap(), r),
@@ -511,9 +509,7 @@ async fn plain_http_warning_across_two_origins() {
             check: || basic_check(ROUTE_BASIC_PW).user(USER, ROUTE_OTHER_PW),
             warnings: 2,
         },
-        // KNOWN GAP: one `NetrcAuth` (one scheme instance, whose docs say "Basic over plain
-        // `http://` logs a warning once") warns once per netrc *entry* used, because each entry
-        // is a `Basic` with its own warning flag: two hosts, two warnings.
+        // One `NetrcAuth` warns once for the whole file, whichever entries it uses.
         Row {
             name: "netrc with two hosts",
             make: |r| {
@@ -523,7 +519,7 @@ async fn plain_http_warning_across_two_origins() {
                 erase(AuthLayer::new(NetrcAuth::from_path(file.path()).unwrap()), r)
             },
             check: || basic_check(NETRC_PW).user("bob", ROUTE_OTHER_PW),
-            warnings: 2,
+            warnings: 1,
         },
     ];
     let mut failures = Vec::new();

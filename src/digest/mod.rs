@@ -126,7 +126,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::Waker;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
@@ -136,7 +135,7 @@ pub use self::algorithm::{Algorithm, Qop};
 use self::algorithm::{Exchange, ha1_base, session_ha1};
 pub use self::pool::DigestWait;
 use self::pool::{Gate, Grant, PERMIT, Pool, ProbeGuard, Take, WaitCell};
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, proxy_may_see};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, BodyView, PlainHttpWarning, proxy_may_see};
 use crate::basic::check_text;
 use crate::challenge::{self, Challenge, push_quoted};
 use crate::engine::Replay;
@@ -231,7 +230,7 @@ pub struct Digest {
     allow_basic: bool,
     origins: RwLock<HashMap<Option<OriginKey>, OriginEntry>>,
     cnonce: Option<Arc<CnonceFn>>,
-    warned_plain_http: AtomicBool,
+    plain_http: PlainHttpWarning,
     nonces_per_space: usize,
 }
 
@@ -558,7 +557,7 @@ impl Digest {
             allow_basic,
             origins: RwLock::new(HashMap::new()),
             cnonce: None,
-            warned_plain_http: AtomicBool::new(false),
+            plain_http: PlainHttpWarning::default(),
             nonces_per_space: DEFAULT_NONCES_PER_SPACE,
         })
     }
@@ -726,13 +725,7 @@ impl Digest {
     fn new_space(&self, chosen: &Chosen<'_>) -> Option<Space> {
         match chosen {
             Chosen::Basic { realm } => {
-                let token = base64::engine::general_purpose::STANDARD.encode(format!(
-                    "{}:{}",
-                    self.user,
-                    self.password.expose()
-                ));
-                let mut value = HeaderValue::try_from(format!("Basic {token}")).ok()?;
-                value.set_sensitive(true);
+                let value = crate::basic::basic_value(self.user.as_bytes(), self.password.expose().as_bytes()).ok()?;
                 Some(Space { realm: (*realm).to_owned(), kind: SpaceKind::Basic(value) })
             }
             Chosen::Digest { challenge, realm, nonce, algorithm, qop, .. } => {
@@ -1100,12 +1093,8 @@ impl Authenticator for Digest {
         };
         match &space.kind {
             SpaceKind::Basic(value) => {
-                if req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
-                    && !self.warned_plain_http.swap(true, Ordering::Relaxed)
-                {
-                    tracing::warn!(user = %self.user, "answering a Basic challenge over plain http (Guess): the password can be read on the path (warned once)");
-                }
-                req.headers_mut().insert(header, value.clone());
+                self.plain_http.check(req.uri(), "Basic credentials (Guess)");
+                req.set_credential(&header, value);
             }
             SpaceKind::Digest(d) => {
                 let body_hash = match (d.qop, req.body()) {

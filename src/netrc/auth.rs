@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use http::request::Parts;
 
-use crate::authenticator::{AuthRequest, Credential};
+use crate::authenticator::{AuthRequest, Credential, PlainHttpWarning};
 use crate::basic::Basic;
 use crate::error::ConfigError;
 use crate::layer::AuthLayer;
@@ -68,6 +68,8 @@ pub struct NetrcAuth {
     machines: HashMap<Box<str>, Option<Basic>>,
     default: Option<Basic>,
     path: Option<PathBuf>,
+    /// One warning for the whole file, whichever entries are used.
+    plain_http: PlainHttpWarning,
 }
 
 impl NetrcAuth {
@@ -127,7 +129,7 @@ impl NetrcAuth {
     }
 
     fn from_parts(machines: HashMap<Box<str>, Option<Basic>>, default: Option<Basic>, path: Option<PathBuf>) -> Self {
-        NetrcAuth { machines, default, path }
+        NetrcAuth { machines, default, path, plain_http: PlainHttpWarning::default() }
     }
 
     /// Whether no host has credentials (no file, or a file without passwords).
@@ -197,9 +199,10 @@ impl Credential for NetrcAuth {
     }
 
     fn apply(&self, req: &mut AuthRequest<'_>) {
-        // Basic sets the header by the crate's rules and warns once over plain http.
+        // Basic sets the header by the crate's rules; one plain-http warning for the file.
         if let Some(creds) = self.lookup(req.parts()) {
-            creds.apply(req);
+            self.plain_http.check(req.uri(), "Basic credentials from netrc");
+            creds.apply_unwarned(req);
         }
     }
 }
