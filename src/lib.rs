@@ -31,6 +31,21 @@
 //! So a hyper-util client under Digest is built for `ReplayBody`:
 //! `Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>()`.
 //!
+//! ## When the client's body type is wrong
+//!
+//! Moving a client from Bearer to Digest (or to a router with a Digest route) without changing
+//! its body type gives
+//!
+//! ```text
+//! error[E0599]: the method `oneshot` exists for struct `Auth<Client<HttpConnector, Full<Bytes>>, Digest>`,
+//!               but its trait bounds were not satisfied
+//! ```
+//!
+//! The wrapped client must take `ReplayBody<Full<Bytes>>`: build it with
+//! `build_http::<ReplayBody<Full<Bytes>>>()`. (A `#[diagnostic::on_unimplemented]` message was
+//! tried: rustc reports this mistake as E0599 on the method call, where the request body type
+//! is not known yet, and shows no custom message there.)
+//!
 //! # Schemes
 //!
 //! | scheme | type | constructor | status |
