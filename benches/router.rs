@@ -13,10 +13,10 @@
 //!   Bearer scheme alone.
 //! - `call/N`: the whole layer, `poll_ready` + `call` + one `poll` of `Auth<Noop, Router<Once>>`
 //!   with a Bearer token per origin: lookup, authorise (one header insert) and the engine,
-//!   driven with a no-op waker; the request is built outside the timing and dropped inside
-//!   `Noop::call`. `call/boxed_bearer` is the same engine and erased scheme without routing
-//!   ([`BoxAuthenticator::once`]), `call/bearer` the plain static scheme: `call/N -
-//!   call/boxed_bearer` is what routing adds.
+//!   driven with a no-op waker; the request is built and freed outside the timing (`Noop` keeps
+//!   it aside, as in benches/static_schemes.rs). `call/boxed_bearer` is the same engine and
+//!   erased scheme without routing ([`BoxAuthenticator::once`]), `call/bearer` the plain static
+//!   scheme: `call/N - call/boxed_bearer` is what routing adds.
 //! - `origin_map/N`: the bare [`OriginMap::get_for_uri`] the router uses, for comparison.
 //! - `insert/N` (criterion only): a runtime [`Router::insert`] + [`Router::remove`] (copy on
 //!   write of the table).
@@ -59,11 +59,23 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 type Body = Empty<Bytes>;
 
-/// Always ready, answers at once.
+thread_local! {
+    /// Where [`Noop`] puts the requests it receives, so that freeing them is not timed (as in
+    /// benches/static_schemes.rs): emptied outside the timed loops.
+    static SINK: std::cell::RefCell<Vec<Request<Body>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Frees the requests [`Noop`] kept, keeping the sink's capacity.
+fn empty_sink() {
+    SINK.with_borrow_mut(Vec::clear);
+}
+
+/// Always ready, answers at once; checks that the request is authorised and keeps it in
+/// [`SINK`].
 #[derive(Debug, Clone, Copy)]
 struct Noop;
 
-impl<B> Service<Request<B>> for Noop {
+impl Service<Request<Body>> for Noop {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Ready<Result<Response<Body>, Infallible>>;
@@ -72,8 +84,9 @@ impl<B> Service<Request<B>> for Noop {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         assert!(req.headers().contains_key("authorization"), "not authorised: {}", req.uri());
+        SINK.with_borrow_mut(|sink| sink.push(req));
         ready(Ok(Response::new(Body::new())))
     }
 }
@@ -195,9 +208,8 @@ fn op_block(mut op: impl FnMut() + 'static) -> Block {
     }
 }
 
-/// A block of `CALLS` whole service calls to origin `i`: the requests are built in `prepare`,
-/// the responses kept until the next `prepare` (dropping a request inside `Noop::call` is timed:
-/// the same for every `call/*` variant).
+/// A block of `CALLS` whole service calls to origin `i`: the requests are built in `prepare`;
+/// the responses, and the requests `Noop` keeps, are freed in the next `prepare`.
 fn call_block<S>(svc: S, i: usize) -> Block
 where
     S: Service<Request<Body>, Response = Response<Body>> + 'static,
@@ -212,6 +224,7 @@ where
     Block {
         prepare: Box::new(move || {
             res2.borrow_mut().clear();
+            empty_sink();
             req2.borrow_mut().extend((0..CALLS).map(|_| request(i)));
         }),
         run: Box::new(move || {
@@ -223,10 +236,14 @@ where
     }
 }
 
-/// Every variant, named.
-fn blocks() -> Vec<(String, Block)> {
+/// Every variant, named; with `only`, that variant alone (the routers of other sizes are not
+/// built: building 10,000 routes takes seconds, minutes under valgrind).
+fn blocks(only: Option<&str>) -> Vec<(String, Block)> {
     let mut blocks: Vec<(String, Block)> = Vec::new();
     for n in [1, 100, 10_000] {
+        if only.is_some_and(|only| !only.ends_with(&format!("/{n}"))) {
+            continue;
+        }
         let layer = router(n);
         let router = layer.router().clone();
         let hit = parts(n / 2);
@@ -272,7 +289,7 @@ fn blocks() -> Vec<(String, Block)> {
 fn print_allocations() {
     println!("heap allocations per operation ({CALLS} operations after a warm-up block):");
     println!("  {:<28} {:>12} {:>12}", "variant", "allocs/op", "bytes/op");
-    for (name, mut block) in blocks() {
+    for (name, mut block) in blocks(None) {
         (block.prepare)();
         (block.run)();
         (block.prepare)();
@@ -291,7 +308,7 @@ fn print_allocations() {
 /// Times every variant round-robin for `rounds` rounds (after one warm-up round) and prints the
 /// median ns per operation. With `only`, keeps that variant alone (for callgrind).
 fn print_interleaved(rounds: usize, only: Option<&str>) {
-    let mut blocks = blocks();
+    let mut blocks = blocks(only);
     if let Some(only) = only {
         blocks.retain(|(name, _)| name == only);
         assert!(!blocks.is_empty(), "no variant named {only:?}");
@@ -341,7 +358,14 @@ fn bench(c: &mut Criterion) {
 
         let mut svc = layer.layer(Noop);
         group.bench_function(format!("call/{n}"), |b| {
-            b.iter_batched(|| request(target), |req| drive(&mut svc, req), BatchSize::SmallInput)
+            b.iter_batched(
+                || {
+                    empty_sink();
+                    request(target)
+                },
+                |req| drive(&mut svc, req),
+                BatchSize::SmallInput,
+            )
         });
 
         group.bench_function(format!("insert/{n}"), |b| {
@@ -355,11 +379,25 @@ fn bench(c: &mut Criterion) {
     group.bench_function("authorize/bearer", |b| b.iter(|| authorize_once(&bearer, &mut p)));
     let mut boxed = AuthLayer::new(BoxAuthenticator::once(Bearer::new("token-0").unwrap())).layer(Noop);
     group.bench_function("call/boxed_bearer", |b| {
-        b.iter_batched(|| request(0), |req| drive(&mut boxed, req), BatchSize::SmallInput)
+        b.iter_batched(
+            || {
+                empty_sink();
+                request(0)
+            },
+            |req| drive(&mut boxed, req),
+            BatchSize::SmallInput,
+        )
     });
     let mut plain = AuthLayer::new(Bearer::new("token-0").unwrap()).layer(Noop);
     group.bench_function("call/bearer", |b| {
-        b.iter_batched(|| request(0), |req| drive(&mut plain, req), BatchSize::SmallInput)
+        b.iter_batched(
+            || {
+                empty_sink();
+                request(0)
+            },
+            |req| drive(&mut plain, req),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
