@@ -10,6 +10,11 @@
 //! a fresh `DigestState` dropped after each call as the engine does (so the nonce permit or
 //! lease a request takes is given back inside the timed loop), next to `Basic::authorize` on
 //! the same copy. Target: at most 1 µs for MD5 and SHA-256.
+//!
+//! `DIGEST_ONLY=md5|sha256|basic` skips criterion and runs that "authorize only" variant
+//! 10,000 times on request heads built beforehand, inside `digest::authorize_all`: under
+//! `valgrind --tool=callgrind` its inclusive count divided by 10,000 is the header's
+//! instructions per request (see BENCHMARKS.md).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::convert::Infallible;
@@ -20,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use std::sync::Arc;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use http::{Request, Response};
 use http_body_util::Empty;
 use tower::{Service, ServiceBuilder};
@@ -119,5 +124,50 @@ fn clone_head(p: &http::request::Parts) -> http::request::Parts {
     parts
 }
 
+/// Runs `authorize` on every head. Never inlined: its inclusive instruction count under
+/// callgrind is the header computation alone (the heads are built and freed outside).
+#[inline(never)]
+fn authorize_all(heads: &mut [http::request::Parts], mut authorize: impl FnMut(&mut http::request::Parts)) {
+    for parts in heads {
+        authorize(std::hint::black_box(parts));
+    }
+}
+
+/// `DIGEST_ONLY`: one "authorize only" variant, `CALLS` times, for callgrind.
+fn count_only(only: &str) {
+    const CALLS: usize = 10_000;
+    let template = request().into_parts().0;
+    let mut heads: Vec<_> = (0..CALLS).map(|_| clone_head(&template)).collect();
+    let algorithm = match only {
+        "md5" => Algorithm::Md5,
+        "sha256" => Algorithm::Sha256,
+        "basic" => {
+            let basic = Basic::new("alice", "s3cret").unwrap();
+            authorize_all(&mut heads, |parts| {
+                basic.authorize(&mut AuthRequest::new(parts, BodyView::Empty, 0), &mut ()).unwrap();
+            });
+            assert!(heads.iter().all(|p| p.headers.contains_key("authorization")));
+            return;
+        }
+        other => panic!("DIGEST_ONLY={other:?}: md5, sha256 or basic"),
+    };
+    let digest = Arc::new(Digest::new("alice", "s3cret").unwrap());
+    let mut svc = ServiceBuilder::new().layer(AuthLayer::from_arc(Arc::clone(&digest))).service(server(algorithm));
+    assert_eq!(ready(svc.call(request())).unwrap().status(), 200);
+    authorize_all(&mut heads, |parts| {
+        let mut state = DigestState::default();
+        digest.authorize(&mut AuthRequest::new(parts, BodyView::Empty, 0), &mut state).unwrap();
+    });
+    assert!(heads.iter().all(|p| p.headers.contains_key("authorization")), "pre-authorised");
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(only) = std::env::var("DIGEST_ONLY") {
+        count_only(&only);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,5 +1,8 @@
-//! The router: lookup and per-request cost with 1, 100 and 10,000 origins, and memory per
-//! configured origin.
+//! The router: lookup and per-request cost with 1, 100 and 10,000 origins, heap allocations
+//! per operation, and memory per configured origin.
+//!
+//! The routers here have Bearer routes only, so they are `Router<Once>`: the engine's fast path
+//! (the caller's body passes through, no copy of the request head, no per-request context).
 //!
 //! - `lookup/N`: [`Authenticator::applies_to`] on a `Router` with N origins, for one configured
 //!   origin: the lock-free table load, the URI's origin key, the hash lookup, the exact
@@ -8,22 +11,27 @@
 //! - `authorize/N`: lookup and [`Authenticator::authorize`] with a fresh per-request state (what
 //!   the router adds to a request, without the engine around it); `authorize/bearer` is the
 //!   Bearer scheme alone.
-//! - `call/N`: the whole layer, `poll_ready` + `call` + one `poll` of `Auth<Noop, Router>` with a
-//!   Bearer token per origin: lookup, authorise (one header insert) and the engine of a
-//!   replaying scheme (the router's mode), driven with a no-op waker. `call/boxed_bearer` is the
-//!   same engine and scheme without routing ([`BoxAuthenticator`]), `call/bearer` the plain
-//!   static scheme: `call/N - call/boxed_bearer` is what routing adds.
+//! - `call/N`: the whole layer, `poll_ready` + `call` + one `poll` of `Auth<Noop, Router<Once>>`
+//!   with a Bearer token per origin: lookup, authorise (one header insert) and the engine,
+//!   driven with a no-op waker; the request is built and freed outside the timing (`Noop` keeps
+//!   it aside, as in benches/static_schemes.rs). `call/boxed_bearer` is the same engine and
+//!   erased scheme without routing ([`BoxAuthenticator::once`]), `call/bearer` the plain static
+//!   scheme: `call/N - call/boxed_bearer` is what routing adds.
 //! - `origin_map/N`: the bare [`OriginMap::get_for_uri`] the router uses, for comparison.
-//! - `insert/N`: a runtime [`Router::insert`] + [`Router::remove`] (copy on write of the table).
+//! - `insert/N` (criterion only): a runtime [`Router::insert`] + [`Router::remove`] (copy on
+//!   write of the table).
 //!
 //! Hosts are `host00000.example` … `host09999.example`: all of one length, since the cost of
 //! hashing and comparing a host depends on its length (not on the number of origins).
 //!
-//! Before criterion runs, the memory per configured origin is printed, measured with a counting
-//! global allocator over 10,000 `RouteBuilder::origin` calls.
+//! Before criterion runs, three tables are printed: the memory per configured origin (a counting
+//! global allocator over 10,000 `RouteBuilder::origin` calls), heap allocations per operation of
+//! every variant above but `insert/N` (tests/alloc_free.rs asserts the zeros), and ns per
+//! operation measured round-robin over all variants.
 //!
 //! ```text
 //! cargo bench --bench router -- --warm-up-time 1 --measurement-time 3
+//! ROUTER_ONLY=lookup/10000 valgrind --tool=callgrind target/release/deps/router-<hash> --bench
 //! ```
 
 use std::alloc::System;
@@ -51,11 +59,23 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 type Body = Empty<Bytes>;
 
-/// Always ready, answers at once.
+thread_local! {
+    /// Where [`Noop`] puts the requests it receives, so that freeing them is not timed (as in
+    /// benches/static_schemes.rs): emptied outside the timed loops.
+    static SINK: std::cell::RefCell<Vec<Request<Body>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Frees the requests [`Noop`] kept, keeping the sink's capacity.
+fn empty_sink() {
+    SINK.with_borrow_mut(Vec::clear);
+}
+
+/// Always ready, answers at once; checks that the request is authorised and keeps it in
+/// [`SINK`].
 #[derive(Debug, Clone, Copy)]
 struct Noop;
 
-impl<B> Service<Request<B>> for Noop {
+impl Service<Request<Body>> for Noop {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Ready<Result<Response<Body>, Infallible>>;
@@ -64,8 +84,9 @@ impl<B> Service<Request<B>> for Noop {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         assert!(req.headers().contains_key("authorization"), "not authorised: {}", req.uri());
+        SINK.with_borrow_mut(|sink| sink.push(req));
         ready(Ok(Response::new(Body::new())))
     }
 }
@@ -95,12 +116,20 @@ fn router(n: usize) -> AuthLayer<Router<tower_auth::Once>> {
     builder.build()
 }
 
+/// A typical API request to origin `i`, with two headers of its own (as in
+/// benches/static_schemes.rs): its header map exists already. Into a request without headers,
+/// the first insert allocates the `HeaderMap`'s own storage (2 allocations, 656 bytes, whatever
+/// the layer: tower-http's `AddAuthorization` too).
 fn request(i: usize) -> Request<Body> {
-    Request::get(format!("https://host{i:05}.example/v1/items?page=2")).body(Body::new()).unwrap()
+    Request::get(format!("https://host{i:05}.example/v1/items?page=2"))
+        .header("accept", "application/json")
+        .header("user-agent", "bench/1.0")
+        .body(Body::new())
+        .unwrap()
 }
 
 fn parts(i: usize) -> Parts {
-    Request::get(format!("https://host{i:05}.example/v1/items?page=2")).body(()).unwrap().into_parts().0
+    request(i).into_parts().0
 }
 
 /// One `authorize` with fresh per-request state, then the header taken out again (for the next
@@ -150,38 +179,71 @@ fn print_memory() {
 /// alike (criterion times one after the other).
 const CALLS: usize = 2_000;
 const ROUNDS: usize = 60;
-type Block = Box<dyn FnMut() -> f64>;
 
-/// A block of `CALLS` whole service calls to origin `i` (requests built outside the timing).
-fn call_block<S>(mut svc: S, i: usize) -> Block
+/// One measurement: `prepare` (untimed: builds requests, empties the response buffer), then the
+/// `CALLS` timed operations, run inside [`timed`].
+struct Block {
+    prepare: Box<dyn FnMut()>,
+    run: Box<dyn FnMut()>,
+}
+
+/// Times `run` and returns ns per operation. Never inlined: under callgrind its inclusive
+/// instruction count is the timed work alone (`ROUTER_ONLY`, see [`main`]).
+#[inline(never)]
+fn timed(run: &mut dyn FnMut()) -> f64 {
+    let start = Instant::now();
+    run();
+    start.elapsed().as_secs_f64() * 1e9 / CALLS as f64
+}
+
+/// A block of `CALLS` operations of `op` (no setup).
+fn op_block(mut op: impl FnMut() + 'static) -> Block {
+    Block {
+        prepare: Box::new(|| {}),
+        run: Box::new(move || {
+            for _ in 0..CALLS {
+                op();
+            }
+        }),
+    }
+}
+
+/// A block of `CALLS` whole service calls to origin `i`: the requests are built in `prepare`;
+/// the responses, and the requests `Noop` keeps, are freed in the next `prepare`.
+fn call_block<S>(svc: S, i: usize) -> Block
 where
     S: Service<Request<Body>, Response = Response<Body>> + 'static,
     S::Error: std::fmt::Debug,
 {
-    let mut requests: Vec<Request<Body>> = Vec::with_capacity(CALLS);
-    let mut responses: Vec<Response<Body>> = Vec::with_capacity(CALLS);
-    Box::new(move || {
-        requests.extend((0..CALLS).map(|_| request(i)));
-        let start = Instant::now();
-        for req in requests.drain(..) {
-            responses.push(drive(&mut svc, req));
-        }
-        let ns = start.elapsed().as_secs_f64() * 1e9 / CALLS as f64;
-        responses.clear();
-        ns
-    })
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let requests: Rc<RefCell<Vec<Request<Body>>>> = Rc::new(RefCell::new(Vec::with_capacity(CALLS)));
+    let responses: Rc<RefCell<Vec<Response<Body>>>> = Rc::new(RefCell::new(Vec::with_capacity(CALLS)));
+    let (req2, res2) = (Rc::clone(&requests), Rc::clone(&responses));
+    let svc = RefCell::new(svc);
+    Block {
+        prepare: Box::new(move || {
+            res2.borrow_mut().clear();
+            empty_sink();
+            req2.borrow_mut().extend((0..CALLS).map(|_| request(i)));
+        }),
+        run: Box::new(move || {
+            let (mut svc, mut responses) = (svc.borrow_mut(), responses.borrow_mut());
+            for req in requests.borrow_mut().drain(..) {
+                responses.push(drive(&mut *svc, req));
+            }
+        }),
+    }
 }
 
-fn print_interleaved() {
-    let time = |mut f: Box<dyn FnMut()>| -> Block {
-        Box::new(move || {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e9 / CALLS as f64
-        })
-    };
+/// Every variant, named; with `only`, that variant alone (the routers of other sizes are not
+/// built: building 10,000 routes takes seconds, minutes under valgrind).
+fn blocks(only: Option<&str>) -> Vec<(String, Block)> {
     let mut blocks: Vec<(String, Block)> = Vec::new();
     for n in [1, 100, 10_000] {
+        if only.is_some_and(|only| !only.ends_with(&format!("/{n}"))) {
+            continue;
+        }
         let layer = router(n);
         let router = layer.router().clone();
         let hit = parts(n / 2);
@@ -189,64 +251,79 @@ fn print_interleaved() {
         let uri = hit.uri.clone();
         blocks.push((
             format!("origin_map/{n}"),
-            time(Box::new(move || {
-                for _ in 0..CALLS {
-                    black_box(map.get_for_uri(black_box(&uri)));
-                }
-            })),
+            op_block(move || {
+                black_box(map.get_for_uri(black_box(&uri)));
+            }),
         ));
         let r = router.clone();
         blocks.push((
             format!("lookup/{n}"),
-            time(Box::new(move || {
-                for _ in 0..CALLS {
-                    black_box(r.applies_to(black_box(&hit)));
-                }
-            })),
+            op_block(move || {
+                black_box(r.applies_to(black_box(&hit)));
+            }),
         ));
         let (r, mut p) = (router.clone(), parts(n / 2));
-        blocks.push((
-            format!("authorize/{n}"),
-            time(Box::new(move || {
-                for _ in 0..CALLS {
-                    authorize_once(&*r, &mut p);
-                }
-            })),
-        ));
+        blocks.push((format!("authorize/{n}"), op_block(move || authorize_once(&*r, &mut p))));
         let rotating: Vec<Parts> = (0..n.min(1024)).map(|i| parts(i * (n / n.min(1024)))).collect();
+        let mut k = 0;
         blocks.push((
             format!("lookup_rotating/{n}"),
-            time(Box::new(move || {
-                for i in 0..CALLS {
-                    black_box(router.applies_to(black_box(&rotating[i % rotating.len()])));
-                }
-            })),
+            op_block(move || {
+                k = (k + 1) % rotating.len();
+                black_box(router.applies_to(black_box(&rotating[k])));
+            }),
         ));
         blocks.push((format!("call/{n}"), call_block(layer.layer(Noop), n / 2)));
     }
     let (bearer, mut p) = (Bearer::new("t").unwrap(), parts(0));
-    blocks.push((
-        "authorize/bearer".to_owned(),
-        time(Box::new(move || {
-            for _ in 0..CALLS {
-                authorize_once(&bearer, &mut p);
-            }
-        })),
-    ));
-    let boxed = AuthLayer::new(BoxAuthenticator::new(Bearer::new("t").unwrap())).layer(Noop);
+    blocks.push(("authorize/bearer".to_owned(), op_block(move || authorize_once(&bearer, &mut p))));
+    let boxed = AuthLayer::new(BoxAuthenticator::once(Bearer::new("t").unwrap())).layer(Noop);
     blocks.push(("call/boxed_bearer".to_owned(), call_block(boxed, 0)));
     let plain = AuthLayer::new(Bearer::new("t").unwrap()).layer(Noop);
     blocks.push(("call/bearer".to_owned(), call_block(plain, 0)));
+    blocks
+}
+
+/// Heap allocations per operation of every variant but `insert/*`: `CALLS` operations after
+/// one warm-up block, counted by the global allocator between `prepare` and the end of `run`.
+fn print_allocations() {
+    println!("heap allocations per operation ({CALLS} operations after a warm-up block):");
+    println!("  {:<28} {:>12} {:>12}", "variant", "allocs/op", "bytes/op");
+    for (name, mut block) in blocks(None) {
+        (block.prepare)();
+        (block.run)();
+        (block.prepare)();
+        let region = Region::new(GLOBAL);
+        (block.run)();
+        let change = region.change();
+        println!(
+            "  {name:<28} {:>12.3} {:>12.1}",
+            change.allocations as f64 / CALLS as f64,
+            change.bytes_allocated as f64 / CALLS as f64
+        );
+    }
+    println!();
+}
+
+/// Times every variant round-robin for `rounds` rounds (after one warm-up round) and prints the
+/// median ns per operation. With `only`, keeps that variant alone (for callgrind).
+fn print_interleaved(rounds: usize, only: Option<&str>) {
+    let mut blocks = blocks(only);
+    if let Some(only) = only {
+        blocks.retain(|(name, _)| name == only);
+        assert!(!blocks.is_empty(), "no variant named {only:?}");
+    }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); blocks.len()];
-    for round in 0..=ROUNDS {
+    for round in 0..=rounds {
         for ((_, block), samples) in blocks.iter_mut().zip(&mut samples) {
-            let ns = block();
+            (block.prepare)();
+            let ns = timed(&mut block.run);
             if round > 0 {
                 samples.push(ns);
             }
         }
     }
-    println!("interleaved: {ROUNDS} rounds x {CALLS} operations, median ns per operation:");
+    println!("interleaved: {rounds} rounds x {CALLS} operations, median ns per operation:");
     for ((name, _), samples) in blocks.iter().zip(&mut samples) {
         samples.sort_by(f64::total_cmp);
         println!("  {name:<28} {:>8.1}", samples[samples.len() / 2]);
@@ -281,7 +358,14 @@ fn bench(c: &mut Criterion) {
 
         let mut svc = layer.layer(Noop);
         group.bench_function(format!("call/{n}"), |b| {
-            b.iter_batched(|| request(target), |req| drive(&mut svc, req), BatchSize::SmallInput)
+            b.iter_batched(
+                || {
+                    empty_sink();
+                    request(target)
+                },
+                |req| drive(&mut svc, req),
+                BatchSize::SmallInput,
+            )
         });
 
         group.bench_function(format!("insert/{n}"), |b| {
@@ -293,20 +377,42 @@ fn bench(c: &mut Criterion) {
     }
     let (bearer, mut p) = (Bearer::new("token-0").unwrap(), parts(0));
     group.bench_function("authorize/bearer", |b| b.iter(|| authorize_once(&bearer, &mut p)));
-    let mut boxed = AuthLayer::new(BoxAuthenticator::new(Bearer::new("token-0").unwrap())).layer(Noop);
+    let mut boxed = AuthLayer::new(BoxAuthenticator::once(Bearer::new("token-0").unwrap())).layer(Noop);
     group.bench_function("call/boxed_bearer", |b| {
-        b.iter_batched(|| request(0), |req| drive(&mut boxed, req), BatchSize::SmallInput)
+        b.iter_batched(
+            || {
+                empty_sink();
+                request(0)
+            },
+            |req| drive(&mut boxed, req),
+            BatchSize::SmallInput,
+        )
     });
     let mut plain = AuthLayer::new(Bearer::new("token-0").unwrap()).layer(Noop);
     group.bench_function("call/bearer", |b| {
-        b.iter_batched(|| request(0), |req| drive(&mut plain, req), BatchSize::SmallInput)
+        b.iter_batched(
+            || {
+                empty_sink();
+                request(0)
+            },
+            |req| drive(&mut plain, req),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
 
+/// `ROUTER_ONLY=<variant>` runs that variant alone, 11 blocks of `CALLS` operations, and exits:
+/// under `valgrind --tool=callgrind` the inclusive count of `router::timed` divided by 22,000 is
+/// its instructions per operation (see BENCHMARKS.md).
 fn main() {
+    if let Ok(only) = std::env::var("ROUTER_ONLY") {
+        print_interleaved(10, Some(&only));
+        return;
+    }
     print_memory();
-    print_interleaved();
+    print_allocations();
+    print_interleaved(ROUNDS, None);
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();
