@@ -167,6 +167,12 @@ impl<M: BodyMode> BoxAuthenticator<M> {
         BoxAuthenticator { inner: self.inner, mode: PhantomData }
     }
 
+    /// The same scheme under another mode tag, with no check: for the router, which checks
+    /// `A::Mode: FitsIn<M>` when a route is added and keeps its routes in the widest box.
+    pub(crate) fn retag<M2>(self) -> BoxAuthenticator<M2> {
+        BoxAuthenticator { inner: self.inner, mode: PhantomData }
+    }
+
     /// Whether the erased scheme looks at responses (it replays, or it observes them).
     pub(crate) fn sees_responses(&self) -> bool {
         self.inner.sees_responses()

@@ -197,6 +197,7 @@
 pub mod origin;
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -211,7 +212,7 @@ use self::origin::key_of_uri;
 pub use self::origin::{Origin, OriginPattern};
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
 use crate::combine::{BoxAuthenticator, BoxState, BoxWait};
-use crate::engine::{BodyMode, FitsIn, JoinMode, Once, Replay, ResponseUriFn};
+use crate::engine::{BodyMode, FitsIn, Flow, JoinMode, Once, Replay, ResponseUriFn};
 use crate::error::{ConfigError, Error};
 use crate::layer::AuthLayer;
 use crate::netrc::NetrcAuth;
@@ -227,55 +228,28 @@ use crate::netrc::NetrcAuth;
 /// Guess) makes it a `Router<Replay>` (the default), whose wrapped service receives
 /// [`ReplayBody`](crate::ReplayBody). The builder picks the mode from the routes it is given.
 pub struct Router<M = Replay> {
-    table: ArcSwap<Table<M>>,
+    table: ArcSwap<Table>,
     /// Whether some route looks at responses (kept up to date on every change).
     observes: AtomicBool,
+    mode: PhantomData<fn() -> M>,
 }
+
+/// A route's scheme, kept in the widest box; the router's mode `M` is checked when a route is
+/// added (`A::Mode: FitsIn<M>`), so a lookup hands it out as a `BoxAuthenticator<M>` for free,
+/// and a builder changes mode without copying its table.
+type Entry = BoxAuthenticator<Flow>;
 
 /// The routes. Copied on write, read lock-free.
-struct Table<M> {
-    exact: OriginMap<BoxAuthenticator<M>>,
+#[derive(Clone, Default)]
+struct Table {
+    exact: OriginMap<Entry>,
     /// Most specific (longest suffix) first.
-    patterns: Vec<(OriginPattern, BoxAuthenticator<M>)>,
-    netrc: Option<BoxAuthenticator<M>>,
-    default: Option<BoxAuthenticator<M>>,
+    patterns: Vec<(OriginPattern, Entry)>,
+    netrc: Option<Entry>,
+    default: Option<Entry>,
 }
 
-impl<M> Default for Table<M> {
-    fn default() -> Self {
-        Table { exact: OriginMap::default(), patterns: Vec::new(), netrc: None, default: None }
-    }
-}
-
-impl<M> Clone for Table<M> {
-    fn clone(&self) -> Self {
-        Table {
-            exact: self.exact.clone(),
-            patterns: self.patterns.clone(),
-            netrc: self.netrc.clone(),
-            default: self.default.clone(),
-        }
-    }
-}
-
-impl<M: BodyMode> Table<M> {
-    /// The same routes in a router of a wider mode.
-    fn widen<M2: BodyMode>(self) -> Table<M2>
-    where
-        M: FitsIn<M2>,
-    {
-        let mut exact = OriginMap::default();
-        for (origin, scheme) in self.exact.iter() {
-            exact.insert(origin.clone(), scheme.clone().widen());
-        }
-        Table {
-            exact,
-            patterns: self.patterns.into_iter().map(|(p, s)| (p, s.widen())).collect(),
-            netrc: self.netrc.map(BoxAuthenticator::widen),
-            default: self.default.map(BoxAuthenticator::widen),
-        }
-    }
-
+impl Table {
     fn observes(&self) -> bool {
         self.exact.iter().any(|(_, s)| s.sees_responses())
             || self.patterns.iter().any(|(_, s)| s.sees_responses())
@@ -283,7 +257,7 @@ impl<M: BodyMode> Table<M> {
     }
 
     #[inline]
-    fn find(&self, req: &Parts) -> Option<&BoxAuthenticator<M>> {
+    fn find(&self, req: &Parts) -> Option<&Entry> {
         if let Some(scheme) = self.exact.get_for_uri(&req.uri) {
             return Some(scheme);
         }
@@ -298,7 +272,7 @@ impl<M: BodyMode> Table<M> {
         self.default.as_ref()
     }
 
-    fn insert_pattern(&mut self, pattern: OriginPattern, scheme: BoxAuthenticator<M>) -> bool {
+    fn insert_pattern(&mut self, pattern: OriginPattern, scheme: Entry) -> bool {
         if let Some(slot) = self.patterns.iter_mut().find(|(p, _)| *p == pattern) {
             slot.1 = scheme;
             return true;
@@ -315,7 +289,7 @@ impl<M: BodyMode> Table<M> {
     }
 }
 
-impl<M> fmt::Debug for Table<M> {
+impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut origins: Vec<_> = self.exact.iter().collect();
         origins.sort_by_key(|(o, _)| o.to_string());
@@ -375,18 +349,18 @@ impl Router {
     /// A builder; the same as [`AuthLayer::route`] without the layer. It starts as a builder of
     /// a `Router<Once>` and becomes one of a `Router<Replay>` when a route that replays is added.
     pub fn builder() -> RouteBuilder<Once> {
-        RouteBuilder { table: Table::default(), response_uri: None }
+        RouteBuilder { table: Table::default(), response_uri: None, mode: PhantomData }
     }
 }
 
 impl<M: BodyMode> Router<M> {
-    fn from_table(table: Table<M>) -> Self {
+    fn from_table(table: Table) -> Self {
         let observes = AtomicBool::new(table.observes());
-        Router { table: ArcSwap::from_pointee(table), observes }
+        Router { table: ArcSwap::from_pointee(table), observes, mode: PhantomData }
     }
 
     /// Swaps in a changed copy of the table; returns what `change` returned.
-    fn change<T: Default>(&self, mut change: impl FnMut(&mut Table<M>) -> T) -> T {
+    fn change<T: Default>(&self, mut change: impl FnMut(&mut Table) -> T) -> T {
         let mut out = T::default();
         self.table.rcu(|table| {
             let mut table = Table::clone(table);
@@ -410,7 +384,7 @@ impl<M: BodyMode> Router<M> {
         A::Mode: FitsIn<M>,
     {
         let origin = parse_origin(origin)?;
-        let scheme = BoxAuthenticator::erase(scheme);
+        let scheme = Entry::erase(scheme);
         Ok(self.change(|table| table.exact.insert(origin.clone(), scheme.clone()).is_some()))
     }
 
@@ -439,7 +413,7 @@ impl<M: BodyMode> Router<M> {
         A::Mode: FitsIn<M>,
     {
         let pattern = parse_pattern(pattern)?;
-        let scheme = BoxAuthenticator::erase(scheme);
+        let scheme = Entry::erase(scheme);
         Ok(self.change(|table| table.insert_pattern(pattern.clone(), scheme.clone())))
     }
 
@@ -459,7 +433,7 @@ impl<M: BodyMode> Router<M> {
         A: Authenticator,
         A::Mode: FitsIn<M>,
     {
-        let scheme = BoxAuthenticator::erase(scheme);
+        let scheme = Entry::erase(scheme);
         self.change(|table| table.default = Some(scheme.clone()));
     }
 
@@ -506,7 +480,7 @@ impl<M: BodyMode> Authenticator for Router<M> {
     #[inline]
     fn authorize(&self, req: &mut AuthRequest<'_>, state: &mut RouteState<M>) -> Result<Authorize<BoxWait>, Error> {
         if state.route.is_none() {
-            state.route = self.table.load().find(req.parts()).cloned();
+            state.route = self.table.load().find(req.parts()).cloned().map(BoxAuthenticator::retag);
         }
         match &state.route {
             Some(scheme) => scheme.authorize(req, &mut state.inner),
@@ -555,8 +529,9 @@ impl<M: BodyMode> Authenticator for Router<M> {
 
 /// Builds a [`Router`]; made by [`AuthLayer::route`]. See the [module documentation](self).
 pub struct RouteBuilder<M = Once> {
-    table: Table<M>,
+    table: Table,
     response_uri: Option<ResponseUriFn>,
+    mode: PhantomData<fn() -> M>,
 }
 
 impl<M> fmt::Debug for RouteBuilder<M> {
@@ -591,7 +566,7 @@ impl<M: BodyMode> RouteBuilder<M> {
             return Err(ConfigError::new(format!("origin {parsed} is configured twice")));
         }
         let mut next = self.widen();
-        next.table.exact.insert(parsed, BoxAuthenticator::erase(scheme));
+        next.table.exact.insert(parsed, Entry::erase(scheme));
         Ok(next)
     }
 
@@ -616,7 +591,7 @@ impl<M: BodyMode> RouteBuilder<M> {
             return Err(ConfigError::new(format!("origin pattern {parsed} is configured twice")));
         }
         let mut next = self.widen();
-        next.table.insert_pattern(parsed, BoxAuthenticator::erase(scheme));
+        next.table.insert_pattern(parsed, Entry::erase(scheme));
         Ok(next)
     }
 
@@ -630,7 +605,7 @@ impl<M: BodyMode> RouteBuilder<M> {
         A::Mode: FitsIn<Joined<M, A>>,
     {
         let mut next = self.widen();
-        next.table.default = Some(BoxAuthenticator::erase(scheme));
+        next.table.default = Some(Entry::erase(scheme));
         next
     }
 
@@ -648,7 +623,7 @@ impl<M: BodyMode> RouteBuilder<M> {
     where
         M: FitsIn<M2>,
     {
-        RouteBuilder { table: self.table.widen(), response_uri: self.response_uri }
+        RouteBuilder { table: self.table, response_uri: self.response_uri, mode: PhantomData }
     }
 
     /// Uses the netrc file from its default location (`$NETRC`, else `~/.netrc`, else
@@ -673,7 +648,7 @@ impl<M: BodyMode> RouteBuilder<M> {
     where
         Once: FitsIn<M>,
     {
-        self.table.netrc = Some(BoxAuthenticator::erase(netrc));
+        self.table.netrc = Some(Entry::erase(netrc));
         self
     }
 
