@@ -75,27 +75,35 @@ pub struct Replay;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flow;
 
+/// The response side of the modes that do not run flows: the caller gets the wrapped service's
+/// response as it is, and no request of a scheme's own is sent.
+macro_rules! no_flow {
+    () => {
+        type ResBody<R> = R;
+        const FLOW: bool = false;
+        #[inline]
+        fn response<R>(res: Response<R>) -> Response<R> {
+            res
+        }
+        fn buffered<R>(
+            _: http::response::Parts,
+            _: Bytes,
+            _: Option<HeaderMap>,
+            _: Option<std::pin::Pin<Box<R>>>,
+            _: Option<BoxError>,
+        ) -> Response<R> {
+            unreachable!("the engine buffers response bodies for Flow schemes only (BodyMode::FLOW)")
+        }
+        fn own<B>(_: Request<Bytes>) -> Option<Request<Self::Body<B>>> {
+            None
+        }
+    };
+}
+
 impl BodyMode for Once {
     type Body<B> = B;
-    type ResBody<R> = R;
     const REPLAY: bool = false;
-    const FLOW: bool = false;
-    #[inline]
-    fn response<R>(res: Response<R>) -> Response<R> {
-        res
-    }
-    fn buffered<R>(
-        _: http::response::Parts,
-        _: Bytes,
-        _: Option<HeaderMap>,
-        _: Option<std::pin::Pin<Box<R>>>,
-        _: Option<BoxError>,
-    ) -> Response<R> {
-        unreachable!("the engine buffers response bodies for Flow schemes only (BodyMode::FLOW)")
-    }
-    fn own<B>(_: Request<Bytes>) -> Option<Request<B>> {
-        None
-    }
+    no_flow!();
     fn first<B>(body: B, _limit: usize) -> (B, Option<ReplayBody<B>>)
     where
         B: http_body::Body + Send + 'static,
@@ -109,25 +117,8 @@ impl BodyMode for Once {
 
 impl BodyMode for Replay {
     type Body<B> = ReplayBody<B>;
-    type ResBody<R> = R;
     const REPLAY: bool = true;
-    const FLOW: bool = false;
-    #[inline]
-    fn response<R>(res: Response<R>) -> Response<R> {
-        res
-    }
-    fn buffered<R>(
-        _: http::response::Parts,
-        _: Bytes,
-        _: Option<HeaderMap>,
-        _: Option<std::pin::Pin<Box<R>>>,
-        _: Option<BoxError>,
-    ) -> Response<R> {
-        unreachable!("the engine buffers response bodies for Flow schemes only (BodyMode::FLOW)")
-    }
-    fn own<B>(_: Request<Bytes>) -> Option<Request<ReplayBody<B>>> {
-        None
-    }
+    no_flow!();
     fn first<B>(body: B, limit: usize) -> (ReplayBody<B>, Option<ReplayBody<B>>)
     where
         B: http_body::Body + Send + 'static,
