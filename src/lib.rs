@@ -65,7 +65,7 @@
 //! | netrc (opt-in) | [`NetrcAuth`] | [`AuthLayer::netrc`] | done |
 //! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
 //! | any scheme behind one type | [`BoxAuthenticator`] | [`AuthLayer::new`] | done |
-//! | OAuth2 with a lock-free token provider | | | planned |
+//! | OAuth2 for services: client credentials, password, refresh; a token refreshed in the background, shared lock-free | [`oauth2::OAuth2`], [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done (discovery, `private_key_jwt`, file cache: planned) |
 //!
 //! # How it works
 //!
@@ -110,6 +110,9 @@ pub mod digest;
 pub mod engine;
 mod header;
 pub mod netrc;
+#[cfg(feature = "oauth2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
+pub mod oauth2;
 pub mod route;
 mod secret;
 #[cfg(feature = "testing")]

@@ -1,0 +1,565 @@
+//! The token endpoint: requests built and answers parsed by the well-kept `oauth2` crate, sent
+//! through a tower service the user gives (adapted to `oauth2::AsyncHttpClient`), with a
+//! timeout, a cap on the answer's size, no redirects, and typed errors (RFC 6749 §5.2).
+//!
+//! Written here: only the adapter (the `oauth2` crate has none for tower services), a token
+//! response type lenient where servers are (`expires_in` as a string, `refresh_in`, another token
+//! field), and the classification of failures into permanent and transient.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse};
+use oauth2::{
+    AccessToken, AsyncHttpClient, AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpRequest,
+    HttpResponse, RefreshToken, RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername, Scope,
+    StandardRevocableToken, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use tower_service::Service;
+
+use crate::error::BoxError;
+use crate::secret::Secret;
+
+/// The most bytes of a token endpoint's answer read.
+const MAX_ANSWER: usize = 1024 * 1024;
+/// The most bytes of a failed answer quoted in an error.
+const EXCERPT: usize = 200;
+
+/// How the client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the id and secret form-urlencoded first
+    /// (RFC 6749 §2.3.1). The default.
+    #[default]
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the request body.
+    Post,
+    /// No client secret: a public client sends its `client_id` in the body.
+    None,
+}
+
+/// The grant a provider uses to obtain tokens.
+#[derive(Clone)]
+pub enum Grant {
+    /// Client credentials (RFC 6749 §4.4): the service acts on its own behalf.
+    ClientCredentials,
+    /// Resource owner password credentials (RFC 6749 §4.3). **Legacy**: RFC 9700 says not to use
+    /// it; supported because existing servers require it.
+    Password {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
+    /// A refresh token obtained elsewhere (RFC 6749 §6).
+    RefreshToken(Secret),
+}
+
+impl Grant {
+    /// The `grant_type` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::Password { .. } => "password",
+            Grant::RefreshToken(_) => "refresh_token",
+        }
+    }
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grant::ClientCredentials => f.write_str("ClientCredentials"),
+            Grant::Password { user, .. } => {
+                f.debug_struct("Password").field("user", user).field("password", &"[redacted]").finish()
+            }
+            Grant::RefreshToken(_) => f.write_str("RefreshToken([redacted])"),
+        }
+    }
+}
+
+/// Why a token could not be had. Never holds a secret: the server's `error`, `error_description`
+/// and `error_uri`, a status, a bounded excerpt of an answer that was not a token (never of a
+/// `200` answer, which may hold one), or the transport's error.
+#[derive(Debug, Clone)]
+pub struct TokenError {
+    kind: TokenErrorKind,
+}
+
+#[derive(Debug, Clone)]
+enum TokenErrorKind {
+    /// RFC 6749 §5.2.
+    Server {
+        status: Option<StatusCode>,
+        error: String,
+        description: Option<String>,
+        uri: Option<String>,
+    },
+    /// Not an OAuth2 answer.
+    Unexpected {
+        status: Option<StatusCode>,
+        excerpt: String,
+        retry_after: Option<Duration>,
+    },
+    /// A `200` answer without the token field.
+    MissingToken {
+        field: String,
+    },
+    Transport(Arc<str>),
+    Timeout(Duration),
+    Config(String),
+}
+
+impl TokenError {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        TokenError { kind: TokenErrorKind::Config(message.into()) }
+    }
+
+    /// The server's OAuth2 `error` code, if it sent one (`invalid_client`, `invalid_grant`…).
+    pub fn oauth2_error(&self) -> Option<&str> {
+        match &self.kind {
+            TokenErrorKind::Server { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the token endpoint's answer, if there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.kind {
+            TokenErrorKind::Server { status, .. } | TokenErrorKind::Unexpected { status, .. } => *status,
+            _ => None,
+        }
+    }
+
+    /// Whether retrying cannot help until the configuration changes: `invalid_client`,
+    /// `invalid_grant`, `unauthorized_client`, `invalid_scope`, `unsupported_grant_type`, or a
+    /// configuration mistake. Everything else (5xx, 429, timeouts, connection errors, answers
+    /// that are not OAuth2) is transient and retried with backoff.
+    pub fn is_permanent(&self) -> bool {
+        match &self.kind {
+            TokenErrorKind::Server { error, .. } => matches!(
+                error.as_str(),
+                "invalid_client" | "invalid_grant" | "unauthorized_client" | "invalid_scope" | "unsupported_grant_type"
+            ),
+            TokenErrorKind::Config(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A server's `Retry-After` (on a 429 or 503), when it sent one in seconds.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.kind {
+            TokenErrorKind::Unexpected { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            TokenErrorKind::Server { status, error, description, uri } => {
+                write!(f, "the token endpoint refused")?;
+                if let Some(status) = status {
+                    write!(f, " ({})", status.as_u16())?;
+                }
+                write!(f, ": {error}")?;
+                if let Some(d) = description {
+                    write!(f, ": {d}")?;
+                }
+                if let Some(u) = uri {
+                    write!(f, " (see {u})")?;
+                }
+                Ok(())
+            }
+            TokenErrorKind::Unexpected { status, excerpt, .. } => {
+                write!(f, "the token endpoint's answer is not an OAuth2 token response")?;
+                if let Some(status) = status {
+                    write!(f, " (status {})", status.as_u16())?;
+                }
+                if !excerpt.is_empty() {
+                    write!(f, ": {excerpt:?}")?;
+                }
+                Ok(())
+            }
+            TokenErrorKind::MissingToken { field } => {
+                write!(f, "the token endpoint's answer has no `{field}` field")
+            }
+            TokenErrorKind::Transport(e) => write!(f, "the token request failed: {e}"),
+            TokenErrorKind::Timeout(d) => write!(f, "the token endpoint did not answer within {} s", d.as_secs_f32()),
+            TokenErrorKind::Config(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// `token_type`, whatever the server calls it (some omit it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct AnyTokenType(String);
+
+impl oauth2::TokenType for AnyTokenType {}
+
+/// A token answer as servers really send them.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct TokenAnswer {
+    #[serde(default = "no_token")]
+    access_token: AccessToken,
+    #[serde(default)]
+    token_type: AnyTokenType,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+    #[serde(default)]
+    refresh_in: Option<serde_json::Value>,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn no_token() -> AccessToken {
+    AccessToken::new(String::new())
+}
+
+impl fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAnswer")
+            .field("token_type", &self.token_type.0)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_in", &self.refresh_in)
+            .field("fields", &self.extra.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds from a JSON number or a numeric string; `None` if absent or not a number.
+fn seconds(value: Option<&serde_json::Value>) -> Option<i64> {
+    match value? {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok().map(|f| f as i64),
+        _ => None,
+    }
+}
+
+impl oauth2::TokenResponse for TokenAnswer {
+    type TokenType = AnyTokenType;
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+    fn token_type(&self) -> &AnyTokenType {
+        &self.token_type
+    }
+    fn expires_in(&self) -> Option<Duration> {
+        seconds(self.expires_in.as_ref()).and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs)
+    }
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        None
+    }
+}
+
+/// What a successful token request gave.
+pub(crate) struct Issued {
+    pub(crate) token: Secret,
+    /// `expires_in` as sent (seconds; may be absent, negative or absurd).
+    pub(crate) expires_in: Option<i64>,
+    pub(crate) refresh_in: Option<i64>,
+    pub(crate) refresh_token: Option<Secret>,
+}
+
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The tower service token requests go through, erased.
+trait Send1: Send + Sync + 'static {
+    fn send(&self, req: Request<Vec<u8>>) -> BoxFuture<Result<Response<Vec<u8>>, BoxError>>;
+}
+
+struct ServiceTransport<S>(S);
+
+impl<S, RB> Send1 for ServiceTransport<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    RB: Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    fn send(&self, req: Request<Vec<u8>>) -> BoxFuture<Result<Response<Vec<u8>>, BoxError>> {
+        let mut svc = self.0.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
+            let res = svc.call(req.map(|b| Full::new(Bytes::from(b)))).await.map_err(Into::into)?;
+            let (parts, body) = res.into_parts();
+            let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
+            Ok(Response::from_parts(parts, body.to_vec()))
+        })
+    }
+}
+
+/// The token endpoint of one client configuration.
+pub(crate) struct Endpoint {
+    client: OAuthClient,
+    transport: Arc<dyn Send1>,
+    timeout: Duration,
+    pub(crate) url: String,
+    pub(crate) client_id: String,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint").field("url", &self.url).field("client_id", &self.client_id).finish_non_exhaustive()
+    }
+}
+
+/// What the provider asks of the endpoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Params {
+    pub(crate) scopes: Vec<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resources: Vec<String>,
+    pub(crate) extra: Vec<(String, String)>,
+    pub(crate) token_field: String,
+}
+
+/// The adapter `oauth2` calls, recording what its errors lose: the status and `Retry-After`.
+struct Call<'a> {
+    endpoint: &'a Endpoint,
+    seen: Mutex<Option<(StatusCode, Option<Duration>)>>,
+}
+
+#[derive(Debug)]
+struct CallError(BoxError);
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl<'c> AsyncHttpClient<'c> for Call<'_> {
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, CallError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        let send = self.endpoint.transport.send(request);
+        let timeout = self.endpoint.timeout;
+        Box::pin(async move {
+            let res = match tokio::time::timeout(timeout, send).await {
+                Ok(res) => res.map_err(CallError)?,
+                Err(_) => return Err(CallError(Box::new(Elapsed(timeout)))),
+            };
+            let retry_after = res
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((res.status(), retry_after));
+            Ok(res)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Elapsed(Duration);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no answer within {} s", self.0.as_secs_f32())
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl Endpoint {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new<S, RB>(
+        url: &str,
+        client_id: &str,
+        secret: Option<&Secret>,
+        auth: ClientAuth,
+        service: S,
+        timeout: Duration,
+    ) -> Result<Self, TokenError>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        RB: Body + Send + 'static,
+        RB::Data: Send,
+        RB::Error: Into<BoxError>,
+    {
+        let token_url =
+            TokenUrl::new(url.to_owned()).map_err(|e| TokenError::config(format!("invalid token URL {url:?}: {e}")))?;
+        let mut client = oauth2::Client::new(ClientId::new(client_id.to_owned()))
+            .set_token_uri(token_url)
+            .set_auth_type(match auth {
+                ClientAuth::Basic => AuthType::BasicAuth,
+                ClientAuth::Post | ClientAuth::None => AuthType::RequestBody,
+            });
+        if auth != ClientAuth::None {
+            match secret {
+                Some(secret) => client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned())),
+                None => {
+                    return Err(TokenError::config(
+                        "client authentication needs a client secret (or choose ClientAuth::None for a public client)",
+                    ));
+                }
+            }
+        }
+        Ok(Endpoint {
+            client,
+            transport: Arc::new(ServiceTransport(service)),
+            timeout,
+            url: url.to_owned(),
+            client_id: client_id.to_owned(),
+        })
+    }
+
+    /// One token request.
+    pub(crate) async fn request(&self, grant: &Grant, params: &Params) -> Result<Issued, TokenError> {
+        let call = Call { endpoint: self, seen: Mutex::new(None) };
+        macro_rules! add_params {
+            ($req:expr) => {{
+                let mut req = $req;
+                for scope in &params.scopes {
+                    req = req.add_scope(Scope::new(scope.clone()));
+                }
+                if let Some(audience) = &params.audience {
+                    req = req.add_extra_param("audience", audience.clone());
+                }
+                for resource in &params.resources {
+                    req = req.add_extra_param("resource", resource.clone());
+                }
+                for (name, value) in &params.extra {
+                    req = req.add_extra_param(name.clone(), value.clone());
+                }
+                req.request_async(&call).await
+            }};
+        }
+        let answer = match grant {
+            Grant::ClientCredentials => add_params!(self.client.exchange_client_credentials()),
+            Grant::Password { user, password } => {
+                let user = ResourceOwnerUsername::new(user.clone());
+                let password = ResourceOwnerPassword::new(password.expose().to_owned());
+                add_params!(self.client.exchange_password(&user, &password))
+            }
+            Grant::RefreshToken(rt) => {
+                let rt = RefreshToken::new(rt.expose().to_owned());
+                add_params!(self.client.exchange_refresh_token(&rt))
+            }
+        };
+        let seen = *call.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let status = seen.map(|(s, _)| s);
+        let answer = answer.map_err(|e| classify(e, status, seen.and_then(|(_, r)| r), self.timeout))?;
+        let token = if params.token_field == "access_token" {
+            answer.access_token.secret().clone()
+        } else {
+            answer.extra.get(&params.token_field).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+        };
+        if token.is_empty() {
+            return Err(TokenError { kind: TokenErrorKind::MissingToken { field: params.token_field.clone() } });
+        }
+        if !answer.token_type.0.is_empty() && !answer.token_type.0.eq_ignore_ascii_case("bearer") {
+            tracing::debug!(token_type = %answer.token_type.0, "the token endpoint issued a token that is not a Bearer token; sent as configured");
+        }
+        Ok(Issued {
+            token: Secret::new(token),
+            expires_in: seconds(answer.expires_in.as_ref()),
+            refresh_in: seconds(answer.refresh_in.as_ref()),
+            refresh_token: answer.refresh_token.map(|rt| Secret::new(rt.secret().clone())),
+        })
+    }
+}
+
+fn classify(
+    err: RequestTokenError<CallError, BasicErrorResponse>,
+    status: Option<StatusCode>,
+    retry_after: Option<Duration>,
+    timeout: Duration,
+) -> TokenError {
+    let kind = match err {
+        RequestTokenError::ServerResponse(e) => TokenErrorKind::Server {
+            status,
+            error: e.error().as_ref().to_owned(),
+            description: e.error_description().cloned(),
+            uri: e.error_uri().cloned(),
+        },
+        RequestTokenError::Request(CallError(e)) if e.is::<Elapsed>() => TokenErrorKind::Timeout(timeout),
+        RequestTokenError::Request(CallError(e)) => TokenErrorKind::Transport(Arc::from(e.to_string())),
+        RequestTokenError::Parse(_, body) => {
+            // Never quote a 200 answer: it may hold a token.
+            let excerpt = if status == Some(StatusCode::OK) {
+                String::new()
+            } else {
+                let text = String::from_utf8_lossy(&body);
+                text.chars().take(EXCERPT).collect()
+            };
+            TokenErrorKind::Unexpected { status, excerpt, retry_after }
+        }
+        RequestTokenError::Other(message) => {
+            TokenErrorKind::Unexpected { status, excerpt: message.chars().take(EXCERPT).collect(), retry_after }
+        }
+    };
+    TokenError { kind }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_from_numbers_and_strings() {
+        use serde_json::json;
+        assert_eq!(seconds(Some(&json!(3600))), Some(3600));
+        assert_eq!(seconds(Some(&json!("3600"))), Some(3600));
+        assert_eq!(seconds(Some(&json!(" 59.9 "))), Some(59));
+        assert_eq!(seconds(Some(&json!(-5))), Some(-5));
+        assert_eq!(seconds(Some(&json!("soon"))), None);
+        assert_eq!(seconds(None), None);
+    }
+
+    #[test]
+    fn permanent_and_transient_errors() {
+        let server = |e: &str| TokenError {
+            kind: TokenErrorKind::Server {
+                status: Some(StatusCode::BAD_REQUEST),
+                error: e.into(),
+                description: Some("d".into()),
+                uri: None,
+            },
+        };
+        for e in ["invalid_client", "invalid_grant", "unauthorized_client", "invalid_scope"] {
+            assert!(server(e).is_permanent(), "{e}");
+        }
+        assert!(!server("temporarily_unavailable").is_permanent());
+        assert!(!TokenError { kind: TokenErrorKind::Timeout(Duration::from_secs(1)) }.is_permanent());
+        assert_eq!(server("invalid_client").to_string(), "the token endpoint refused (400): invalid_client: d");
+    }
+}
