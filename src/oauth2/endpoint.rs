@@ -44,6 +44,95 @@ pub enum ClientAuth {
     Post,
     /// No client secret: a public client sends its `client_id` in the body.
     None,
+    /// `private_key_jwt` (RFC 7523 §2.2): a JWT signed with the client's private key, fresh for
+    /// every token request. Set the key with
+    /// [`ProviderBuilder::private_key_jwt`](super::ProviderBuilder::private_key_jwt).
+    PrivateKeyJwt,
+}
+
+/// The signature algorithms of `private_key_jwt` assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (an RSA key).
+    Rs256,
+    /// ECDSA on P-256 with SHA-256 (an EC key).
+    Es256,
+}
+
+/// A private key for `private_key_jwt`, from PEM. Signing is the `jsonwebtoken` crate's.
+#[derive(Clone)]
+pub struct PrivateKey {
+    key: jsonwebtoken::EncodingKey,
+    alg: JwtAlgorithm,
+    kid: Option<String>,
+}
+
+impl PrivateKey {
+    /// A key from PEM text (PKCS#1 or PKCS#8 for RSA, SEC1 or PKCS#8 for EC).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::ConfigError) naming the algorithm when the PEM is not such a
+    /// private key (the key itself is never quoted).
+    pub fn from_pem(pem: &[u8], alg: JwtAlgorithm) -> Result<Self, crate::ConfigError> {
+        let key = match alg {
+            JwtAlgorithm::Rs256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
+            JwtAlgorithm::Es256 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
+        }
+        .map_err(|e| {
+            crate::ConfigError::new(format!("the private key is not a PEM {alg:?} private key ({:?})", e.kind()))
+        })?;
+        Ok(PrivateKey { key, alg, kid: None })
+    }
+
+    /// The `kid` header of the assertions (the key's id at the server).
+    pub fn key_id(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into());
+        self
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateKey").field("alg", &self.alg).field("kid", &self.kid).field("key", &"[redacted]").finish()
+    }
+}
+
+/// What signs the assertions of one client.
+#[derive(Debug, Clone)]
+pub(crate) struct Assertion {
+    pub(crate) key: PrivateKey,
+    /// The `aud` claim: the server's issuer identifier (the RFC 7523 update), or what was set.
+    pub(crate) audience: String,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: String,
+    iat: u64,
+    exp: u64,
+}
+
+impl Assertion {
+    /// A fresh assertion: `iss` = `sub` = the client id, a random `jti`, valid for 60 s.
+    fn sign(&self, client_id: &str) -> Result<String, TokenError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| TokenError::config("the system clock is before 1970"))?
+            .as_secs();
+        let jti: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+        let claims = Claims { iss: client_id, sub: client_id, aud: &self.audience, jti, iat: now, exp: now + 60 };
+        let mut header = jsonwebtoken::Header::new(match self.key.alg {
+            JwtAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
+            JwtAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+        });
+        header.kid = self.key.kid.clone();
+        jsonwebtoken::encode(&header, &claims, &self.key.key)
+            .map_err(|e| TokenError::config(format!("the client assertion could not be signed ({:?})", e.kind())))
+    }
 }
 
 /// The grant a provider uses to obtain tokens.
@@ -294,7 +383,7 @@ type OAuthClient = oauth2::Client<
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The tower service token requests go through, erased.
-trait Send1: Send + Sync + 'static {
+pub(crate) trait Send1: Send + Sync + 'static {
     fn send(&self, req: Request<Vec<u8>>) -> BoxFuture<Result<Response<Vec<u8>>, BoxError>>;
 }
 
@@ -321,9 +410,23 @@ where
     }
 }
 
+/// Erases a tower service into the transport of token (and metadata) requests.
+pub(crate) fn transport<S, RB>(service: S) -> Arc<dyn Send1>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    RB: Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    Arc::new(ServiceTransport(service))
+}
+
 /// The token endpoint of one client configuration.
 pub(crate) struct Endpoint {
     client: OAuthClient,
+    assertion: Option<Assertion>,
     transport: Arc<dyn Send1>,
     timeout: Duration,
     pub(crate) url: String,
@@ -404,6 +507,7 @@ impl Endpoint {
         client_id: &str,
         secret: Option<&Secret>,
         auth: ClientAuth,
+        assertion: Option<Assertion>,
         service: S,
         timeout: Duration,
     ) -> Result<Self, TokenError>
@@ -421,9 +525,12 @@ impl Endpoint {
             .set_token_uri(token_url)
             .set_auth_type(match auth {
                 ClientAuth::Basic => AuthType::BasicAuth,
-                ClientAuth::Post | ClientAuth::None => AuthType::RequestBody,
+                ClientAuth::Post | ClientAuth::None | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
             });
-        if auth != ClientAuth::None {
+        if auth == ClientAuth::PrivateKeyJwt && assertion.is_none() {
+            return Err(TokenError::config("private_key_jwt needs a private key (ProviderBuilder::private_key_jwt)"));
+        }
+        if auth == ClientAuth::Basic || auth == ClientAuth::Post {
             match secret {
                 Some(secret) => client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned())),
                 None => {
@@ -435,7 +542,8 @@ impl Endpoint {
         }
         Ok(Endpoint {
             client,
-            transport: Arc::new(ServiceTransport(service)),
+            assertion: if auth == ClientAuth::PrivateKeyJwt { assertion } else { None },
+            transport: transport(service),
             timeout,
             url: url.to_owned(),
             client_id: client_id.to_owned(),
@@ -445,6 +553,10 @@ impl Endpoint {
     /// One token request.
     pub(crate) async fn request(&self, grant: &Grant, params: &Params) -> Result<Issued, TokenError> {
         let call = Call { endpoint: self, seen: Mutex::new(None) };
+        let assertion = match &self.assertion {
+            Some(a) => Some(a.sign(&self.client_id)?),
+            None => None,
+        };
         macro_rules! add_params {
             ($req:expr) => {{
                 let mut req = $req;
@@ -459,6 +571,11 @@ impl Endpoint {
                 }
                 for (name, value) in &params.extra {
                     req = req.add_extra_param(name.clone(), value.clone());
+                }
+                if let Some(assertion) = &assertion {
+                    req = req
+                        .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                        .add_extra_param("client_assertion", assertion.clone());
                 }
                 req.request_async(&call).await
             }};

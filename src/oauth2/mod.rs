@@ -77,6 +77,7 @@
 //! No token, secret or refresh token appears in `Debug`, `Display`, an error or a log line.
 //! The header is marked sensitive; a caller's own `Authorization` header wins.
 
+mod discovery;
 mod endpoint;
 mod provider;
 mod store;
@@ -92,8 +93,9 @@ use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
 
-pub use self::endpoint::{ClientAuth, Grant, TokenError};
-use self::endpoint::{Endpoint, Params};
+pub use self::discovery::Metadata;
+pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
+use self::endpoint::{Assertion, Endpoint, Params};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
 pub use self::store::{CacheKey, MemoryStore, StoreFuture, StoredToken, TokenStore};
@@ -112,6 +114,10 @@ pub struct ProviderBuilder {
     client_id: String,
     secret: Option<Secret>,
     auth: ClientAuth,
+    auth_set: bool,
+    private_key: Option<PrivateKey>,
+    assertion_audience: Option<String>,
+    issuer: Option<String>,
     grant: Grant,
     params: Params,
     timing: Timing,
@@ -146,7 +152,9 @@ impl TokenProvider {
         password: impl AsRef<str>,
     ) -> ProviderBuilder {
         let grant = Grant::Password { user: user.into(), password: Secret::new(password.as_ref()) };
-        ProviderBuilder::new(token_url.into(), client_id.into(), None, grant).client_auth(ClientAuth::None)
+        let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, grant);
+        builder.auth = ClientAuth::None;
+        builder
     }
 
     /// Tokens from a refresh token obtained elsewhere (RFC 6749 §6).
@@ -156,17 +164,69 @@ impl TokenProvider {
         refresh_token: impl AsRef<str>,
     ) -> ProviderBuilder {
         let grant = Grant::RefreshToken(Secret::new(refresh_token.as_ref()));
-        ProviderBuilder::new(token_url.into(), client_id.into(), None, grant).client_auth(ClientAuth::None)
+        let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, grant);
+        builder.auth = ClientAuth::None;
+        builder
     }
 }
 
 impl ProviderBuilder {
+    /// Finds the token endpoint in the authorization server's metadata and builds: the URL
+    /// given to the constructor is then the **issuer** (`https://idp.example`, or with a path for
+    /// a tenant). RFC 8414's `/.well-known/oauth-authorization-server` is tried first, then OpenID
+    /// Connect's `/.well-known/openid-configuration`; the metadata's `issuer` must be that issuer
+    /// exactly (RFC 8414 §3.3). Metadata is fetched once per issuer and process, through
+    /// `service`, and cached. The client authentication method, unless set, is the first the
+    /// server supports of `private_key_jwt` (with a key), `client_secret_basic` and
+    /// `client_secret_post` (with a secret).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming what failed: the metadata could not be fetched or parsed, names
+    /// another issuer, or supports none of the configured methods.
+    pub async fn discover<S, RB>(mut self, service: S) -> Result<TokenProvider, ConfigError>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        RB: Body + Send + 'static,
+        RB::Data: Send,
+        RB::Error: Into<BoxError>,
+    {
+        let issuer = self.url.clone();
+        let metadata = discovery::metadata(&issuer, &endpoint::transport(service.clone()), self.timeout).await?;
+        self.url = metadata.token_endpoint.clone();
+        self.issuer = Some(metadata.issuer.clone());
+        let methods = metadata.auth_methods();
+        let supported = |m: &str| methods.iter().any(|s| s == m);
+        if !self.auth_set {
+            self.auth = if self.private_key.is_some() && supported("private_key_jwt") {
+                ClientAuth::PrivateKeyJwt
+            } else if self.secret.is_some() && supported("client_secret_basic") {
+                ClientAuth::Basic
+            } else if self.secret.is_some() && supported("client_secret_post") {
+                ClientAuth::Post
+            } else if self.secret.is_none() && self.private_key.is_none() {
+                ClientAuth::None
+            } else {
+                return Err(ConfigError::new(format!(
+                    "the authorization server {issuer} supports none of the configured client authentication methods (it lists {methods:?})"
+                )));
+            };
+        }
+        self.build(service)
+    }
+
     fn new(url: String, client_id: String, secret: Option<&str>, grant: Grant) -> Self {
         ProviderBuilder {
             url,
             client_id,
             secret: secret.map(Secret::new),
             auth: ClientAuth::Basic,
+            auth_set: false,
+            private_key: None,
+            assertion_audience: None,
+            issuer: None,
             grant,
             params: Params { token_field: "access_token".into(), ..Params::default() },
             timing: Timing {
@@ -195,6 +255,32 @@ impl ProviderBuilder {
     /// How the client authenticates to the token endpoint.
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
+        self.auth_set = true;
+        self
+    }
+
+    /// Authenticates with `private_key_jwt` (RFC 7523): a fresh JWT signed with `key` for each
+    /// token request (`iss` = `sub` = the client id, a random `jti`, `iat`, `exp` 60 s later, the
+    /// key's `kid`), with `aud` the server's issuer (set by [`issuer`](ProviderBuilder::issuer) or
+    /// discovery; the token URL when neither is known), or
+    /// [`assertion_audience`](ProviderBuilder::assertion_audience).
+    pub fn private_key_jwt(mut self, key: PrivateKey) -> Self {
+        self.private_key = Some(key);
+        self.auth = ClientAuth::PrivateKeyJwt;
+        self.auth_set = true;
+        self
+    }
+
+    /// The `aud` claim of `private_key_jwt` assertions, when it must not be the issuer.
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.assertion_audience = Some(audience.into());
+        self
+    }
+
+    /// The authorization server's issuer identifier (the default `aud` of `private_key_jwt`
+    /// assertions; discovery sets it).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
         self
     }
 
@@ -300,8 +386,11 @@ impl ProviderBuilder {
         RB::Data: Send,
         RB::Error: Into<BoxError>,
     {
+        let audience =
+            self.assertion_audience.clone().or_else(|| self.issuer.clone()).unwrap_or_else(|| self.url.clone());
+        let assertion = self.private_key.clone().map(|key| Assertion { key, audience });
         let endpoint =
-            Endpoint::new(&self.url, &self.client_id, self.secret.as_ref(), self.auth, service, self.timeout)
+            Endpoint::new(&self.url, &self.client_id, self.secret.as_ref(), self.auth, assertion, service, self.timeout)
                 .map_err(|e| ConfigError::new(e.to_string()))?;
         Ok(TokenProvider::new(endpoint, self.grant, self.params, self.timing, self.store))
     }
