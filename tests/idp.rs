@@ -686,3 +686,22 @@ async fn debug_output_holds_no_secret() {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_provider_releases_hung_requests() {
+    let idp = FakeIdp::start().await.unwrap();
+    idp.fail_always(Fault::Hang);
+    let handle = idp.handle();
+    let url = idp.token_url();
+    let hung = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::from(CC))
+            .unwrap();
+        client().request(req).await.map(|res| res.status())
+    });
+    handle.wait_for_token_requests(1).await;
+    drop(idp);
+    // Answered (503) rather than left pending for the life of the runtime.
+    assert_eq!(hung.await.unwrap().unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+}

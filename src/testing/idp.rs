@@ -18,7 +18,7 @@
 //! Access tokens are `at-1`, `at-2`, …, refresh tokens `rt-1`, `rt-2`, … (unique per
 //! provider). Expiry is judged with tokio's clock ([`tokio::time::Instant`]) and delays use
 //! [`tokio::time::sleep`], so tests with a paused clock (`#[tokio::test(start_paused = true)]`,
-//! [`tokio::time::advance`]) run without waiting.
+//! `tokio::time::advance`) run without waiting.
 //!
 //! With no client registered ([`IdpHandle::add_client`], [`IdpHandle::add_jwt_client`]) any
 //! client is accepted, authenticated or not; with no user registered ([`IdpHandle::add_user`])
