@@ -43,6 +43,8 @@ use crate::secret::Secret;
 
 mod digest;
 pub use digest::DigestCheck;
+pub mod idp;
+pub use idp::FakeIdp;
 
 /// What a [`Check`] decided about a request.
 #[derive(Debug, Clone)]
