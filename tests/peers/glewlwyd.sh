@@ -111,10 +111,10 @@
 #   Basic client authentication: Glewlwyd compares the base64-decoded
 #   id:secret as is; it does NOT form-urldecode them (RFC 6749 §2.3.1 says it
 #   should). With `tower.odd~client` / `s3:cr+t/%&=x`: raw Basic -> 200;
-#   form-urlencoded Basic (s3%3Acr%2Bt%2F%25%26%3Dx) -> 403, empty body;
-#   client_secret_post (form-urlencoded body, decoded by Glewlwyd) -> 200.
-#   Credentials made only of unreserved characters (tower-client) are the
-#   same either way.
+#   form-urlencoded Basic (tower.odd%7Eclient:s3%3Acr%2Bt%2F%25%26%3Dx) ->
+#   403, empty body; client_secret_post (form-urlencoded body, decoded by
+#   Glewlwyd) -> 200. Credentials made only of letters, digits and "*-._"
+#   (tower-client / tower-secret-0123) are the same either way.
 # Discovery (GET {DISCOVERY_URL}): 200, application/json, "issuer" = ISSUER,
 # "token_endpoint" = TOKEN_URL, "token_endpoint_auth_methods_supported":
 # ["client_secret_basic","client_secret_post"]; quirk: "grant_types_supported"
