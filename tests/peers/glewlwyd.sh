@@ -41,7 +41,7 @@
 # (login as the admin user that Debian's initial schema ships, admin /
 # password, cookie session, logged out afterwards; that login stays valid,
 # which is harmless as the API is reachable from 127.0.0.1 only). A start,
-# database and set-up included, takes about 0.4 s:
+# database and set-up included, takes 0.4 to 1 s:
 #   - scope `scope1` (no password required for it);
 #   - OIDC plugin instance `oidc` (module "oidc", allow-non-oidc, so the plain
 #     OAuth2 grants work): client credentials, resource owner password and
