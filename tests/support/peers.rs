@@ -1,5 +1,6 @@
 //! Real peers for the integration tests: Apache httpd (Debian `apache2`) as a
-//! server and Debian's `curl` as a client. Std only.
+//! server, Glewlwyd (Debian `glewlwyd`) as an OAuth2 / OpenID Connect
+//! authorization server, and Debian's `curl` as a client. Std only.
 //!
 //! Include it from an integration test with
 //! `#[path = "support/peers.rs"] mod peers;` (or from `tests/support/mod.rs`).
@@ -17,6 +18,12 @@
 //! What it serves (paths, realms, users `alice`/`s3cret` and `bob`/`hunter2`)
 //! is described at the top of `tests/peers/apache.sh`.
 //!
+//! Glewlwyd works the same way with `tests/peers/glewlwyd.sh`,
+//! `target/peers/glewlwyd` and the `TOWER_AUTH_GLEWLWYD_*` env vars (all of
+//! them or none); what it is configured with (clients, user, scope, token
+//! lifetimes) and what it answers, errors included, is described at the top of
+//! `tests/peers/glewlwyd.sh`.
+//!
 //! When a peer cannot be had, the functions return `None` after writing
 //! `SKIPPED <test>: <reason>` straight to the process's stderr, which libtest
 //! does not capture (it captures `print!`/`eprint!` only), so `cargo test`
@@ -26,8 +33,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Env var holding the Apache origin URL (`http://127.0.0.1:PORT`).
 #[allow(dead_code, unreachable_pub)]
@@ -80,6 +87,188 @@ pub fn curl() -> Option<PathBuf> {
         Ok(path) => Some(path.clone()),
         Err(reason) => unavailable(reason),
     }
+}
+
+/// The env vars printed by `tests/peers/glewlwyd.sh start`, in order.
+#[allow(dead_code, unreachable_pub)]
+pub const GLEWLWYD_VARS: [&str; 15] = [
+    "TOWER_AUTH_GLEWLWYD_URL",
+    "TOWER_AUTH_GLEWLWYD_ISSUER",
+    "TOWER_AUTH_GLEWLWYD_DISCOVERY_URL",
+    "TOWER_AUTH_GLEWLWYD_TOKEN_URL",
+    "TOWER_AUTH_GLEWLWYD_TOKEN_LIFETIME",
+    "TOWER_AUTH_GLEWLWYD_SHORT_ISSUER",
+    "TOWER_AUTH_GLEWLWYD_SHORT_TOKEN_URL",
+    "TOWER_AUTH_GLEWLWYD_SHORT_TOKEN_LIFETIME",
+    "TOWER_AUTH_GLEWLWYD_CLIENT_ID",
+    "TOWER_AUTH_GLEWLWYD_CLIENT_SECRET",
+    "TOWER_AUTH_GLEWLWYD_ODD_CLIENT_ID",
+    "TOWER_AUTH_GLEWLWYD_ODD_CLIENT_SECRET",
+    "TOWER_AUTH_GLEWLWYD_SCOPE",
+    "TOWER_AUTH_GLEWLWYD_USERNAME",
+    "TOWER_AUTH_GLEWLWYD_PASSWORD",
+];
+
+/// A running Glewlwyd peer (OAuth2 / OpenID Connect server, two OIDC plugin
+/// instances). URLs have no trailing slash. See the top of
+/// `tests/peers/glewlwyd.sh` for what each request answers.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glewlwyd {
+    /// Server root, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// Issuer of the `oidc` instance (`{url}/api/oidc`); metadata at
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub discovery_url: String,
+    /// Token endpoint of the `oidc` instance (`{issuer}/token`).
+    pub token_url: String,
+    /// Access token lifetime of the `oidc` instance, in seconds (60).
+    pub token_lifetime: u64,
+    /// Issuer of the `oidc-short` instance (`{url}/api/oidc-short`).
+    pub short_issuer: String,
+    /// Token endpoint of the `oidc-short` instance.
+    pub short_token_url: String,
+    /// Access token lifetime of the `oidc-short` instance, in seconds (5).
+    pub short_token_lifetime: u64,
+    /// Confidential client allowed client_credentials, password and
+    /// refresh_token, with client_secret_basic and client_secret_post.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+    /// Confidential client (client_credentials only) whose secret needs
+    /// form-urlencoding (`s3:cr+t/%&=x`).
+    pub odd_client_id: String,
+    /// Its secret.
+    pub odd_client_secret: String,
+    /// The scope both clients and the user have (`scope1`).
+    pub scope: String,
+    /// User for the password grant.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// The Glewlwyd peer: from the `TOWER_AUTH_GLEWLWYD_*` env vars if set,
+/// otherwise acquired (once per process) with `tests/peers/glewlwyd.sh acquire
+/// target/peers/glewlwyd PID` and released when the process exits.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when
+/// Glewlwyd cannot be had; panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn glewlwyd() -> Option<&'static Glewlwyd> {
+    static GLEWLWYD: OnceLock<Result<Glewlwyd, String>> = OnceLock::new();
+    match GLEWLWYD.get_or_init(find_glewlwyd) {
+        Ok(glewlwyd) => Some(glewlwyd),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn find_glewlwyd() -> Result<Glewlwyd, String> {
+    let from_env: Vec<(&str, Option<String>)> =
+        GLEWLWYD_VARS.iter().map(|name| (*name, std::env::var(name).ok().filter(|v| !v.trim().is_empty()))).collect();
+    let set = from_env.iter().filter(|(_, value)| value.is_some()).count();
+    if set == GLEWLWYD_VARS.len() {
+        let text: String = from_env
+            .iter()
+            .map(|(name, value)| format!("{name}={}\n", value.as_deref().unwrap_or_default().trim()))
+            .collect();
+        return parse_glewlwyd_env(&text)
+            .map_err(|e| format!("Glewlwyd peer unavailable: bad TOWER_AUTH_GLEWLWYD_* env var: {e}"));
+    }
+    if set > 0 {
+        let missing: Vec<&str> = from_env.iter().filter(|(_, value)| value.is_none()).map(|(name, _)| *name).collect();
+        return Err(format!(
+            "Glewlwyd peer unavailable: the TOWER_AUTH_GLEWLWYD_* env vars must be set together \
+             (missing: {}); set all of them (e.g. `export $(cat target/peers/glewlwyd/env)`) or none",
+            missing.join(", ")
+        ));
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/glewlwyd.sh";
+    let dir = "target/peers/glewlwyd";
+    let fix = format!(
+        "to fix: install Glewlwyd (`apt-get install glewlwyd dbconfig-sqlite3 curl`), then check \
+         `{script} start {dir}` by hand in {manifest}, or set the TOWER_AUTH_GLEWLWYD_* env vars to \
+         a running instance",
+        manifest = manifest_dir.display(),
+    );
+    let pid = std::process::id().to_string();
+    release_at_exit(manifest_dir, script, dir, &pid)
+        .map_err(|e| format!("Glewlwyd peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("acquire")
+        .arg(dir)
+        .arg(&pid)
+        .current_dir(manifest_dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("Glewlwyd peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "Glewlwyd peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
+            status = output.status,
+            stderr = with_newline(stderr.trim_end()),
+        ));
+    }
+    // The lines hold secrets: on a parse error, name the keys, not the values.
+    parse_glewlwyd_env(&stdout).map_err(|e| {
+        let keys: Vec<&str> = stdout.lines().map(|l| l.split_once('=').map_or(l, |(k, _)| k)).collect();
+        format!(
+            "Glewlwyd peer unavailable: `{script} acquire {dir} {pid}` printed unexpected output ({e}); \
+             keys: {keys:?}\nstderr:\n{stderr}{fix}"
+        )
+    })
+}
+
+/// Parses the `KEY=VALUE` lines printed by `glewlwyd.sh start`.
+#[allow(dead_code)]
+fn parse_glewlwyd_env(text: &str) -> Result<Glewlwyd, String> {
+    let mut values: [Option<String>; 15] = Default::default();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').ok_or_else(|| "a line is not KEY=VALUE".to_owned())?;
+        let index = GLEWLWYD_VARS.iter().position(|name| *name == key).ok_or_else(|| format!("unknown key {key:?}"))?;
+        if key.ends_with("_URL") || key.ends_with("_ISSUER") {
+            if !value.starts_with("http://127.0.0.1:") {
+                return Err(format!("{key} is not an http://127.0.0.1: URL: {value:?}"));
+            }
+            values[index] = Some(trim_url(value));
+        } else {
+            values[index] = Some(value.to_owned());
+        }
+    }
+    let mut take = |name: &str| -> Result<String, String> {
+        let index = GLEWLWYD_VARS.iter().position(|n| *n == name).expect("a known name");
+        values[index].take().ok_or_else(|| format!("{name} missing"))
+    };
+    let seconds = |name: &str, value: String| -> Result<u64, String> {
+        value.parse().map_err(|_| format!("{name} is not a number of seconds: {value:?}"))
+    };
+    Ok(Glewlwyd {
+        url: take("TOWER_AUTH_GLEWLWYD_URL")?,
+        issuer: take("TOWER_AUTH_GLEWLWYD_ISSUER")?,
+        discovery_url: take("TOWER_AUTH_GLEWLWYD_DISCOVERY_URL")?,
+        token_url: take("TOWER_AUTH_GLEWLWYD_TOKEN_URL")?,
+        token_lifetime: seconds("TOWER_AUTH_GLEWLWYD_TOKEN_LIFETIME", take("TOWER_AUTH_GLEWLWYD_TOKEN_LIFETIME")?)?,
+        short_issuer: take("TOWER_AUTH_GLEWLWYD_SHORT_ISSUER")?,
+        short_token_url: take("TOWER_AUTH_GLEWLWYD_SHORT_TOKEN_URL")?,
+        short_token_lifetime: seconds(
+            "TOWER_AUTH_GLEWLWYD_SHORT_TOKEN_LIFETIME",
+            take("TOWER_AUTH_GLEWLWYD_SHORT_TOKEN_LIFETIME")?,
+        )?,
+        client_id: take("TOWER_AUTH_GLEWLWYD_CLIENT_ID")?,
+        client_secret: take("TOWER_AUTH_GLEWLWYD_CLIENT_SECRET")?,
+        odd_client_id: take("TOWER_AUTH_GLEWLWYD_ODD_CLIENT_ID")?,
+        odd_client_secret: take("TOWER_AUTH_GLEWLWYD_ODD_CLIENT_SECRET")?,
+        scope: take("TOWER_AUTH_GLEWLWYD_SCOPE")?,
+        username: take("TOWER_AUTH_GLEWLWYD_USERNAME")?,
+        password: take("TOWER_AUTH_GLEWLWYD_PASSWORD")?,
+    })
 }
 
 /// True when the `CI` env var is set, non-empty and not `false`/`0`.
@@ -172,12 +361,13 @@ fn find_apache() -> Result<Apache, String> {
 /// write end only this process holds (std opens pipes close-on-exec, so no
 /// other child inherits it), kept in a static that is never dropped: the
 /// kernel closes it when the process exits, normally, by a panic, by `exit` or
-/// by a signal, and the watcher then releases the Apache. The watcher gets its
+/// by a signal, and the watcher then releases the peer (Apache or Glewlwyd). The watcher gets its
 /// own process group, so a Ctrl-C that stops the tests does not stop it, and
 /// writes to `DIR/release.log`, not to the terminal after the tests are done.
 #[allow(dead_code)]
 fn release_at_exit(manifest_dir: &Path, script: &str, dir: &str, pid: &str) -> std::io::Result<()> {
-    static RELEASE_PIPE: OnceLock<ChildStdin> = OnceLock::new();
+    // One pipe per peer script (Apache, Glewlwyd), all kept until the process exits.
+    static RELEASE_PIPES: Mutex<Vec<ChildStdin>> = Mutex::new(Vec::new());
     let peer_dir = manifest_dir.join(dir);
     std::fs::create_dir_all(&peer_dir)?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(peer_dir.join("release.log"))?;
@@ -196,7 +386,7 @@ fn release_at_exit(manifest_dir: &Path, script: &str, dir: &str, pid: &str) -> s
     let mut child = command.spawn()?;
     let pipe = child.stdin.take().expect("stdin is piped");
     // `child` is dropped without waiting: the watcher outlives this process.
-    let _ = RELEASE_PIPE.set(pipe);
+    RELEASE_PIPES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(pipe);
     Ok(())
 }
 
