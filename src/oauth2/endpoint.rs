@@ -94,7 +94,11 @@ impl PrivateKey {
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateKey").field("alg", &self.alg).field("kid", &self.kid).field("key", &"[redacted]").finish()
+        f.debug_struct("PrivateKey")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("key", &"[redacted]")
+            .finish()
     }
 }
 
@@ -239,6 +243,25 @@ impl TokenError {
                 "invalid_client" | "invalid_grant" | "unauthorized_client" | "invalid_scope" | "unsupported_grant_type"
             ),
             TokenErrorKind::Config(_) => true,
+            // A client error without an OAuth2 body (some servers answer a bad client with a
+            // bare 401 or 403): retrying the same request cannot help. 408 and 429 can.
+            TokenErrorKind::Unexpected { status: Some(status), .. } => {
+                status.is_client_error()
+                    && *status != StatusCode::REQUEST_TIMEOUT
+                    && *status != StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the server may have refused the client's credentials (an OAuth2
+    /// `invalid_client`, or a bare 400/401/403).
+    fn may_be_client_auth(&self) -> bool {
+        match &self.kind {
+            TokenErrorKind::Server { error, .. } => error == "invalid_client" || error == "unauthorized_client",
+            TokenErrorKind::Unexpected { status: Some(s), .. } => {
+                *s == StatusCode::UNAUTHORIZED || *s == StatusCode::FORBIDDEN || *s == StatusCode::BAD_REQUEST
+            }
             _ => false,
         }
     }
@@ -299,7 +322,7 @@ pub(crate) struct AnyTokenType(String);
 impl oauth2::TokenType for AnyTokenType {}
 
 /// A token answer as servers really send them.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct TokenAnswer {
     #[serde(default = "no_token")]
     access_token: AccessToken,
@@ -426,6 +449,11 @@ where
 /// The token endpoint of one client configuration.
 pub(crate) struct Endpoint {
     client: OAuthClient,
+    /// For `client_secret_basic` with an id or secret that form-urlencoding changes: the same
+    /// client with `client_secret_post`, for servers that do not decode Basic credentials as
+    /// RFC 6749 §2.3.1 says (Glewlwyd 2.7 among them). Used once Basic was refused.
+    post_fallback: Option<OAuthClient>,
+    use_post: std::sync::atomic::AtomicBool,
     assertion: Option<Assertion>,
     transport: Arc<dyn Send1>,
     timeout: Duration,
@@ -540,8 +568,19 @@ impl Endpoint {
                 }
             }
         }
+        let changed_by_encoding = |s: &str| form_encoded(s) != s;
+        let post_fallback = match (auth, secret) {
+            (ClientAuth::Basic, Some(secret))
+                if changed_by_encoding(client_id) || changed_by_encoding(secret.expose()) =>
+            {
+                Some(client.clone().set_auth_type(AuthType::RequestBody))
+            }
+            _ => None,
+        };
         Ok(Endpoint {
             client,
+            post_fallback,
+            use_post: std::sync::atomic::AtomicBool::new(false),
             assertion: if auth == ClientAuth::PrivateKeyJwt { assertion } else { None },
             transport: transport(service),
             timeout,
@@ -550,8 +589,33 @@ impl Endpoint {
         })
     }
 
-    /// One token request.
+    /// One token request (two when a Basic client authentication that form-urlencoding changes
+    /// is refused: then `client_secret_post`, kept if it works).
     pub(crate) async fn request(&self, grant: &Grant, params: &Params) -> Result<Issued, TokenError> {
+        use std::sync::atomic::Ordering;
+        let Some(post) = &self.post_fallback else {
+            return self.request_with(&self.client, grant, params).await;
+        };
+        if self.use_post.load(Ordering::Relaxed) {
+            return self.request_with(post, grant, params).await;
+        }
+        match self.request_with(&self.client, grant, params).await {
+            Err(e) if e.may_be_client_auth() => {
+                let retried = self.request_with(post, grant, params).await;
+                if retried.is_ok() {
+                    self.use_post.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        token_url = %self.url,
+                        "the token endpoint refused client_secret_basic with form-urlencoded credentials (RFC 6749 §2.3.1) and accepted client_secret_post; client_secret_post is used from now on"
+                    );
+                }
+                retried
+            }
+            other => other,
+        }
+    }
+
+    async fn request_with(&self, client: &OAuthClient, grant: &Grant, params: &Params) -> Result<Issued, TokenError> {
         let call = Call { endpoint: self, seen: Mutex::new(None) };
         let assertion = match &self.assertion {
             Some(a) => Some(a.sign(&self.client_id)?),
@@ -574,22 +638,25 @@ impl Endpoint {
                 }
                 if let Some(assertion) = &assertion {
                     req = req
-                        .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                        .add_extra_param(
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        )
                         .add_extra_param("client_assertion", assertion.clone());
                 }
                 req.request_async(&call).await
             }};
         }
         let answer = match grant {
-            Grant::ClientCredentials => add_params!(self.client.exchange_client_credentials()),
+            Grant::ClientCredentials => add_params!(client.exchange_client_credentials()),
             Grant::Password { user, password } => {
                 let user = ResourceOwnerUsername::new(user.clone());
                 let password = ResourceOwnerPassword::new(password.expose().to_owned());
-                add_params!(self.client.exchange_password(&user, &password))
+                add_params!(client.exchange_password(&user, &password))
             }
             Grant::RefreshToken(rt) => {
                 let rt = RefreshToken::new(rt.expose().to_owned());
-                add_params!(self.client.exchange_refresh_token(&rt))
+                add_params!(client.exchange_refresh_token(&rt))
             }
         };
         let seen = *call.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -614,6 +681,15 @@ impl Endpoint {
         })
     }
 }
+
+/// `application/x-www-form-urlencoded` of one value.
+fn form_encoded(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, FORM).to_string().replace("%20", "+")
+}
+
+/// What form-urlencoding leaves as it is: alphanumerics and `*-._`.
+const FORM: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'*').remove(b'-').remove(b'.').remove(b'_');
 
 fn classify(
     err: RequestTokenError<CallError, BasicErrorResponse>,

@@ -94,8 +94,8 @@ use http_body_util::Full;
 use tower_service::Service;
 
 pub use self::discovery::Metadata;
-pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
 use self::endpoint::{Assertion, Endpoint, Params};
+pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
 pub use self::store::{CacheKey, MemoryStore, StoreFuture, StoredToken, TokenStore};
@@ -389,9 +389,16 @@ impl ProviderBuilder {
         let audience =
             self.assertion_audience.clone().or_else(|| self.issuer.clone()).unwrap_or_else(|| self.url.clone());
         let assertion = self.private_key.clone().map(|key| Assertion { key, audience });
-        let endpoint =
-            Endpoint::new(&self.url, &self.client_id, self.secret.as_ref(), self.auth, assertion, service, self.timeout)
-                .map_err(|e| ConfigError::new(e.to_string()))?;
+        let endpoint = Endpoint::new(
+            &self.url,
+            &self.client_id,
+            self.secret.as_ref(),
+            self.auth,
+            assertion,
+            service,
+            self.timeout,
+        )
+        .map_err(|e| ConfigError::new(e.to_string()))?;
         Ok(TokenProvider::new(endpoint, self.grant, self.params, self.timing, self.store))
     }
 }
