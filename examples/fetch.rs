@@ -42,6 +42,7 @@ use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_auth::connector::ForwardProxy;
 use tower_auth::engine::ModeBody;
+use tower_auth::oauth2::{ClientAuth, JwtAlgorithm, OAuth2, PrivateKey, TokenProvider};
 use tower_auth::route::{RouteBuilder, Router};
 use tower_auth::{
     AllOf, ApiKey, Auth, AuthLayer, AuthRequest, Authenticator, Authorize, Basic, Bearer, ConfigError, Digest, NoWait,
@@ -79,6 +80,23 @@ options:
                                digest or anyauth (USER:PASS), bearer (TOKEN), api-key
                                (NAME:VALUE) or api-key-query (NAME=VALUE); e.g.
                                --auth-for http://127.0.0.1:8080=bearer:TOKEN
+      --oauth2-token-url URL   OAuth2: get access tokens from this token endpoint
+      --oauth2-issuer URL      OAuth2: find the token endpoint in this issuer's metadata
+                               (RFC 8414, then OpenID Connect discovery)
+      --client-id ID           OAuth2 client id
+      --client-secret SECRET   OAuth2 client secret
+      --token-auth METHOD      client authentication: basic (default), post, private-key-jwt
+                               or none
+      --private-key PEM_FILE   private key for private-key-jwt (RSA: RS256, EC: ES256)
+      --key-id KID             the kid header of private-key-jwt assertions
+      --scope S                OAuth2 scope (repeatable)
+      --audience A             OAuth2 audience parameter
+      --resource URI           OAuth2 resource indicator (RFC 8707; repeatable)
+      --grant GRANT            client_credentials (default), password (with --user) or
+                               refresh_token (with --refresh-token)
+      --refresh-token RT       the refresh token of --grant refresh_token
+      --rate R                 at most R requests per second across all workers (a run can
+                               then span token expiries)
   -L, --location               follow redirects; credentials go only where they belong
   -X, --request METHOD         the method (default GET, or POST with --data)
   -d, --data DATA              the request body (sets Content-Type to
@@ -153,6 +171,7 @@ struct Opts {
     creds: Creds,
     proxy: Option<Uri>,
     location: bool,
+    rate: Option<f64>,
 }
 
 /// The credentials given on the command line, already validated by tower-auth's constructors.
@@ -170,6 +189,26 @@ struct Creds {
     key_headers: Vec<HeaderName>,
     /// Query parameters of API keys (for the log).
     key_queries: Vec<String>,
+    /// `--oauth2-token-url` / `--oauth2-issuer` and friends.
+    oauth2: Option<OAuthOpts>,
+}
+
+/// The OAuth2 options; the provider is built when the run starts (discovery is a request).
+#[derive(Default)]
+struct OAuthOpts {
+    token_url: Option<String>,
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    token_auth: Option<ClientAuth>,
+    private_key: Option<PrivateKey>,
+    key_id: Option<String>,
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resources: Vec<String>,
+    grant: Option<String>,
+    refresh_token: Option<String>,
+    user: Option<(String, String)>,
 }
 
 /// How `--user` or `--proxy-user` is sent.
@@ -229,6 +268,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut proxy_mode = UserMode::Basic;
     let mut location = false;
     let mut netrc_from: Option<Box<NetrcAuth>> = None;
+    let mut oauth: Option<OAuthOpts> = None;
+    let mut rate: Option<f64> = None;
 
     let mut args = args.into_iter();
     let mut only_positional = false;
@@ -277,6 +318,19 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "-H" | "--header" => "--header",
             "-n" | "--count" => "--count",
             "-c" | "--concurrency" => "--concurrency",
+            "--oauth2-token-url" => "--oauth2-token-url",
+            "--oauth2-issuer" => "--oauth2-issuer",
+            "--client-id" => "--client-id",
+            "--client-secret" => "--client-secret",
+            "--token-auth" => "--token-auth",
+            "--private-key" => "--private-key",
+            "--key-id" => "--key-id",
+            "--scope" => "--scope",
+            "--audience" => "--audience",
+            "--resource" => "--resource",
+            "--grant" => "--grant",
+            "--refresh-token" => "--refresh-token",
+            "--rate" => "--rate",
             "-v" | "--verbose" => "--verbose",
             "-h" | "--help" => "--help",
             // Only the name: what follows `=` could be a secret.
@@ -381,12 +435,75 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 }
                 headers.append(hn, hv);
             }
+            "--oauth2-token-url" => oauth.get_or_insert_with(OAuthOpts::default).token_url = Some(value),
+            "--oauth2-issuer" => oauth.get_or_insert_with(OAuthOpts::default).issuer = Some(value),
+            "--client-id" => oauth.get_or_insert_with(OAuthOpts::default).client_id = Some(value),
+            "--client-secret" => oauth.get_or_insert_with(OAuthOpts::default).client_secret = Some(value),
+            "--token-auth" => {
+                oauth.get_or_insert_with(OAuthOpts::default).token_auth = Some(match value.as_str() {
+                    "basic" => ClientAuth::Basic,
+                    "post" => ClientAuth::Post,
+                    "private-key-jwt" => ClientAuth::PrivateKeyJwt,
+                    "none" => ClientAuth::None,
+                    _ => return Err(format!("{canonical}: expected basic, post, private-key-jwt or none")),
+                });
+            }
+            "--private-key" => {
+                let pem = std::fs::read(&value).map_err(|e| format!("{canonical}: cannot read {value:?}: {e}"))?;
+                let key = PrivateKey::from_pem(&pem, JwtAlgorithm::Rs256)
+                    .or_else(|_| PrivateKey::from_pem(&pem, JwtAlgorithm::Es256))
+                    .map_err(|_| format!("{canonical}: {value:?} is not a PEM RSA or EC (P-256) private key"))?;
+                oauth.get_or_insert_with(OAuthOpts::default).private_key = Some(key);
+            }
+            "--key-id" => oauth.get_or_insert_with(OAuthOpts::default).key_id = Some(value),
+            "--scope" => oauth.get_or_insert_with(OAuthOpts::default).scopes.push(value),
+            "--audience" => oauth.get_or_insert_with(OAuthOpts::default).audience = Some(value),
+            "--resource" => oauth.get_or_insert_with(OAuthOpts::default).resources.push(value),
+            "--grant" => {
+                if !matches!(value.as_str(), "client_credentials" | "password" | "refresh_token") {
+                    return Err(format!("{canonical}: expected client_credentials, password or refresh_token"));
+                }
+                oauth.get_or_insert_with(OAuthOpts::default).grant = Some(value);
+            }
+            "--refresh-token" => oauth.get_or_insert_with(OAuthOpts::default).refresh_token = Some(value),
+            "--rate" => {
+                let r: f64 =
+                    value.parse().map_err(|_| format!("{canonical}: expected a number of requests per second"))?;
+                if !(r > 0.0 && r.is_finite()) {
+                    return Err(format!("{canonical}: expected a positive number"));
+                }
+                rate = Some(r);
+            }
             "--count" => count = positive(canonical, &value)?,
             "--concurrency" => concurrency = positive(canonical, &value)?,
             other => return Err(format!("{other}: this option is not handled (a bug in fetch: please report it)")),
         }
     }
 
+    if let Some(o) = &mut oauth {
+        if o.token_url.is_some() == o.issuer.is_some() {
+            return Err("OAuth2 options need exactly one of --oauth2-token-url and --oauth2-issuer".into());
+        }
+        if o.client_id.is_none() {
+            return Err("OAuth2 options need --client-id".into());
+        }
+        match o.grant.as_deref() {
+            Some("password") => {
+                o.user = Some(user.take().ok_or("--grant password: needs --user USER:PASS (the resource owner)")?);
+            }
+            Some("refresh_token") if o.refresh_token.is_none() => {
+                return Err("--grant refresh_token: needs --refresh-token".into());
+            }
+            _ => {}
+        }
+        if o.token_auth == Some(ClientAuth::PrivateKeyJwt) && o.private_key.is_none() {
+            return Err("--token-auth private-key-jwt: needs --private-key".into());
+        }
+        if authz_from == "--bearer" {
+            return Err("--bearer and OAuth2 both set Authorization: give one".into());
+        }
+    }
+    creds.oauth2 = oauth;
     if let Some((u, p)) = user {
         let option = "--user";
         match user_mode {
@@ -428,7 +545,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         None => Bytes::new(),
     };
     let method = method.unwrap_or(if body.is_empty() { Method::GET } else { Method::POST });
-    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location }))
+    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location, rate }))
 }
 
 /// `ORIGIN=SCHEME:CREDENTIALS`: adds one route. Errors name the option and the origin, never a
@@ -580,7 +697,6 @@ struct CountLayer {
 impl CountLayer {
     /// The same counters, for the client of a token provider: its requests count as token
     /// requests.
-    #[expect(dead_code, reason = "no scheme fetches tokens yet (OAuth2 is planned)")]
     fn token_endpoint(&self) -> CountLayer {
         CountLayer { counter: Counter::TokenRequests, ..self.clone() }
     }
@@ -720,15 +836,37 @@ where
 
 /// Turns the command line's credentials into one scheme: Digest for the server and for the
 /// proxy where asked, then every static scheme, combined with [`AllOf`].
-fn build(creds: Creds, count: &CountLayer, proxy: Option<ForwardProxy>) -> Svc {
+fn build(creds: Creds, oauth: Option<OAuth2>, count: &CountLayer, proxy: Option<ForwardProxy>) -> Svc {
     match proxy {
-        Some(connector) => build_with(creds, count, connector),
-        None => build_with(creds, count, HttpConnector::new()),
+        Some(connector) => build_with(creds, oauth, count, connector),
+        None => build_with(creds, oauth, count, HttpConnector::new()),
     }
 }
 
-fn build_with<C: Connect + Clone + Send + Sync + 'static>(creds: Creds, count: &CountLayer, connector: C) -> Svc {
+fn build_with<C: Connect + Clone + Send + Sync + 'static>(
+    creds: Creds,
+    oauth: Option<OAuth2>,
+    count: &CountLayer,
+    connector: C,
+) -> Svc {
     let statics = Statics(creds.statics);
+    if let Some(oauth) = oauth {
+        // The OAuth2 token first, then everything else, erased to one type.
+        let rest = match (creds.routes, creds.digest, creds.proxy_digest) {
+            (Some(routes), d, p) => {
+                let others = match (d, p) {
+                    (None, None) => BoxAuthenticator::new(statics),
+                    (Some(d), None) | (None, Some(d)) => BoxAuthenticator::new(AllOf::new(d, statics)),
+                    (Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
+                };
+                BoxAuthenticator::new(AllOf::new(routes.into_router(), others))
+            }
+            (None, None, None) => BoxAuthenticator::new(statics),
+            (None, Some(d), None) | (None, None, Some(d)) => BoxAuthenticator::new(AllOf::new(d, statics)),
+            (None, Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
+        };
+        return finish(AllOf::new(oauth, rest), count, connector);
+    }
     if let Some(routes) = creds.routes {
         // Per-origin schemes first, then the rest, erased to one type.
         let rest = match (creds.digest, creds.proxy_digest) {
@@ -779,14 +917,76 @@ impl Tally {
     }
 }
 
+/// The OAuth2 token provider of the command line. Token requests go through their own client
+/// (no auth layer, no redirects), counted in `token_requests`. An error is one line without a
+/// secret.
+async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvider, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let transport = count.token_endpoint().layer(client);
+    let url = o.token_url.clone().or(o.issuer.clone()).unwrap_or_default();
+    let client_id = o.client_id.clone().unwrap_or_default();
+    let mut b = match o.grant.as_deref() {
+        Some("password") => {
+            let (u, p) = o.user.clone().unwrap_or_default();
+            TokenProvider::password(&url, &client_id, u, p)
+        }
+        Some("refresh_token") => {
+            TokenProvider::refresh_token(&url, &client_id, o.refresh_token.clone().unwrap_or_default())
+        }
+        _ => TokenProvider::client_credentials(&url, &client_id, o.client_secret.clone().unwrap_or_default()),
+    };
+    if o.grant.as_deref().is_some_and(|g| g != "client_credentials")
+        && let Some(secret) = &o.client_secret
+    {
+        b = b.client_secret(secret);
+    }
+    if let Some(key) = o.private_key {
+        let key = match o.key_id {
+            Some(kid) => key.key_id(kid),
+            None => key,
+        };
+        b = b.private_key_jwt(key);
+    }
+    if let Some(auth) = o.token_auth.filter(|a| *a != ClientAuth::PrivateKeyJwt) {
+        b = b.client_auth(auth);
+    }
+    for scope in &o.scopes {
+        b = b.scope(scope);
+    }
+    if let Some(audience) = o.audience {
+        b = b.audience(audience);
+    }
+    for resource in o.resources {
+        b = b.resource(resource);
+    }
+    let built = if o.issuer.is_some() { b.discover(transport).await } else { b.build(transport) };
+    built.map_err(|e| format!("OAuth2: {e}"))
+}
+
 async fn run(opts: Opts) -> ExitCode {
-    let Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location } = opts;
+    let Opts { url, method, headers, body, count, concurrency, verbose, mut creds, proxy, location, rate } = opts;
     let stats = Arc::new(Stats::default());
     let redact = Redact { verbose, key_headers: creds.key_headers.clone(), key_queries: creds.key_queries.clone() };
     let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact), counter: Counter::RoundTrips };
     // Checked when parsed: a proxy URL that ForwardProxy refuses never gets here.
     let proxy = proxy.and_then(|uri| ForwardProxy::new(uri).ok());
-    let svc = build(creds, &count_layer, proxy);
+    let oauth = match creds.oauth2.take() {
+        None => None,
+        Some(o) => match oauth_provider(o, &count_layer).await {
+            Ok(provider) => Some(OAuth2::new(provider)),
+            Err(msg) => {
+                eprintln!("fetch: {msg}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let svc = build(creds, oauth, &count_layer, proxy);
+    // `--rate`: one shared ticker; each request waits for its tick.
+    let ticker = rate.map(|r| {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / r));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Arc::new(tokio::sync::Mutex::new(interval))
+    });
     // Redirects are followed outside the auth layers: each hop is authorised anew for its own
     // origin, so credentials never follow a redirect to another origin.
     let svc = if location { Svc::new(FollowRedirectLayer::new().layer(svc)) } else { svc };
@@ -802,8 +1002,12 @@ async fn run(opts: Opts) -> ExitCode {
     for _ in 0..concurrency.min(count) {
         let mut svc = svc.clone();
         let (template, tally, next) = (Arc::clone(&template), Arc::clone(&tally), Arc::clone(&next));
+        let ticker = ticker.clone();
         workers.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count {
+                if let Some(ticker) = &ticker {
+                    ticker.lock().await.tick().await;
+                }
                 let (method, url, headers, body) = &*template;
                 let mut req = Request::new(Full::new(body.clone()));
                 *req.method_mut() = method.clone();

@@ -209,13 +209,10 @@ impl Run {
 
     /// Checks requests, ok, statuses, round_trips and token_requests.
     ///
-    /// `token_requests` counts requests to a token endpoint, which a token provider sends through
-    /// its own client (`CountLayer::token_endpoint` in examples/fetch.rs), apart from the round
-    /// trips. No option of fetch fetches tokens yet (OAuth2 is planned), so 0 is structural: what
-    /// the check proves is that no exchange of today's schemes lands in that counter. Each
-    /// exchange is counted once, in `round_trips`, whose exact figure is checked beside it (a
-    /// `Count` wired to the wrong counter fails both). When a token provider lands, its tests
-    /// check a non-zero figure here.
+    /// `token_requests` counts requests to a token endpoint, which the OAuth2 provider sends
+    /// through its own client (`CountLayer::token_endpoint` in examples/fetch.rs), apart from the
+    /// round trips. None of the schemes of these cases fetches tokens, so it is 0 here;
+    /// tests/fetch_oauth2.rs checks non-zero figures against the identity provider's own count.
     fn assert_summary(&self, requests: usize, ok: usize, statuses: &str, round_trips: usize) {
         let s = self.summary();
         assert_eq!(s["requests"], requests.to_string(), "{self:?}");

@@ -1,0 +1,221 @@
+//! `fetch` with OAuth2: its options against the crate's fake identity provider (run in this
+//! process, on its own thread), the `token_requests` figure of the summary line, and errors that
+//! end with exit 1 and one line without the secret.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tower_auth::testing::idp::{self, FakeIdp, IdpHandle, OAuthError};
+
+/// A fresh fake identity provider on its own thread (each test configures its own).
+fn idp() -> IdpHandle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let idp = FakeIdp::start().await.unwrap();
+            tx.send(idp.handle()).unwrap();
+            std::future::pending::<()>().await;
+            drop(idp);
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn fetch_bin() -> &'static std::path::PathBuf {
+    static BIN: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| support::example::example_bin("fetch"))
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn summary(&self) -> HashMap<String, String> {
+        let last = self.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("summary "), "{}", self.stderr);
+        last["summary ".len()..]
+            .split(' ')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    }
+}
+
+fn fetch(args: &[&str]) -> Run {
+    let out = Command::new(fetch_bin()).args(args).env("RUST_LOG", "off").output().unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[test]
+fn client_credentials_one_token_for_forty_requests_at_concurrency_eight() {
+    let idp = idp();
+    idp.add_client("svc", "s3cret");
+    let run = fetch(&[
+        "--oauth2-token-url",
+        &idp.token_url(),
+        "--client-id",
+        "svc",
+        "--client-secret",
+        "s3cret",
+        "--scope",
+        "orders:read",
+        "-n",
+        "40",
+        "-c",
+        "8",
+        &idp.resource_url(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = run.summary();
+    assert_eq!((s["ok"].as_str(), s["round_trips"].as_str()), ("40", "40"), "{}", run.stderr);
+    assert_eq!(s["token_requests"], "1", "{}", run.stderr);
+    assert_eq!(idp.token_requests(), 1);
+    assert_eq!(idp.last_request().unwrap().scope.as_deref(), Some("orders:read"));
+    assert!(!run.stderr.contains("s3cret") && !run.stdout.contains("s3cret"));
+}
+
+#[test]
+fn a_rate_limited_run_spans_token_expiries_and_counts_every_token_request() {
+    let idp = idp();
+    idp.add_client("svc", "s3cret");
+    idp.set_lifetime(Duration::from_secs(2));
+    // 10 requests at 4 per second take about 2.5 s: tokens of 2 s (usable 1 s, replaced in the
+    // background at about 1 s) are renewed during the run.
+    let run = fetch(&[
+        "--oauth2-token-url",
+        &idp.token_url(),
+        "--client-id",
+        "svc",
+        "--client-secret",
+        "s3cret",
+        "--rate",
+        "4",
+        "-n",
+        "10",
+        "-c",
+        "2",
+        &idp.resource_url(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = run.summary();
+    assert_eq!(s["ok"], "10", "{}", run.stderr);
+    let token_requests: u64 = s["token_requests"].parse().unwrap();
+    assert!(token_requests >= 2, "{}", run.stderr);
+    assert_eq!(token_requests, idp.token_requests(), "the summary counts real token requests");
+    assert!(s["elapsed_ms"].parse::<u64>().unwrap() >= 2000, "{}", run.stderr);
+}
+
+#[test]
+fn discovery_private_key_jwt_and_password_grants() {
+    let idp = idp();
+    idp.add_jwt_client("svc-jwt");
+    let run = fetch(&[
+        "--oauth2-issuer",
+        idp.issuer(),
+        "--client-id",
+        "svc-jwt",
+        "--token-auth",
+        "private-key-jwt",
+        "--private-key",
+        "tests/data/test-ec-key.pem",
+        "--key-id",
+        "k-7",
+        &idp.resource_url(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let req = idp.last_request().unwrap();
+    let idp::ClientAuth::JwtBearer { header, claims, .. } = req.client_auth else { panic!("{:?}", req.client_auth) };
+    assert_eq!(header.unwrap()["kid"], "k-7");
+    assert_eq!(claims.unwrap()["aud"], idp.issuer());
+    assert_eq!(idp.metadata_requests(), 1);
+
+    let idp2 = self::idp();
+    idp2.add_client("app", "app-secret");
+    idp2.add_user("alice", "pa55");
+    let run = fetch(&[
+        "--oauth2-token-url",
+        &idp2.token_url(),
+        "--grant",
+        "password",
+        "--client-id",
+        "app",
+        "--client-secret",
+        "app-secret",
+        "-u",
+        "alice:pa55",
+        &idp2.resource_url(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let req = idp2.last_request().unwrap();
+    assert_eq!(req.grant, idp::Grant::Password);
+    assert_eq!(req.username.as_deref(), Some("alice"));
+    assert!(!run.stderr.contains("pa55"));
+}
+
+#[test]
+fn a_token_endpoint_error_is_exit_1_and_one_line_without_the_secret() {
+    let idp = idp();
+    idp.add_client("svc", "right");
+    idp.fail_always(idp::Fault::Error(OAuthError::invalid_client().description("Client authentication failed")));
+    let run = fetch(&[
+        "--oauth2-token-url",
+        &idp.token_url(),
+        "--client-id",
+        "svc",
+        "--client-secret",
+        "wrong-s3cret",
+        "-n",
+        "3",
+        &idp.resource_url(),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one error line, then the summary: {}", run.stderr);
+    assert!(lines[0].starts_with("fetch: request failed:"), "{}", lines[0]);
+    assert!(lines[0].contains("invalid_client") && lines[0].contains("Client authentication failed"), "{}", lines[0]);
+    assert!(!run.stderr.contains("wrong-s3cret"));
+    let s = run.summary();
+    assert_eq!(s["statuses"], "err:3");
+    assert_eq!(s["round_trips"], "0", "no request left without its token");
+    assert_eq!(s["token_requests"], "1", "a permanent error is not retried");
+}
+
+#[test]
+fn oauth2_usage_errors() {
+    for (args, expect) in [
+        (vec!["--client-id", "x", "http://127.0.0.1:9/"], "exactly one of --oauth2-token-url and --oauth2-issuer"),
+        (vec!["--oauth2-token-url", "http://127.0.0.1:9/t", "http://127.0.0.1:9/"], "need --client-id"),
+        (
+            vec![
+                "--oauth2-token-url",
+                "http://127.0.0.1:9/t",
+                "--client-id",
+                "x",
+                "--grant",
+                "password",
+                "http://127.0.0.1:9/",
+            ],
+            "needs --user",
+        ),
+        (vec!["--private-key", "tests/data/not-a-key.pem", "http://127.0.0.1:9/"], "not a PEM RSA or EC"),
+        (vec!["--token-auth", "magic", "http://127.0.0.1:9/"], "expected basic, post"),
+    ] {
+        let run = fetch(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
+    }
+}
