@@ -133,6 +133,9 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
     }
 }
 
+/// What a server accepts, given the values of its credential header.
+type Accepts = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
+
 /// A tonic server on 127.0.0.1 that accepts only `header: accepted`.
 struct TestServer {
     addr: SocketAddr,
@@ -143,6 +146,11 @@ struct TestServer {
 
 impl TestServer {
     async fn start(header: &'static str, accepted: &'static str) -> TestServer {
+        TestServer::start_with(header, Arc::new(move |credential: Option<&str>| credential == Some(accepted))).await
+    }
+
+    /// A server whose interceptor accepts what `accepts` says of the `header` values.
+    async fn start_with(header: &'static str, accepts: Accepts) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -154,11 +162,7 @@ impl TestServer {
                 authorization: all_values(metadata, "authorization"),
                 api_key: all_values(metadata, "x-api-key"),
             });
-            if credential.as_deref() == Some(accepted) {
-                Ok(req)
-            } else {
-                Err(Status::unauthenticated("wrong credentials"))
-            }
+            if accepts(credential.as_deref()) { Ok(req) } else { Err(Status::unauthenticated("wrong credentials")) }
         };
         let svc = InterceptedService::new(Echo { header }, check);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -494,4 +498,54 @@ fn the_example_runs_and_finds_no_mismatch() {
             "server stopped; 0 mismatch(es)",
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// OAuth2 in front of a Channel: the token provider of the crate, tokens from the fake identity
+// provider; the server accepts the tokens the identity provider says are active.
+
+#[tokio::test]
+async fn oauth2_in_front_of_a_channel_a_revoked_token_is_replaced_on_the_next_call() {
+    use tower_auth::oauth2::{OAuth2, TokenProvider};
+    use tower_auth::testing::idp::FakeIdp;
+
+    let idp = FakeIdp::start().await.unwrap();
+    idp.add_client("svc", "s3cret");
+    let active = idp.handle();
+    let server = TestServer::start_with(
+        "authorization",
+        Arc::new(move |credential: Option<&str>| {
+            credential.and_then(|c| c.strip_prefix("Bearer ")).is_some_and(|t| active.is_active(t))
+        }),
+    )
+    .await;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let provider = TokenProvider::client_credentials(idp.token_url(), "svc", "s3cret").build(http).unwrap();
+    // `OAuth2::once`: keeps the Channel's body type; a rejection invalidates the token.
+    let svc = takes_tonic_body(
+        ServiceBuilder::new().layer(AuthLayer::new(OAuth2::once(provider.clone()))).service(server.channel().await),
+    );
+    let origin = server.origin();
+
+    let first = whoami(svc.clone(), Some(&origin), hello()).await.unwrap();
+    assert!(first.starts_with("Bearer "), "{first}");
+    assert_eq!(whoami(svc.clone(), Some(&origin), hello()).await.unwrap(), first, "the same token, no new request");
+    assert_eq!(idp.token_requests(), 1);
+
+    // The identity provider revokes it: the server answers UNAUTHENTICATED (grpc-status 16),
+    // the scheme invalidates that token, and the next call carries a new one.
+    assert!(idp.revoke(first.trim_start_matches("Bearer ")));
+    assert_unauthenticated(whoami(svc.clone(), Some(&origin), hello()).await);
+    let next = whoami(svc, Some(&origin), hello()).await.unwrap();
+    assert_ne!(next, first);
+    assert_eq!(idp.token_requests(), 2);
+    assert_eq!(provider.stats().invalidations(), 1);
+    let sent: Vec<Option<String>> = server.seen().into_iter().map(|s| s.authorization).collect();
+    assert_eq!(
+        sent.iter().filter(|a| a.as_deref() == Some(first.as_str())).count(),
+        3,
+        "the revoked token: sent until rejected, never after"
+    );
+    server.stop().await;
 }
