@@ -517,3 +517,72 @@ async fn a_slow_token_endpoint_is_bounded_by_the_wait_timeout() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(p.stats().failures() >= 1);
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_token_secret_or_password_in_trace_logs_debug_or_errors() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_ansi(false)
+        .with_writer(capture.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let refresh = |expires: u64| Answer::Token { expires_in: expires.into(), refresh: true };
+    let endpoint = Endpoint::new([
+        refresh(60),
+        Answer::Status(500, "<html>oops</html>"),
+        refresh(60),
+        Answer::Error(400, "invalid_grant"),
+        refresh(60),
+    ]);
+    let p = TokenProvider::password("https://idp.test/token", "app", "alice", "pa55-w0rd")
+        .client_secret("cl1ent-s3cret")
+        .build(endpoint.clone())
+        .unwrap();
+    let api = Api::default();
+    for n in 1..=6 {
+        api.accept(&format!("at-{n}"));
+    }
+    let svc = client(&p, &api);
+    svc.clone().oneshot(get()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await; // refreshes, a failure, invalid_grant, a new login
+    api.valid.lock().unwrap().clear(); // every token rejected: invalidation, then a new token
+    let _ = svc.clone().oneshot(get()).await;
+    let debug = format!("{p:?} {:?} {:?}", p.current(), OAuth2::new(p.clone()));
+    let error = {
+        let bad = Endpoint::new([Answer::Error(401, "invalid_client")]);
+        let p = TokenProvider::client_credentials("https://idp.test/token", "svc", "cl1ent-s3cret").build(bad).unwrap();
+        let e = p.token().await.unwrap_err();
+        format!("{e} {e:?} {}", std::error::Error::source(&e).unwrap())
+    };
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("token request failed"), "the logs say what happened: {logs}");
+    let basic = base64::engine::general_purpose::STANDARD.encode("app:cl1ent-s3cret");
+    for (what, text) in [("logs", &logs), ("Debug", &debug), ("errors", &error)] {
+        for secret in ["pa55-w0rd", "cl1ent-s3cret", "at-1", "at-2", "rt-1", "rt-3", basic.as_str()] {
+            assert!(!text.contains(secret), "{secret:?} in the {what}: {text}");
+        }
+    }
+}
