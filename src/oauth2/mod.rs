@@ -78,6 +78,8 @@
 //! The header is marked sensitive; a caller's own `Authorization` header wins.
 
 mod endpoint;
+#[cfg(unix)]
+mod file_store;
 mod provider;
 mod store;
 
@@ -94,6 +96,8 @@ use tower_service::Service;
 
 pub use self::endpoint::{ClientAuth, Grant, TokenError};
 use self::endpoint::{Endpoint, Params};
+#[cfg(unix)]
+pub use self::file_store::{FileStore, FileStoreError};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
 pub use self::store::{CacheKey, MemoryStore, StoreFuture, StoredToken, TokenStore};
