@@ -364,7 +364,7 @@ fn a_file_open_to_group_or_others_is_refused() {
 
 #[test]
 fn a_file_of_another_user_is_refused() {
-    if rustix_free_euid() != 0 {
+    if euid() != 0 {
         eprintln!("skipped: changing a file's owner needs root");
         return;
     }
@@ -378,7 +378,7 @@ fn a_file_of_another_user_is_refused() {
 }
 
 /// The effective user id, from the owner of a file this process creates.
-fn rustix_free_euid() -> u32 {
+fn euid() -> u32 {
     use std::os::unix::fs::MetadataExt as _;
     let f = tempfile::NamedTempFile::new().unwrap();
     f.as_file().metadata().unwrap().uid()

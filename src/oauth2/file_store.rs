@@ -33,9 +33,12 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use tower_auth::oauth2::{FileStore, TokenProvider};
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
 /// # use bytes::Bytes;
 /// # use http_body_util::Full;
+/// # static REQUESTS: AtomicUsize = AtomicUsize::new(0);
 /// # let idp = tower::service_fn(|_req: http::Request<Full<Bytes>>| async move {
+/// #     REQUESTS.fetch_add(1, Ordering::SeqCst);
 /// #     let body = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600}"#;
 /// #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
 /// # });
@@ -44,17 +47,22 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// let path = dir.path().join("tokens.json");
 /// let provider = TokenProvider::client_credentials("https://idp.example/token", "svc-a", "s3cret")
 ///     .store(FileStore::new(&path)?)
-///     .build(idp)?;
+///     .build(idp.clone())?;
 /// provider.token().await?;
-/// # for _ in 0..500 {
-/// #     if path.exists() { break }
-/// #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-/// # }
+/// # while !path.exists() { tokio::time::sleep(std::time::Duration::from_millis(5)).await }
+/// drop(provider);
 ///
-/// // The token is in the file now (mode 0600): a provider with the same configuration started
-/// // by the next run of this program uses it and sends no token request.
+/// // The token is in the file (mode 0600) ...
 /// use std::os::unix::fs::PermissionsExt;
 /// assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+///
+/// // ... so a provider with the same configuration, as after a restart, sends no token request.
+/// let provider = TokenProvider::client_credentials("https://idp.example/token", "svc-a", "s3cret")
+///     .store(FileStore::new(&path)?)
+///     .build(idp)?;
+/// assert_eq!(provider.token().await?.header_value(), "Bearer at-1");
+/// assert_eq!(provider.stats().token_requests(), 0);
+/// # assert_eq!(REQUESTS.load(Ordering::SeqCst), 1);
 /// # Ok(()) }
 /// ```
 ///
