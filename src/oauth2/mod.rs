@@ -79,6 +79,8 @@
 
 mod discovery;
 mod endpoint;
+#[cfg(unix)]
+mod file_store;
 mod provider;
 mod store;
 
@@ -96,6 +98,8 @@ use tower_service::Service;
 pub use self::discovery::Metadata;
 use self::endpoint::{Assertion, Endpoint, Params};
 pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
+#[cfg(unix)]
+pub use self::file_store::{FileStore, FileStoreError};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
 pub use self::store::{CacheKey, MemoryStore, StoreFuture, StoredToken, TokenStore};
