@@ -95,6 +95,8 @@ options:
       --grant GRANT            client_credentials (default), password (with --user) or
                                refresh_token (with --refresh-token)
       --refresh-token RT       the refresh token of --grant refresh_token
+      --token-cache FILE       keep OAuth2 tokens in this JSON file (0600), so the next run
+                               reuses a valid token instead of asking for one
       --rate R                 at most R requests per second across all workers (a run can
                                then span token expiries)
   -L, --location               follow redirects; credentials go only where they belong
@@ -209,6 +211,7 @@ struct OAuthOpts {
     grant: Option<String>,
     refresh_token: Option<String>,
     user: Option<(String, String)>,
+    token_cache: Option<String>,
 }
 
 /// How `--user` or `--proxy-user` is sent.
@@ -331,6 +334,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--grant" => "--grant",
             "--refresh-token" => "--refresh-token",
             "--rate" => "--rate",
+            "--token-cache" => "--token-cache",
             "-v" | "--verbose" => "--verbose",
             "-h" | "--help" => "--help",
             // Only the name: what follows `=` could be a secret.
@@ -466,6 +470,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 oauth.get_or_insert_with(OAuthOpts::default).grant = Some(value);
             }
             "--refresh-token" => oauth.get_or_insert_with(OAuthOpts::default).refresh_token = Some(value),
+            "--token-cache" => oauth.get_or_insert_with(OAuthOpts::default).token_cache = Some(value),
             "--rate" => {
                 let r: f64 =
                     value.parse().map_err(|_| format!("{canonical}: expected a number of requests per second"))?;
@@ -958,6 +963,10 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
     }
     for resource in o.resources {
         b = b.resource(resource);
+    }
+    if let Some(path) = &o.token_cache {
+        let store = tower_auth::oauth2::FileStore::new(path).map_err(|e| format!("--token-cache: {e}"))?;
+        b = b.store(store);
     }
     let built = if o.issuer.is_some() { b.discover(transport).await } else { b.build(transport) };
     built.map_err(|e| format!("OAuth2: {e}"))

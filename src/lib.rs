@@ -65,7 +65,7 @@
 //! | netrc (opt-in) | [`NetrcAuth`] | [`AuthLayer::netrc`] | done |
 //! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
 //! | any scheme behind one type | [`BoxAuthenticator`] | [`AuthLayer::new`] | done |
-//! | OAuth2 for services: client credentials, password, refresh; a token refreshed in the background, shared lock-free | [`oauth2::OAuth2`], [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done (discovery, `private_key_jwt`, file cache: planned) |
+//! | OAuth2 for services: client credentials, password, refresh; a token refreshed in the background, shared lock-free | [`oauth2::OAuth2`], [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done |
 //!
 //! # How it works
 //!

@@ -219,3 +219,36 @@ fn oauth2_usage_errors() {
         assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
     }
 }
+
+#[test]
+fn a_token_cache_file_lets_the_next_run_skip_the_token_request() {
+    let idp = idp();
+    idp.add_client("svc", "s3cret");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tokens.json");
+    let args = |n: &'static str| {
+        vec![
+            "--oauth2-token-url".to_owned(),
+            idp.token_url(),
+            "--client-id".into(),
+            "svc".into(),
+            "--client-secret".into(),
+            "s3cret".into(),
+            "--token-cache".into(),
+            cache.display().to_string(),
+            "-n".into(),
+            n.into(),
+            idp.resource_url(),
+        ]
+    };
+    let first = fetch(&args("3").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.summary()["token_requests"], "1");
+    let second = fetch(&args("3").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.summary()["token_requests"], "0", "the token came from the cache file");
+    assert_eq!(idp.token_requests(), 1);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(&cache).unwrap().contains("s3cret"));
+}
