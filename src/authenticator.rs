@@ -160,6 +160,15 @@ pub trait Authenticator: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`on_response`](Authenticator::on_response) of a [`Once`] scheme that observes
+    /// responses reads the request's headers or extensions. `false` spares the engine a copy of
+    /// every request head (the OAuth2 scheme keeps what it needs in its state): `req` then holds
+    /// the method, URI and version only. The default, `true`, shows the whole head.
+    #[inline]
+    fn needs_request_head(&self) -> bool {
+        true
+    }
+
     /// Looks at a response; [`Action::Retry`] sends the request again, authorised anew.
     ///
     /// `req` is the request as the caller made it, before this scheme added anything. Called
@@ -479,7 +488,16 @@ pub(crate) fn proxy_may_see(uri: &Uri) -> bool {
 pub fn credentials_rejected(res: &http::response::Parts) -> bool {
     res.status == http::StatusCode::UNAUTHORIZED
         || res.status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
-        || res.headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"16")
+        || grpc_unauthenticated(res)
+}
+
+/// gRPC's status header.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Whether a trailers-only gRPC response says `UNAUTHENTICATED` (16).
+#[inline]
+pub(crate) fn grpc_unauthenticated(res: &http::response::Parts) -> bool {
+    res.headers.get(&GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"16")
 }
 
 /// Warns once per scheme instance that credentials readable on the path (Basic) go over plain

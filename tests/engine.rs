@@ -644,3 +644,42 @@ async fn routers_and_boxes_of_schemes_that_never_replay_keep_the_body_type() {
     let svc = ServiceBuilder::new().layer(AuthLayer::new(boxed)).service(OnlyOneBodyType);
     assert_eq!(svc.oneshot(Request::new(OnlyBody::default())).await.unwrap().into_body(), "Bearer boxed");
 }
+
+/// Records what `on_response` was shown of the request.
+struct HeadProbe {
+    needs_head: bool,
+    seen: Mutex<Vec<(String, usize)>>,
+}
+
+impl Authenticator for HeadProbe {
+    type Mode = Once;
+    type Error = Infallible;
+    type State = ();
+    type Wait = NoWait<Infallible>;
+    fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+        req.set_credential(&http::header::AUTHORIZATION, &HeaderValue::from_static("Bearer x"));
+        Ok(Authorize::Done)
+    }
+    fn observes_responses(&self) -> bool {
+        true
+    }
+    fn needs_request_head(&self) -> bool {
+        self.needs_head
+    }
+    fn on_response(&self, req: &http::request::Parts, _: &http::response::Parts, _: &mut ()) -> Action {
+        self.seen.lock().unwrap().push((req.uri.to_string(), req.headers.len()));
+        Action::Done
+    }
+}
+
+#[tokio::test]
+async fn an_observing_scheme_that_needs_no_request_head_is_shown_method_and_uri_only() {
+    for (needs_head, headers) in [(true, 1), (false, 0)] {
+        let probe = Arc::new(HeadProbe { needs_head, seen: Mutex::new(Vec::new()) });
+        let svc = ServiceBuilder::new().layer(AuthLayer::from_arc(probe.clone())).service(OnlyOneBodyType);
+        let req = Request::get("https://api.example/x?q=1").header("x-caller", "1").body(OnlyBody::default()).unwrap();
+        assert_eq!(svc.oneshot(req).await.unwrap().into_body(), "Bearer x");
+        // The request as the caller made it (its one header), or its method and URI only.
+        assert_eq!(*probe.seen.lock().unwrap(), [("https://api.example/x?q=1".to_owned(), headers)]);
+    }
+}

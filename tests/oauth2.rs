@@ -210,26 +210,27 @@ async fn a_thousand_callers_at_a_cold_start_cause_one_token_request() {
 
 #[tokio::test(start_paused = true)]
 async fn the_token_is_replaced_in_the_background_before_it_expires_and_requests_never_wait() {
-    let endpoint = Endpoint::new([token(60), token(60), token(60)]);
+    let endpoint = Endpoint::new([token(60)]);
     endpoint.delay(Duration::from_millis(200));
     let api = Api::default();
-    for t in ["at-1", "at-2", "at-3"] {
+    for t in ["at-1", "at-2", "at-3", "at-4"] {
         api.accept(t);
     }
     let p = provider(&endpoint);
     let svc = client(&p, &api);
     svc.clone().oneshot(get()).await.unwrap();
     assert_eq!(endpoint.count(), 1);
-    // Early expiry 30 s (at most half the lifetime): usable for 30 s, refreshed before, with
-    // jitter of at most 3 s. Requests every second for 80 s never wait for a token.
-    for _ in 0..80 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // Early expiry 30 s (at most half the lifetime): usable for 30 s; replaced from 24 s (a
+    // fifth of the usable time kept for the token request, which takes 200 ms here), minus up to
+    // 2.4 s of jitter. Requests every 100 ms for 80 s never wait for a token.
+    for _ in 0..800 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let started = tokio::time::Instant::now();
         let res = svc.clone().oneshot(get()).await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(started.elapsed(), Duration::from_millis(10), "a request waited for a token (the API takes 10 ms)");
     }
-    assert_eq!(endpoint.count(), 3, "refreshed at about 27-30 s and 57-60 s");
+    assert_eq!(endpoint.count(), 4, "replaced at about 22-24 s, 43-48 s and 65-72 s");
     let seen = api.seen();
     assert!(seen.contains(&"Bearer at-2".to_owned()) && seen.contains(&"Bearer at-3".to_owned()));
 }

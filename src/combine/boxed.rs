@@ -217,6 +217,11 @@ impl<M: BodyMode> Authenticator for BoxAuthenticator<M> {
     }
 
     #[inline]
+    fn needs_request_head(&self) -> bool {
+        self.inner.needs_request_head()
+    }
+
+    #[inline]
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action {
         self.inner.on_response(req, res, state)
     }
@@ -244,6 +249,7 @@ trait DynAuth: Send + Sync + 'static {
     fn on_own_response(&self, req: &Parts, res: &http::response::Parts, body: &Bytes, state: &mut BoxState) -> Action;
     fn replays(&self) -> bool;
     fn sees_responses(&self) -> bool;
+    fn needs_request_head(&self) -> bool;
     fn type_name(&self) -> &'static str;
 }
 
@@ -295,6 +301,10 @@ impl<A: Authenticator> DynAuth for Erased<A> {
         <A::Mode as BodyMode>::REPLAY || self.0.observes_responses()
     }
 
+    fn needs_request_head(&self) -> bool {
+        self.0.needs_request_head()
+    }
+
     fn type_name(&self) -> &'static str {
         std::any::type_name::<A>()
     }
@@ -327,6 +337,9 @@ impl DynAuth for Nothing {
         false
     }
     fn sees_responses(&self) -> bool {
+        false
+    }
+    fn needs_request_head(&self) -> bool {
         false
     }
     fn type_name(&self) -> &'static str {

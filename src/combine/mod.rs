@@ -227,6 +227,10 @@ where
     fn observes_responses(&self) -> bool {
         self.first.observes_responses() || self.second.observes_responses()
     }
+
+    fn needs_request_head(&self) -> bool {
+        self.first.needs_request_head() || self.second.needs_request_head()
+    }
 }
 
 /// Which scheme of a [`FirstOf`] serves the request.
@@ -314,6 +318,10 @@ where
 
     fn observes_responses(&self) -> bool {
         self.first.observes_responses() || self.second.observes_responses()
+    }
+
+    fn needs_request_head(&self) -> bool {
+        self.first.needs_request_head() || self.second.needs_request_head()
     }
 }
 

@@ -331,6 +331,16 @@ impl<S: Clone, A: Authenticator, B> Ctx<S, A, B> {
     }
 }
 
+/// The method, URI and version of a request head, without its headers and extensions (no
+/// allocation: the URI's bytes are shared).
+pub(crate) fn bare_parts(p: &Parts) -> Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = p.method.clone();
+    parts.uri = p.uri.clone();
+    parts.version = p.version;
+    parts
+}
+
 /// A copy of a request head (`Parts` is not `Clone`; its fields are).
 pub(crate) fn clone_parts(p: &Parts) -> Parts {
     let (mut parts, ()) = Request::new(()).into_parts();

@@ -266,7 +266,11 @@ where
             let mut state = A::State::default();
             let observes = self.auth.observes_responses();
             // A scheme that looks at responses sees the request as the caller made it.
-            let original = if observes { Some(future::clone_parts(&parts)) } else { None };
+            let original = match observes {
+                false => None,
+                true if self.auth.needs_request_head() => Some(future::clone_parts(&parts)),
+                true => Some(future::bare_parts(&parts)),
+            };
             let view = if body.is_end_stream() { BodyView::Empty } else { BodyView::Unavailable };
             match self.auth.authorize(&mut AuthRequest::new(&mut parts, view, 0), &mut state) {
                 Ok(Authorize::Done) | Ok(Authorize::NeedBody) => {

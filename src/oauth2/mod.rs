@@ -493,13 +493,18 @@ impl<M: OAuth2Mode> Authenticator for OAuth2<M> {
         }
     }
 
+    #[inline]
     fn observes_responses(&self) -> bool {
         true
     }
 
+    #[inline]
+    fn needs_request_head(&self) -> bool {
+        false // the token sent is in the state
+    }
+
     fn on_response(&self, _: &Parts, res: &http::response::Parts, state: &mut OAuth2State) -> Action {
-        let rejected = res.status == StatusCode::UNAUTHORIZED
-            || res.headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"16");
+        let rejected = res.status == StatusCode::UNAUTHORIZED || crate::authenticator::grpc_unauthenticated(res);
         if !rejected || insufficient_scope(res) {
             return Action::Done;
         }

@@ -432,12 +432,15 @@ impl Shared {
         let header = self.header(issued.token.expose())?;
         let early = self.timing.early_expiry.min(lifetime / 2);
         let usable = lifetime - early;
-        let mut refresh = usable.min(lifetime.mul_f64(self.timing.refresh_fraction));
+        // The replacement starts early enough to arrive before the token stops being sent: at
+        // the earlier of a fraction of the lifetime and the usable time less a margin (a fifth
+        // of it, at most 30 s) for the token request itself, then up to a tenth earlier again
+        // (at most 30 s), at random, so that replicas do not refresh in step.
+        let margin = (usable / 5).min(Duration::from_secs(30));
+        let mut refresh = (usable - margin).min(lifetime.mul_f64(self.timing.refresh_fraction));
         if let Some(refresh_in) = issued.refresh_in.and_then(|s| u64::try_from(s).ok()) {
             refresh = refresh.min(Duration::from_secs(refresh_in));
         }
-        // Jitter, so that replicas do not refresh in step: up to a tenth of the time left, at
-        // most 30 s, taken off.
         let jitter = refresh.mul_f64(0.1).min(Duration::from_secs(30)).mul_f64(rand::random::<f64>());
         let token = Arc::new(Token {
             header,
