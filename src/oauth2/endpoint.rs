@@ -682,6 +682,21 @@ impl Endpoint {
     }
 }
 
+/// An error and its causes, each once (a certificate refused deep in a TLS stack included).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// `application/x-www-form-urlencoded` of one value.
 fn form_encoded(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, FORM).to_string().replace("%20", "+")
@@ -705,7 +720,7 @@ fn classify(
             uri: e.error_uri().cloned(),
         },
         RequestTokenError::Request(CallError(e)) if e.is::<Elapsed>() => TokenErrorKind::Timeout(timeout),
-        RequestTokenError::Request(CallError(e)) => TokenErrorKind::Transport(Arc::from(e.to_string())),
+        RequestTokenError::Request(CallError(e)) => TokenErrorKind::Transport(Arc::from(chain(&*e))),
         RequestTokenError::Parse(_, body) => {
             // Never quote a 200 answer: it may hold a token.
             let excerpt = if status == Some(StatusCode::OK) {
