@@ -27,6 +27,8 @@ enum Answer {
     },
     Status(u16, &'static str),
     Error(u16, &'static str),
+    /// 429 with `Retry-After: N`.
+    TooMany(u64),
 }
 
 /// What the token endpoint was sent: its `Authorization` header and its body.
@@ -113,6 +115,11 @@ impl Service<Request<Full<Bytes>>> for Endpoint {
                     serde_json::json!({"error": error, "error_description": format!("{error} said the server")})
                         .to_string(),
                 ),
+                Answer::TooMany(seconds) => Response::builder()
+                    .status(429)
+                    .header("retry-after", seconds.to_string())
+                    .body(Full::new(Bytes::from_static(b"slow down")))
+                    .unwrap(),
                 Answer::Status(status, body) => Response::builder()
                     .status(status)
                     .header("content-type", "text/html")
@@ -586,4 +593,108 @@ async fn no_token_secret_or_password_in_trace_logs_debug_or_errors() {
             assert!(!text.contains(secret), "{secret:?} in the {what}: {text}");
         }
     }
+}
+
+/// A store shared by "replicas" (providers in one test), with a lease: a `MemoryStore` behind an
+/// async mutex held from `lease` until the lease is given back.
+#[derive(Clone, Default)]
+struct LeasedStore {
+    inner: tower_auth::oauth2::MemoryStore,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    leases: Arc<AtomicUsize>,
+}
+
+impl tower_auth::oauth2::TokenStore for LeasedStore {
+    fn load<'a>(
+        &'a self,
+        key: &'a tower_auth::oauth2::CacheKey,
+    ) -> tower_auth::oauth2::StoreFuture<'a, Option<tower_auth::oauth2::StoredToken>> {
+        self.inner.load(key)
+    }
+    fn save<'a>(
+        &'a self,
+        key: &'a tower_auth::oauth2::CacheKey,
+        token: &'a tower_auth::oauth2::StoredToken,
+    ) -> tower_auth::oauth2::StoreFuture<'a, ()> {
+        self.inner.save(key, token)
+    }
+    fn lease<'a>(
+        &'a self,
+        _: &'a tower_auth::oauth2::CacheKey,
+    ) -> tower_auth::oauth2::StoreFuture<'a, tower_auth::oauth2::Lease> {
+        Box::pin(async move {
+            let guard = Arc::clone(&self.lock).lock_owned().await;
+            self.leases.fetch_add(1, Ordering::SeqCst);
+            Ok(tower_auth::oauth2::Lease::new(move || {
+                drop(guard);
+                Box::pin(std::future::ready(Ok(())))
+            }))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_sharing_a_leased_store_make_one_token_request_per_expiry() {
+    let endpoint = Endpoint::new([token(60)]);
+    endpoint.delay(Duration::from_millis(200));
+    let store = LeasedStore::default();
+    let replicas: Vec<TokenProvider> = (0..4)
+        .map(|_| {
+            TokenProvider::client_credentials("https://idp.test/token", "svc", "s3cret")
+                .store(store.clone())
+                .build(endpoint.clone())
+                .unwrap()
+        })
+        .collect();
+    // Cold start: every replica wants a token at once; one requests it, the others find it in
+    // the store after taking the lease.
+    let tokens: Vec<_> = futures_join_all(replicas.iter().map(|p| p.token())).await;
+    let first = tokens[0].as_ref().unwrap().header_value().clone();
+    for t in &tokens {
+        assert_eq!(t.as_ref().unwrap().header_value(), &first);
+    }
+    assert_eq!(endpoint.count(), 1, "one token request for four replicas");
+    // Through two more expiries, in the background: one request each time.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(endpoint.count(), 1 + 4, "one per replacement: the 60 s token is replaced at about 22-24 s");
+    let current: Vec<_> = replicas.iter().map(|p| p.current().unwrap().header_value().clone()).collect();
+    assert!(current.iter().all(|v| *v == current[0]), "every replica holds the same token");
+    assert!(store.leases.load(Ordering::SeqCst) >= 4);
+}
+
+/// `join_all` without the futures crate: polls every future until all are done.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut handles: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, fut) in out.iter_mut().zip(handles.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|v| v.unwrap()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_is_retried_after_its_retry_after_and_not_before() {
+    let endpoint = Endpoint::new([Answer::TooMany(20), token(3600)]);
+    let p = provider(&endpoint);
+    let err = p.token().await.unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap();
+    let token_error = cause.downcast_ref::<tower_auth::oauth2::TokenError>().unwrap();
+    assert_eq!(token_error.status(), Some(http::StatusCode::TOO_MANY_REQUESTS));
+    assert!(!token_error.is_permanent());
+    assert_eq!(token_error.retry_after(), Some(Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    assert_eq!(endpoint.count(), 1, "nothing before Retry-After");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(endpoint.count(), 2, "retried in the background after it");
+    assert!(p.current().is_some());
 }

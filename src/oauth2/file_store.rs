@@ -236,7 +236,7 @@ impl FileStore {
         let _lock = inner.lock(true)?;
         let mut tokens = inner.read()?;
         tokens.insert(key.to_owned(), Entry::from_stored(token));
-        let now = unix_seconds(SystemTime::now());
+        let now = unix_seconds(super::store::wall_now());
         tokens.retain(|k, e| k == key || e.keep(now));
         inner.write(&tokens)
     }

@@ -102,7 +102,7 @@ pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError
 pub use self::file_store::{FileStore, FileStoreError};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
-pub use self::store::{CacheKey, MemoryStore, StoreFuture, StoredToken, TokenStore};
+pub use self::store::{CacheKey, Lease, MemoryStore, StoreFuture, StoredToken, TokenStore};
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
 use crate::combine::BoxWait;
 use crate::engine::{BodyMode, Once, Replay};

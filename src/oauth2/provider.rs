@@ -353,6 +353,76 @@ impl Shared {
 
     /// One token request, its outcome published.
     async fn fetch(&self) {
+        // With a shared store: take its lease on the key, then look again — another holder of
+        // the store may have just obtained a token, and then this one makes no request.
+        let lease = self.lease().await;
+        if lease.is_some() && self.reload_fresh().await {
+            self.lock().demand = false;
+            if let Some(lease) = lease
+                && let Err(e) = lease.release().await
+            {
+                tracing::warn!(error = %e, "the token store's lease could not be given back; it ends when it expires");
+            }
+            self.attempts.send_modify(|n| *n += 1);
+            return;
+        }
+        self.fetch_leased().await;
+        if let Some(lease) = lease
+            && let Err(e) = lease.release().await
+        {
+            tracing::warn!(error = %e, "the token store's lease could not be given back; it ends when it expires");
+        }
+    }
+
+    /// The store's lease on this provider's key, if it has a store (a failing store is logged
+    /// and the request made anyway: a token matters more than one request too many).
+    async fn lease(&self) -> Option<super::store::Lease> {
+        let (store, key) = self.store.as_ref()?;
+        match store.lease(key).await {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::warn!(error = %e, "the token store's lease could not be taken; requesting a token anyway");
+                None
+            }
+        }
+    }
+
+    /// Installs a token from the store if it is fresher than the one held and usable for a while
+    /// yet; `true` if it did.
+    async fn reload_fresh(&self) -> bool {
+        let Some((store, key)) = &self.store else { return false };
+        let Ok(Some(stored)) = store.load(key).await else { return false };
+        let Some(remaining) = stored.remaining() else { return false };
+        let now = Instant::now();
+        let held = self.slot.load().as_ref().map(|t| t.expires_at.saturating_duration_since(now));
+        // Fresher than ours, and still to be sent for a while (past the early expiry).
+        if held.is_some_and(|h| remaining <= h)
+            || remaining.saturating_sub(self.timing.early_expiry) < Duration::from_secs(1)
+        {
+            return false;
+        }
+        if let Some(rt) = stored.refresh_token.clone() {
+            self.lock().refresh_token = Some(rt);
+        }
+        let issued = Issued {
+            token: stored.access_token.clone(),
+            expires_in: Some(remaining.as_secs() as i64),
+            refresh_in: None,
+            refresh_token: None,
+        };
+        let installed = self.install(&issued, now).is_ok();
+        if installed {
+            let mut control = self.lock();
+            control.failures_in_a_row = 0;
+            control.retry_at = None;
+            control.last_error = None;
+            control.permanent = false;
+            tracing::debug!("a token another holder of the token store obtained is used");
+        }
+        installed
+    }
+
+    async fn fetch_leased(&self) {
         let (grant, refresh) = {
             let mut control = self.lock();
             control.demand = false;

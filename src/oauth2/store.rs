@@ -25,13 +25,62 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> +
 
 /// A place to keep tokens: shared between providers, across restarts, or across a fleet.
 ///
-/// The provider loads once when its task starts and saves after every token it obtains. A
-/// failing store is logged and worked around: the provider keeps its token in memory.
+/// The provider loads once when its task starts. Before each token request it takes a
+/// [`lease`](TokenStore::lease) on the key, loads again (another holder of the store may have
+/// just obtained a token: then no request is made), requests, saves, and gives the lease back.
+/// A failing store is logged and worked around: the provider keeps its token in memory.
 pub trait TokenStore: Send + Sync + 'static {
     /// The token stored under `key`, if any.
     fn load<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, Option<StoredToken>>;
     /// Stores `token` under `key`, replacing what was there.
     fn save<'a>(&'a self, key: &'a CacheKey, token: &'a StoredToken) -> StoreFuture<'a, ()>;
+    /// The exclusive right to request a token for `key` among everything sharing the store, so
+    /// that a fleet makes one token request per expiry (and a rotated refresh token is used by one
+    /// writer). The default grants it at once: a store of one process needs nothing beyond the
+    /// provider's own single flight. A store shared by replicas takes a lease (Redis:
+    /// `SET key NX PX`, longer than the token request's timeout), waits while another holder
+    /// has it (notified, or polling within a bound), and returns a [`Lease`] that gives it back.
+    fn lease<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, Lease> {
+        let _ = key;
+        Box::pin(std::future::ready(Ok(Lease::none())))
+    }
+}
+
+/// The right to request a token, from [`TokenStore::lease`]; given back by
+/// [`release`](Lease::release) (the provider calls it after saving) or, as a last resort, when
+/// the store's own expiry of the lease passes.
+pub struct Lease {
+    release: Option<Box<dyn FnOnce() -> StoreFuture<'static, ()> + Send>>,
+}
+
+impl Lease {
+    /// Nothing to give back.
+    pub fn none() -> Self {
+        Lease { release: None }
+    }
+
+    /// A lease given back by `release`.
+    pub fn new(release: impl FnOnce() -> StoreFuture<'static, ()> + Send + 'static) -> Self {
+        Lease { release: Some(Box::new(release)) }
+    }
+
+    /// Gives the lease back.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the lease then ends when the store's expiry of it passes.
+    pub async fn release(mut self) -> Result<(), BoxError> {
+        match self.release.take() {
+            Some(release) => release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease").field("held", &self.release.is_some()).finish()
+    }
 }
 
 /// The key of one client configuration's token: a SHA-256 over the token URL, client id, grant
@@ -93,12 +142,12 @@ impl StoredToken {
         let left = token.expires_at().saturating_duration_since(tokio::time::Instant::now());
         let value = token.header_value().to_str().unwrap_or_default();
         let access = value.rsplit(' ').next().unwrap_or(value).to_owned();
-        StoredToken { access_token: Secret::new(access), expires_at: SystemTime::now() + left, refresh_token }
+        StoredToken { access_token: Secret::new(access), expires_at: wall_now() + left, refresh_token }
     }
 
     /// Time left before it expires, if any.
     pub fn remaining(&self) -> Option<Duration> {
-        self.expires_at.duration_since(SystemTime::now()).ok().filter(|d| !d.is_zero())
+        self.expires_at.duration_since(wall_now()).ok().filter(|d| !d.is_zero())
     }
 }
 
@@ -110,6 +159,15 @@ impl fmt::Debug for StoredToken {
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
             .finish()
     }
+}
+
+/// Wall-clock time that moves with tokio's clock: the wall clock when first asked, plus tokio's
+/// time since. In a running service it is the wall clock; on tokio's paused test clock, a stored
+/// token's expiry moves with the paused time like every other deadline of the provider.
+pub(crate) fn wall_now() -> SystemTime {
+    static ANCHOR: std::sync::OnceLock<(SystemTime, tokio::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, instant) = ANCHOR.get_or_init(|| (SystemTime::now(), tokio::time::Instant::now()));
+    *wall + tokio::time::Instant::now().saturating_duration_since(*instant)
 }
 
 /// Tokens kept in this process, shared by the providers given the same store (clones share).
