@@ -657,8 +657,11 @@ async fn replicas_sharing_a_leased_store_make_one_token_request_per_expiry() {
     // Through two more expiries, in the background: one request each time.
     tokio::time::sleep(Duration::from_secs(100)).await;
     assert_eq!(endpoint.count(), 1 + 4, "one per replacement: the 60 s token is replaced at about 22-24 s");
-    let current: Vec<_> = replicas.iter().map(|p| p.current().unwrap().header_value().clone()).collect();
-    assert!(current.iter().all(|v| *v == current[0]), "every replica holds the same token");
+    // Every replica holds a usable token: the newest, or the one before it until its own
+    // replacement time comes (then it takes the newest from the store instead of requesting).
+    let current: std::collections::HashSet<_> =
+        replicas.iter().map(|p| p.current().expect("a usable token").header_value().clone()).collect();
+    assert!(current.len() <= 2, "{} tokens in use", current.len());
     assert!(store.leases.load(Ordering::SeqCst) >= 4);
 }
 
