@@ -77,6 +77,7 @@
 //! No token, secret or refresh token appears in `Debug`, `Display`, an error or a log line.
 //! The header is marked sensitive; a caller's own `Authorization` header wins.
 
+mod browser;
 mod discovery;
 mod endpoint;
 #[cfg(unix)]
@@ -95,6 +96,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
 
+pub use self::browser::{Browser, PrintUrl, SystemBrowser};
 pub use self::discovery::Metadata;
 use self::endpoint::{Assertion, Endpoint, Params};
 pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
