@@ -154,6 +154,11 @@ pub enum Grant {
     },
     /// A refresh token obtained elsewhere (RFC 6749 §6).
     RefreshToken(Secret),
+    /// The authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636), through the user's
+    /// browser and a loopback listener (feature `oauth2-browser`). Made by
+    /// [`TokenProvider::authorization_code`](super::TokenProvider::authorization_code).
+    #[cfg(feature = "oauth2-browser")]
+    AuthorizationCode(Arc<super::interactive::CodeFlow>),
 }
 
 impl Grant {
@@ -163,7 +168,19 @@ impl Grant {
             Grant::ClientCredentials => "client_credentials",
             Grant::Password { .. } => "password",
             Grant::RefreshToken(_) => "refresh_token",
+            #[cfg(feature = "oauth2-browser")]
+            Grant::AuthorizationCode(_) => "authorization_code",
         }
+    }
+
+    /// Whether obtaining a token involves the user (then failures are not retried by
+    /// themselves, and a refused refresh token leads back to the user).
+    pub(crate) fn is_interactive(&self) -> bool {
+        #[cfg(feature = "oauth2-browser")]
+        if let Grant::AuthorizationCode(_) = self {
+            return true;
+        }
+        false
     }
 }
 
@@ -175,6 +192,8 @@ impl fmt::Debug for Grant {
                 f.debug_struct("Password").field("user", user).field("password", &"[redacted]").finish()
             }
             Grant::RefreshToken(_) => f.write_str("RefreshToken([redacted])"),
+            #[cfg(feature = "oauth2-browser")]
+            Grant::AuthorizationCode(flow) => f.debug_tuple("AuthorizationCode").field(flow).finish(),
         }
     }
 }
@@ -209,6 +228,10 @@ enum TokenErrorKind {
     Transport(Arc<str>),
     Timeout(Duration),
     Config(String),
+    /// The user's authorisation failed (denied, a wrong state or issuer, no answer in time) or
+    /// its id_token was refused.
+    #[cfg_attr(not(feature = "oauth2-browser"), allow(dead_code))]
+    Authorization(String),
 }
 
 impl TokenError {
@@ -242,7 +265,7 @@ impl TokenError {
                 error.as_str(),
                 "invalid_client" | "invalid_grant" | "unauthorized_client" | "invalid_scope" | "unsupported_grant_type"
             ),
-            TokenErrorKind::Config(_) => true,
+            TokenErrorKind::Config(_) | TokenErrorKind::Authorization(_) => true,
             // A client error without an OAuth2 body (some servers answer a bad client with a
             // bare 401 or 403): retrying the same request cannot help. 408 and 429 can.
             TokenErrorKind::Unexpected { status: Some(status), .. } => {
@@ -308,6 +331,7 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Transport(e) => write!(f, "the token request failed: {e}"),
             TokenErrorKind::Timeout(d) => write!(f, "the token endpoint did not answer within {} s", d.as_secs_f32()),
             TokenErrorKind::Config(m) => f.write_str(m),
+            TokenErrorKind::Authorization(m) => write!(f, "the authorization failed: {m}"),
         }
     }
 }
@@ -657,6 +681,37 @@ impl Endpoint {
             Grant::RefreshToken(rt) => {
                 let rt = RefreshToken::new(rt.expose().to_owned());
                 add_params!(client.exchange_refresh_token(&rt))
+            }
+            #[cfg(feature = "oauth2-browser")]
+            Grant::AuthorizationCode(flow) => {
+                let granted = flow
+                    .authorize(&self.client_id, &params.scopes)
+                    .await
+                    .map_err(|e| TokenError { kind: TokenErrorKind::Authorization(e.to_string()) })?;
+                let redirect = oauth2::RedirectUrl::new(granted.redirect_uri.clone())
+                    .map_err(|e| TokenError::config(format!("invalid redirect URI: {e}")))?;
+                let mut req = client
+                    .exchange_code(oauth2::AuthorizationCode::new(granted.code.clone()))
+                    .set_pkce_verifier(granted.verifier)
+                    .set_redirect_uri(std::borrow::Cow::Owned(redirect));
+                for (name, value) in &params.extra {
+                    req = req.add_extra_param(name.clone(), value.clone());
+                }
+                if let Some(assertion) = &assertion {
+                    req = req
+                        .add_extra_param(
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        )
+                        .add_extra_param("client_assertion", assertion.clone());
+                }
+                let answer = req.request_async(&call).await;
+                if let (Ok(answer), Some(nonce)) = (&answer, &granted.nonce) {
+                    let id_token = answer.extra.get("id_token").and_then(|v| v.as_str()).unwrap_or_default();
+                    super::interactive::check_id_token(id_token, nonce, &self.client_id)
+                        .map_err(|e| TokenError { kind: TokenErrorKind::Authorization(e) })?;
+                }
+                answer
             }
         };
         let seen = *call.seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -82,6 +82,8 @@ mod discovery;
 mod endpoint;
 #[cfg(unix)]
 mod file_store;
+#[cfg(feature = "oauth2-browser")]
+mod interactive;
 mod provider;
 mod store;
 
@@ -102,6 +104,8 @@ use self::endpoint::{Assertion, Endpoint, Params};
 pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
 #[cfg(unix)]
 pub use self::file_store::{FileStore, FileStoreError};
+#[cfg(feature = "oauth2-browser")]
+pub use self::interactive::CodeFlow;
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
 pub use self::store::{CacheKey, Lease, MemoryStore, StoreFuture, StoredToken, TokenStore};
@@ -124,6 +128,8 @@ pub struct ProviderBuilder {
     private_key: Option<PrivateKey>,
     assertion_audience: Option<String>,
     issuer: Option<String>,
+    #[cfg(feature = "oauth2-browser")]
+    flow: Option<interactive::CodeFlow>,
     grant: Grant,
     params: Params,
     timing: Timing,
@@ -160,6 +166,25 @@ impl TokenProvider {
         let grant = Grant::Password { user: user.into(), password: Secret::new(password.as_ref()) };
         let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, grant);
         builder.auth = ClientAuth::None;
+        builder
+    }
+
+    /// The authorization code grant with PKCE for native applications (RFC 6749 §4.1, RFC 7636,
+    /// RFC 8252; feature `oauth2-browser`): the user authorises in their browser, which comes
+    /// back to a loopback listener on 127.0.0.1 (port 5000 unless
+    /// [`redirect_port`](ProviderBuilder::redirect_port) says otherwise). A public client by
+    /// default; give [`client_secret`](ProviderBuilder::client_secret) for a confidential one
+    /// (it goes to the token endpoint only, never into the browser URL).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn authorization_code(
+        authorization_url: impl Into<String>,
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+    ) -> ProviderBuilder {
+        let flow = interactive::CodeFlow::new(authorization_url.into(), Arc::new(SystemBrowser));
+        let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, Grant::ClientCredentials);
+        builder.auth = ClientAuth::None;
+        builder.flow = Some(flow);
         builder
     }
 
@@ -233,6 +258,8 @@ impl ProviderBuilder {
             private_key: None,
             assertion_audience: None,
             issuer: None,
+            #[cfg(feature = "oauth2-browser")]
+            flow: None,
             grant,
             params: Params { token_field: "access_token".into(), ..Params::default() },
             timing: Timing {
@@ -274,6 +301,71 @@ impl ProviderBuilder {
         self.private_key = Some(key);
         self.auth = ClientAuth::PrivateKeyJwt;
         self.auth_set = true;
+        self
+    }
+
+    /// How the authorization URL is shown to the user (default: [`SystemBrowser`]).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn browser(mut self, browser: impl Browser) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.browser = Arc::new(browser);
+        }
+        self
+    }
+
+    /// The loopback port of the redirect listener (default 5000; 0 for any free port).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn redirect_port(mut self, port: u16) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.ports = vec![port];
+        }
+        self
+    }
+
+    /// Ports tried in turn when the redirect port is taken.
+    #[cfg(feature = "oauth2-browser")]
+    pub fn fallback_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.ports.extend(ports);
+        }
+        self
+    }
+
+    /// The path of the redirect URI (default `/`).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn redirect_path(mut self, path: impl Into<String>) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.path = path.into();
+        }
+        self
+    }
+
+    /// How long the listener waits for the browser to come back (default 60 s).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn authorization_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.timeout = timeout;
+        }
+        self
+    }
+
+    /// Adds a parameter to the authorization URL (the browser's), not to token requests (use
+    /// [`param`](ProviderBuilder::param) for those).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn auth_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.auth_params.push((name.into(), value.into()));
+        }
+        self
+    }
+
+    /// PKCE with the `plain` method, for servers that support no other (S256 is the default,
+    /// and what RFC 7636 asks of clients that can).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn pkce_plain(mut self) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.pkce = interactive::Pkce::Plain;
+        }
         self
     }
 
@@ -383,7 +475,8 @@ impl ProviderBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] for a token URL that is not a URL, or a missing client secret.
-    pub fn build<S, RB>(self, service: S) -> Result<TokenProvider, ConfigError>
+    #[cfg_attr(not(feature = "oauth2-browser"), allow(unused_mut))]
+    pub fn build<S, RB>(mut self, service: S) -> Result<TokenProvider, ConfigError>
     where
         S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -395,6 +488,11 @@ impl ProviderBuilder {
         let audience =
             self.assertion_audience.clone().or_else(|| self.issuer.clone()).unwrap_or_else(|| self.url.clone());
         let assertion = self.private_key.clone().map(|key| Assertion { key, audience });
+        #[cfg(feature = "oauth2-browser")]
+        if let Some(mut flow) = self.flow.take() {
+            flow.issuer = self.issuer.clone();
+            self.grant = Grant::AuthorizationCode(Arc::new(flow));
+        }
         let endpoint = Endpoint::new(
             &self.url,
             &self.client_id,

@@ -435,8 +435,11 @@ impl Shared {
             Some(rt) if !matches!(grant, Grant::ClientCredentials) => {
                 let refreshed = self.endpoint.request(&Grant::RefreshToken(rt.clone()), &self.params).await;
                 match refreshed {
-                    Err(e) if e.oauth2_error() == Some("invalid_grant") && matches!(grant, Grant::Password { .. }) => {
-                        tracing::info!("the refresh token was refused; logging in again with the password grant");
+                    Err(e)
+                        if e.oauth2_error() == Some("invalid_grant")
+                            && (matches!(grant, Grant::Password { .. }) || grant.is_interactive()) =>
+                    {
+                        tracing::info!(grant = grant.name(), "the refresh token was refused; authorising again");
                         self.stats.token_requests.fetch_add(1, Ordering::Relaxed);
                         self.endpoint.request(&grant, &self.params).await
                     }

@@ -1,0 +1,335 @@
+//! The authorization code grant with PKCE for native applications (RFC 6749 §4.1, RFC 7636,
+//! RFC 8252): a loopback redirect listener (axum) bound to 127.0.0.1 only, the user's browser,
+//! and every check RFC 9700 asks of a client.
+//!
+//! - A fresh random `state` per authorisation, compared in constant time; a fresh PKCE verifier
+//!   per attempt (S256; `plain` only when asked); an OpenID Connect `nonce` when the scope has
+//!   `openid`, checked against the id_token (its `nonce`, `aud` and `exp`; the id_token's
+//!   signature is not verified here: it came over the token endpoint's TLS); the `iss`
+//!   authorization response parameter (RFC 9207) checked when the issuer is known.
+//! - The `redirect_uri` names exactly what the listener binds (`http://127.0.0.1:PORT/PATH`); the
+//!   port is configurable (default 5000, as requests_auth), 0 for any free port, with fallbacks.
+//! - Extra parameters go where they belong: [`auth_param`](super::ProviderBuilder::auth_param)
+//!   into the browser URL, [`param`](super::ProviderBuilder::param) into the token request; the
+//!   client secret never goes into the browser URL.
+//! - Anything else reaching the listener (a favicon, a port scanner) gets a 404 and the listener
+//!   keeps waiting; everything the pages echo is HTML-escaped; the listener always shuts down and
+//!   frees its port, on success, failure or timeout.
+//! - One authorisation at a time per provider: it runs in the provider's single background task,
+//!   so 50 requests needing a token open one browser tab. The refresh token it yields is used for
+//!   later tokens (and kept in the provider's store); the browser opens again only when refreshing
+//!   fails with `invalid_grant`.
+//!
+//! Written here: the listener and the checks (the `oauth2` crate builds PKCE values and exchanges
+//! the code; it has no listener).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::Html;
+use http::StatusCode;
+use oauth2::{PkceCodeChallenge, PkceCodeVerifier};
+use tokio::sync::oneshot;
+
+use super::browser::Browser;
+
+/// How the PKCE challenge is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pkce {
+    S256,
+    Plain,
+}
+
+/// The configuration of an authorization code flow, made and set through
+/// [`TokenProvider::authorization_code`](super::TokenProvider::authorization_code) and the
+/// builder's `redirect_port`, `browser`, `auth_param`… methods.
+#[derive(Clone)]
+pub struct CodeFlow {
+    pub(crate) auth_url: String,
+    pub(crate) browser: Arc<dyn Browser>,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) path: String,
+    pub(crate) timeout: Duration,
+    pub(crate) pkce: Pkce,
+    pub(crate) auth_params: Vec<(String, String)>,
+    /// The issuer, to check the `iss` authorization response parameter and the id_token.
+    pub(crate) issuer: Option<String>,
+}
+
+impl std::fmt::Debug for CodeFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeFlow")
+            .field("auth_url", &self.auth_url)
+            .field("ports", &self.ports)
+            .field("path", &self.path)
+            .field("timeout", &self.timeout)
+            .field("pkce", &self.pkce)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CodeFlow {
+    pub(crate) fn new(auth_url: String, browser: Arc<dyn Browser>) -> Self {
+        CodeFlow {
+            auth_url,
+            browser,
+            ports: vec![5000],
+            path: "/".into(),
+            timeout: Duration::from_secs(60),
+            pkce: Pkce::S256,
+            auth_params: Vec::new(),
+            issuer: None,
+        }
+    }
+}
+
+/// What the authorisation gave, ready to be exchanged.
+pub(crate) struct Granted {
+    pub(crate) code: String,
+    pub(crate) verifier: PkceCodeVerifier,
+    pub(crate) redirect_uri: String,
+    pub(crate) nonce: Option<String>,
+}
+
+/// Why an authorisation failed (never a secret; the server's text is quoted as given).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The server redirected with `error=` (`access_denied`…).
+    Denied { error: String, description: Option<String> },
+    /// The callback's `state` was missing or not ours.
+    State,
+    /// The callback's `iss` was not the issuer's (RFC 9207).
+    Issuer(String),
+    /// No callback within the timeout.
+    Timeout(Duration),
+    /// No loopback port could be bound.
+    Listen(String),
+    /// A callback without a code.
+    NoCode,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Denied { error, description } => {
+                write!(f, "the authorization server refused: {error}")?;
+                if let Some(d) = description {
+                    write!(f, ": {d}")?;
+                }
+                Ok(())
+            }
+            Failure::State => {
+                f.write_str("the authorization response's state is missing or not this request's (refused)")
+            }
+            Failure::Issuer(iss) => write!(
+                f,
+                "the authorization response came from issuer {iss:?}, not the configured one (refused, RFC 9207)"
+            ),
+            Failure::Timeout(d) => {
+                write!(f, "no authorization response within {} s (the browser never came back)", d.as_secs())
+            }
+            Failure::Listen(e) => write!(f, "no loopback port for the redirect listener: {e}"),
+            Failure::NoCode => f.write_str("the authorization response has no code"),
+        }
+    }
+}
+
+/// 128 random bits, URL-safe.
+fn random_token() -> String {
+    rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// HTML-escapes text for the pages the listener answers with.
+pub(crate) fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(title: &str, text: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title></head><body><h1>{}</h1><p>{}</p></body></html>",
+        escape_html(title),
+        escape_html(title),
+        escape_html(text)
+    ))
+}
+
+struct Waiting {
+    state: String,
+    issuer: Option<String>,
+    done: Mutex<Option<oneshot::Sender<Result<String, Failure>>>>,
+}
+
+async fn callback(
+    State(w): State<Arc<Waiting>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> (StatusCode, Html<String>) {
+    let outcome = judge(&w, &q);
+    let (status, reply) = match &outcome {
+        Ok(_) => (StatusCode::OK, page("Authentication succeeded", "You can close this window.")),
+        Err(e) => (StatusCode::BAD_REQUEST, page("Authentication failed", &e.to_string())),
+    };
+    if let Some(done) = w.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = done.send(outcome);
+    }
+    (status, reply)
+}
+
+fn judge(w: &Waiting, q: &std::collections::HashMap<String, String>) -> Result<String, Failure> {
+    let state_ok = q.get("state").is_some_and(|s| constant_time_eq(s, &w.state));
+    if let Some(error) = q.get("error") {
+        if !state_ok {
+            return Err(Failure::State);
+        }
+        return Err(Failure::Denied { error: error.clone(), description: q.get("error_description").cloned() });
+    }
+    if !state_ok {
+        return Err(Failure::State);
+    }
+    if let (Some(expected), Some(iss)) = (&w.issuer, q.get("iss"))
+        && iss.trim_end_matches('/') != expected.trim_end_matches('/')
+    {
+        return Err(Failure::Issuer(iss.clone()));
+    }
+    q.get("code").filter(|c| !c.is_empty()).cloned().ok_or(Failure::NoCode)
+}
+
+async fn bind(ports: &[u16]) -> Result<tokio::net::TcpListener, Failure> {
+    let mut last = String::from("no port configured");
+    for &port in ports {
+        match tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = format!("127.0.0.1:{port}: {e}"),
+        }
+    }
+    Err(Failure::Listen(last))
+}
+
+impl CodeFlow {
+    /// Runs one authorisation: listener, browser, callback, checks. `client_id` and `scopes`
+    /// go into the browser URL; the client secret never does.
+    pub(crate) async fn authorize(&self, client_id: &str, scopes: &[String]) -> Result<Granted, Failure> {
+        let listener = bind(&self.ports).await?;
+        let port = listener.local_addr().map_err(|e| Failure::Listen(e.to_string()))?.port();
+        let path = if self.path.starts_with('/') { self.path.clone() } else { format!("/{}", self.path) };
+        let redirect_uri = format!("http://127.0.0.1:{port}{path}");
+        let state = random_token();
+        let (challenge, verifier) = match self.pkce {
+            Pkce::S256 => PkceCodeChallenge::new_random_sha256(),
+            Pkce::Plain => {
+                let verifier = PkceCodeVerifier::new(format!("{}{}", random_token(), random_token()));
+                (PkceCodeChallenge::from_code_verifier_plain(&verifier), verifier)
+            }
+        };
+        let nonce = scopes.iter().any(|s| s == "openid").then(random_token);
+        let mut url = oauth2::url::Url::parse(&self.auth_url)
+            .map_err(|e| Failure::Listen(format!("invalid authorization URL: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code");
+            q.append_pair("client_id", client_id);
+            q.append_pair("redirect_uri", &redirect_uri);
+            if !scopes.is_empty() {
+                q.append_pair("scope", &scopes.join(" "));
+            }
+            q.append_pair("state", &state);
+            q.append_pair("code_challenge", challenge.as_str());
+            q.append_pair("code_challenge_method", challenge.method().as_str());
+            if let Some(nonce) = &nonce {
+                q.append_pair("nonce", nonce);
+            }
+            for (k, v) in &self.auth_params {
+                q.append_pair(k, v);
+            }
+        }
+        let (done, result) = oneshot::channel();
+        let waiting = Arc::new(Waiting { state, issuer: self.issuer.clone(), done: Mutex::new(Some(done)) });
+        let app = axum::Router::new()
+            .route(&path, axum::routing::get(callback))
+            .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
+            .with_state(waiting);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        tracing::info!(port, "waiting for the authorization response on the loopback listener");
+        if let Err(e) = self.browser.open(url.as_str()) {
+            tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
+            eprintln!("Open this URL in a browser to authorise the application:\n{url}");
+        }
+        let outcome = match tokio::time::timeout(self.timeout, result).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Failure::NoCode),
+            Err(_) => Err(Failure::Timeout(self.timeout)),
+        };
+        // The listener always shuts down and frees its port.
+        let _ = stop.send(());
+        let _ = server.await;
+        let code = outcome?;
+        Ok(Granted { code, verifier, redirect_uri, nonce })
+    }
+}
+
+/// Checks an id_token's `nonce`, `aud` and `exp` (RFC 9700 §2.1.1; OpenID Connect Core §3.1.3.7).
+pub(crate) fn check_id_token(id_token: &str, nonce: &str, client_id: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let payload = id_token.split('.').nth(1).ok_or("the id_token is not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "the id_token's payload is not base64url")?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| "the id_token's payload is not JSON")?;
+    if claims.get("nonce").and_then(|n| n.as_str()).is_none_or(|n| !constant_time_eq(n, nonce)) {
+        return Err("the id_token's nonce is not this request's (refused)".into());
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => a == client_id,
+        Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(client_id)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err("the id_token is not for this client (aud)".into());
+    }
+    let now = super::store::wall_now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if claims.get("exp").and_then(|e| e.as_u64()).is_none_or(|exp| exp <= now) {
+        return Err("the id_token has expired".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped_and_states_compare_exactly() {
+        assert_eq!(
+            escape_html("<script>alert('x')</script>&\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "abcd"));
+        assert_ne!(random_token(), random_token());
+    }
+}

@@ -1,0 +1,360 @@
+//! The authorization code grant with PKCE: the loopback listener, the checks on the callback
+//! (state, error, issuer), PKCE and the OIDC nonce, one authorisation for a burst of requests,
+//! refresh without the browser and back to it after `invalid_grant`. The "browser" here is a test
+//! double that reads the authorization URL and calls the listener itself; the token endpoint is
+//! an in-process service that checks the PKCE verifier against the challenge it was shown.
+#![cfg(feature = "oauth2-browser")]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::Digest as _;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_auth::AuthLayer;
+use tower_auth::oauth2::{Browser, TokenProvider};
+
+fn query(url: &str) -> HashMap<String, String> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (k.to_owned(), v)
+        })
+        .collect()
+}
+
+/// What the test browser does when asked to open an authorization URL.
+#[derive(Clone, Copy, PartialEq)]
+enum Reply {
+    Approve,
+    WrongState,
+    Deny,
+    Never,
+    StrayFirst,
+}
+
+/// A browser that reads the authorization URL and calls the listener as the server would
+/// redirect: records every URL and the pages the listener answered.
+#[derive(Clone)]
+struct TestBrowser {
+    reply: Arc<Mutex<Reply>>,
+    opened: Arc<Mutex<Vec<String>>>,
+    pages: Arc<Mutex<Vec<(u16, String)>>>,
+    /// The code the "server" hands out; the token endpoint expects it with this URL's challenge.
+    challenges: Arc<Mutex<HashMap<String, (String, String)>>>,
+}
+
+impl TestBrowser {
+    fn new(reply: Reply) -> Self {
+        TestBrowser {
+            reply: Arc::new(Mutex::new(reply)),
+            opened: Default::default(),
+            pages: Default::default(),
+            challenges: Default::default(),
+        }
+    }
+    fn opened(&self) -> usize {
+        self.opened.lock().unwrap().len()
+    }
+    /// The pages the listener answered, once there are `n` (the browser task records them after
+    /// the flow has its answer).
+    async fn pages(&self, n: usize) -> Vec<(u16, String)> {
+        for _ in 0..400 {
+            if self.pages.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.pages.lock().unwrap().clone()
+    }
+}
+
+impl Browser for TestBrowser {
+    fn open(&self, url: &str) -> Result<(), tower_auth::BoxError> {
+        self.opened.lock().unwrap().push(url.to_owned());
+        let q = query(url);
+        let reply = *self.reply.lock().unwrap();
+        if reply == Reply::Never {
+            return Ok(());
+        }
+        let code = format!("code-{}", self.opened());
+        self.challenges
+            .lock()
+            .unwrap()
+            .insert(code.clone(), (q["code_challenge"].clone(), q.get("nonce").cloned().unwrap_or_default()));
+        let redirect = q["redirect_uri"].clone();
+        let state = q["state"].clone();
+        let pages = self.pages.clone();
+        tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let get = |url: String| {
+                let client = client.clone();
+                async move {
+                    let res = client.request(Request::get(url).body(Full::default()).unwrap()).await.unwrap();
+                    let status = res.status().as_u16();
+                    (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+                }
+            };
+            if reply == Reply::StrayFirst {
+                let origin = redirect.split('/').take(3).collect::<Vec<_>>().join("/");
+                let stray = get(format!("{origin}/favicon.ico")).await;
+                pages.lock().unwrap().push(stray);
+            }
+            let target = match reply {
+                Reply::Approve | Reply::StrayFirst => format!("{redirect}?code={code}&state={state}"),
+                Reply::WrongState => format!("{redirect}?code={code}&state=not-yours"),
+                Reply::Deny => format!(
+                    "{redirect}?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E&state={state}"
+                ),
+                Reply::Never => unreachable!(),
+            };
+            let page = get(target).await;
+            pages.lock().unwrap().push(page);
+        });
+        Ok(())
+    }
+}
+
+/// The token endpoint: exchanges codes (checking PKCE and the redirect URI), refreshes, and can
+/// put an id_token with the authorization's nonce (or another) in its answer.
+#[derive(Clone)]
+struct TokenEndpoint {
+    browser: TestBrowser,
+    requests: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    refusing_refresh: Arc<std::sync::atomic::AtomicBool>,
+    wrong_nonce: Arc<std::sync::atomic::AtomicBool>,
+    n: Arc<AtomicUsize>,
+    expires_in: Arc<AtomicUsize>,
+}
+
+impl TokenEndpoint {
+    fn new(browser: &TestBrowser) -> Self {
+        TokenEndpoint {
+            browser: browser.clone(),
+            requests: Default::default(),
+            refusing_refresh: Default::default(),
+            wrong_nonce: Default::default(),
+            n: Default::default(),
+            expires_in: Arc::new(AtomicUsize::new(60)),
+        }
+    }
+    fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let body = String::from_utf8(req.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+            let form = query(&format!("?{body}"));
+            this.requests.lock().unwrap().push(form.clone());
+            let n = this.n.fetch_add(1, Ordering::SeqCst) + 1;
+            let json = |status: u16, v: serde_json::Value| {
+                Ok(Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(v.to_string())))
+                    .unwrap())
+            };
+            let mut answer = serde_json::json!({
+                "access_token": format!("at-{n}"), "token_type": "Bearer",
+                "expires_in": this.expires_in.load(Ordering::SeqCst), "refresh_token": format!("rt-{n}")
+            });
+            match form.get("grant_type").map(String::as_str) {
+                Some("authorization_code") => {
+                    let Some((challenge, nonce)) = this.browser.challenges.lock().unwrap().get(&form["code"]).cloned()
+                    else {
+                        return json(400, serde_json::json!({"error": "invalid_grant"}));
+                    };
+                    let digest = sha2::Sha256::digest(form["code_verifier"].as_bytes());
+                    if base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest) != challenge {
+                        return json(400, serde_json::json!({"error": "invalid_grant", "error_description": "PKCE"}));
+                    }
+                    if !nonce.is_empty() {
+                        let nonce = if this.wrong_nonce.load(Ordering::SeqCst) { "other".to_owned() } else { nonce };
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                        let claims = serde_json::json!({"iss": "https://idp.test", "aud": "app", "sub": "alice", "nonce": nonce, "iat": now, "exp": now + 300});
+                        let b64 = |v: &serde_json::Value| {
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+                        };
+                        answer["id_token"] =
+                            format!("{}.{}.sig", b64(&serde_json::json!({"alg": "none"})), b64(&claims)).into();
+                    }
+                    json(200, answer)
+                }
+                Some("refresh_token") if this.refusing_refresh.load(Ordering::SeqCst) => {
+                    json(400, serde_json::json!({"error": "invalid_grant"}))
+                }
+                Some("refresh_token") => json(200, answer),
+                _ => json(400, serde_json::json!({"error": "unsupported_grant_type"})),
+            }
+        })
+    }
+}
+
+fn provider(browser: &TestBrowser, _: &TokenEndpoint) -> tower_auth::oauth2::ProviderBuilder {
+    TokenProvider::authorization_code("https://idp.test/authorize?audience=api", "https://idp.test/token", "app")
+        .browser(browser.clone())
+        .redirect_port(0)
+        .redirect_path("/cb")
+        .authorization_timeout(Duration::from_secs(3))
+        .wait_timeout(Duration::from_secs(5))
+        .scope("orders:read")
+}
+
+#[tokio::test]
+async fn authorization_code_with_pkce_one_tab_for_fifty_requests() {
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    let p = provider(&browser, &endpoint)
+        .client_secret("app-s3cret")
+        .auth_param("prompt", "consent")
+        .param("token_extra", "1")
+        .build(endpoint.clone())
+        .unwrap();
+    let api = tower::service_fn(|req: Request<tower_auth::ReplayBody<Full<Bytes>>>| async move {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+            req.headers()["authorization"].to_str().unwrap().to_owned(),
+        ))))
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::oauth2(p.clone())).service(api);
+    let calls: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::get("https://api.test/").body(Full::default()).unwrap())))
+        .collect();
+    for call in calls {
+        let res = call.await.unwrap().unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "Bearer at-1");
+    }
+    assert_eq!(browser.opened(), 1, "one browser tab for fifty requests");
+    assert_eq!(endpoint.count(), 1, "one token request");
+    // The browser URL: PKCE S256, state, the redirect URI it listens on, the auth parameter, and
+    // never the client secret.
+    let url = browser.opened.lock().unwrap()[0].clone();
+    let q = query(&url);
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], "app");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["scope"], "orders:read");
+    assert_eq!(q["prompt"], "consent");
+    assert_eq!(q["audience"], "api", "the authorization URL's own query is kept");
+    assert!(q["redirect_uri"].starts_with("http://127.0.0.1:") && q["redirect_uri"].ends_with("/cb"), "{url}");
+    assert_eq!(q["state"].len(), 32);
+    assert!(!url.contains("s3cret") && !url.contains("token_extra"), "{url}");
+    // The token request: the code, the verifier, the same redirect URI, the token parameter.
+    let form = endpoint.requests.lock().unwrap()[0].clone();
+    assert_eq!(form["grant_type"], "authorization_code");
+    assert_eq!(form["redirect_uri"], q["redirect_uri"]);
+    assert!(form["code_verifier"].len() >= 43);
+    assert_eq!(form["token_extra"], "1");
+    // The listener answered a success page, and freed its port.
+    let page = browser.pages(1).await[0].clone();
+    assert_eq!(page.0, 200);
+    assert!(page.1.contains("Authentication succeeded"));
+    let port: u16 = q["redirect_uri"].trim_start_matches("http://127.0.0.1:").trim_end_matches("/cb").parse().unwrap();
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the listener's port is free again");
+}
+
+/// Waits (real time, bounded) until `check` holds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+#[tokio::test]
+async fn refresh_without_the_browser_and_back_to_it_after_invalid_grant() {
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    endpoint.expires_in.store(2, Ordering::SeqCst); // replaced in the background from about 0.7 s
+    let p = provider(&browser, &endpoint).build(endpoint.clone()).unwrap();
+    p.token().await.unwrap();
+    eventually("a refresh", || endpoint.count() >= 2).await;
+    assert_eq!(browser.opened(), 1, "refreshed without the browser");
+    assert_eq!(endpoint.requests.lock().unwrap()[1]["grant_type"], "refresh_token");
+    assert_eq!(endpoint.requests.lock().unwrap()[1]["refresh_token"], "rt-1");
+    endpoint.refusing_refresh.store(true, Ordering::SeqCst);
+    eventually("the browser again", || browser.opened() >= 2).await;
+    eventually("a new token", || {
+        endpoint.requests.lock().unwrap().iter().filter(|f| f["grant_type"] == "authorization_code").count() == 2
+    })
+    .await;
+    assert!(p.current().is_some());
+}
+
+#[tokio::test]
+async fn a_wrong_state_a_denial_or_no_answer_are_typed_errors_and_the_listener_stops() {
+    for (reply, expect) in [
+        (Reply::WrongState, "state is missing or not this request's"),
+        (Reply::Deny, "access_denied"),
+        (Reply::Never, "no authorization response within 3 s"),
+    ] {
+        let browser = TestBrowser::new(reply);
+        let endpoint = TokenEndpoint::new(&browser);
+        let p = provider(&browser, &endpoint).build(endpoint.clone()).unwrap();
+        let err = p.token().await.unwrap_err();
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains(expect), "{cause}");
+        assert_eq!(endpoint.count(), 0, "no code exchanged");
+        if reply == Reply::Deny {
+            // The page echoes the server's description, escaped.
+            let (status, page) = browser.pages(1).await[0].clone();
+            assert_eq!(status, 400);
+            assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"), "{page}");
+        }
+        // No second authorisation by itself: interactive failures are not retried in the
+        // background.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(browser.opened(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_stray_request_to_the_listener_gets_404_and_the_flow_goes_on() {
+    let browser = TestBrowser::new(Reply::StrayFirst);
+    let endpoint = TokenEndpoint::new(&browser);
+    let p = provider(&browser, &endpoint).build(endpoint.clone()).unwrap();
+    p.token().await.unwrap();
+    let pages = browser.pages(2).await;
+    assert_eq!(pages[0].0, 404);
+    assert_eq!(pages[1].0, 200);
+}
+
+#[tokio::test]
+async fn the_openid_nonce_is_checked_against_the_id_token() {
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    let p = provider(&browser, &endpoint).scope("openid").build(endpoint.clone()).unwrap();
+    p.token().await.unwrap();
+    assert!(query(&browser.opened.lock().unwrap()[0]).contains_key("nonce"));
+
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    endpoint.wrong_nonce.store(true, Ordering::SeqCst);
+    let p = provider(&browser, &endpoint).scope("openid").build(endpoint.clone()).unwrap();
+    let err = p.token().await.unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("nonce"), "{cause}");
+    assert!(p.current().is_none(), "a token whose id_token failed its checks is not used");
+}
