@@ -159,6 +159,55 @@ pub enum Grant {
     /// [`TokenProvider::authorization_code`](super::TokenProvider::authorization_code).
     #[cfg(feature = "oauth2-browser")]
     AuthorizationCode(Arc<super::interactive::CodeFlow>),
+    /// The device authorization grant (RFC 8628) for machines without a browser: the user is
+    /// shown a URL and a code, and the token endpoint is polled at the server's interval. Made by
+    /// [`TokenProvider::device_code`](super::TokenProvider::device_code).
+    DeviceCode(Arc<DeviceFlow>),
+}
+
+/// How the user is told where to go and which code to enter in a device authorization.
+pub type DevicePrompt = dyn Fn(&DeviceInstructions) + Send + Sync;
+
+/// What the user must do to authorise a device: visit `verification_uri` and enter `user_code`
+/// (or visit `verification_uri_complete`, which holds the code).
+#[derive(Debug, Clone)]
+pub struct DeviceInstructions {
+    /// Where to go.
+    pub verification_uri: String,
+    /// The same with the code in it, when the server gives one.
+    pub verification_uri_complete: Option<String>,
+    /// The code to enter.
+    pub user_code: String,
+    /// How long the code is valid.
+    pub expires_in: Duration,
+}
+
+/// The configuration of a device authorization flow.
+#[derive(Clone)]
+pub struct DeviceFlow {
+    pub(crate) device_url: String,
+    pub(crate) prompt: Arc<DevicePrompt>,
+}
+
+impl fmt::Debug for DeviceFlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceFlow").field("device_url", &self.device_url).finish_non_exhaustive()
+    }
+}
+
+impl DeviceFlow {
+    pub(crate) fn new(device_url: String) -> Self {
+        let prompt: Arc<DevicePrompt> = Arc::new(|i: &DeviceInstructions| match &i.verification_uri_complete {
+            Some(complete) => eprintln!(
+                "To authorise this device, open {complete}\n(or open {} and enter the code {})",
+                i.verification_uri, i.user_code
+            ),
+            None => {
+                eprintln!("To authorise this device, open {} and enter the code {}", i.verification_uri, i.user_code)
+            }
+        });
+        DeviceFlow { device_url, prompt }
+    }
 }
 
 impl Grant {
@@ -170,6 +219,7 @@ impl Grant {
             Grant::RefreshToken(_) => "refresh_token",
             #[cfg(feature = "oauth2-browser")]
             Grant::AuthorizationCode(_) => "authorization_code",
+            Grant::DeviceCode(_) => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
 
@@ -180,7 +230,7 @@ impl Grant {
         if let Grant::AuthorizationCode(_) = self {
             return true;
         }
-        false
+        matches!(self, Grant::DeviceCode(_))
     }
 }
 
@@ -194,6 +244,7 @@ impl fmt::Debug for Grant {
             Grant::RefreshToken(_) => f.write_str("RefreshToken([redacted])"),
             #[cfg(feature = "oauth2-browser")]
             Grant::AuthorizationCode(flow) => f.debug_tuple("AuthorizationCode").field(flow).finish(),
+            Grant::DeviceCode(flow) => f.debug_tuple("DeviceCode").field(flow).finish(),
         }
     }
 }
@@ -228,9 +279,8 @@ enum TokenErrorKind {
     Transport(Arc<str>),
     Timeout(Duration),
     Config(String),
-    /// The user's authorisation failed (denied, a wrong state or issuer, no answer in time) or
-    /// its id_token was refused.
-    #[cfg_attr(not(feature = "oauth2-browser"), allow(dead_code))]
+    /// The user's authorisation failed (denied, a wrong state or issuer, no answer in time, a
+    /// device code that expired) or its id_token was refused.
     Authorization(String),
 }
 
@@ -712,6 +762,45 @@ impl Endpoint {
                         .map_err(|e| TokenError { kind: TokenErrorKind::Authorization(e) })?;
                 }
                 answer
+            }
+            Grant::DeviceCode(flow) => {
+                let device_url = oauth2::DeviceAuthorizationUrl::new(flow.device_url.clone())
+                    .map_err(|e| TokenError::config(format!("invalid device authorization URL: {e}")))?;
+                let device_client = client.clone().set_device_authorization_url(device_url);
+                let mut req = device_client.exchange_device_code();
+                for scope in &params.scopes {
+                    req = req.add_scope(Scope::new(scope.clone()));
+                }
+                let details: oauth2::StandardDeviceAuthorizationResponse =
+                    req.request_async(&call).await.map_err(|e| {
+                        let seen = *call.seen.lock().unwrap_or_else(|p| p.into_inner());
+                        classify(e, seen.map(|(s, _)| s), None, self.timeout)
+                    })?;
+                (flow.prompt)(&DeviceInstructions {
+                    verification_uri: details.verification_uri().to_string(),
+                    verification_uri_complete: details.verification_uri_complete().map(|u| u.secret().clone()),
+                    user_code: details.user_code().secret().clone(),
+                    expires_in: details.expires_in(),
+                });
+                tracing::info!(verification_uri = %details.verification_uri().as_str(), "waiting for the user to authorise this device");
+                let polled = device_client
+                    .exchange_device_access_token(&details)
+                    .request_async(&call, tokio::time::sleep, None)
+                    .await;
+                match polled {
+                    Ok(answer) => Ok(answer),
+                    Err(RequestTokenError::ServerResponse(e)) => {
+                        let what = match e.error().as_ref() {
+                            "access_denied" => "the user refused the device".to_owned(),
+                            "expired_token" => "the device code expired before the user authorised it".to_owned(),
+                            other => other.to_owned(),
+                        };
+                        return Err(TokenError { kind: TokenErrorKind::Authorization(what) });
+                    }
+                    Err(RequestTokenError::Request(e)) => Err(RequestTokenError::Request(e)),
+                    Err(RequestTokenError::Parse(e, body)) => Err(RequestTokenError::Parse(e, body)),
+                    Err(RequestTokenError::Other(m)) => Err(RequestTokenError::Other(m)),
+                }
             }
         };
         let seen = *call.seen.lock().unwrap_or_else(|p| p.into_inner());

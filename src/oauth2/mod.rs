@@ -101,7 +101,9 @@ use tower_service::Service;
 pub use self::browser::{Browser, PrintUrl, SystemBrowser};
 pub use self::discovery::Metadata;
 use self::endpoint::{Assertion, Endpoint, Params};
-pub use self::endpoint::{ClientAuth, Grant, JwtAlgorithm, PrivateKey, TokenError};
+pub use self::endpoint::{
+    ClientAuth, DeviceFlow, DeviceInstructions, DevicePrompt, Grant, JwtAlgorithm, PrivateKey, TokenError,
+};
 #[cfg(unix)]
 pub use self::file_store::{FileStore, FileStoreError};
 #[cfg(feature = "oauth2-browser")]
@@ -185,6 +187,22 @@ impl TokenProvider {
         let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, Grant::ClientCredentials);
         builder.auth = ClientAuth::None;
         builder.flow = Some(flow);
+        builder
+    }
+
+    /// The device authorization grant (RFC 8628), for machines without a browser: the user is
+    /// shown a URL and a code (on stderr unless [`device_prompt`](ProviderBuilder::device_prompt)
+    /// says otherwise), and the token endpoint is polled at the server's interval
+    /// (`authorization_pending`, `slow_down`: 5 s more for this and later polls; `expired_token`
+    /// and `access_denied` end the attempt with a typed error). A public client by default.
+    pub fn device_code(
+        device_authorization_url: impl Into<String>,
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+    ) -> ProviderBuilder {
+        let grant = Grant::DeviceCode(Arc::new(endpoint::DeviceFlow::new(device_authorization_url.into())));
+        let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, grant);
+        builder.auth = ClientAuth::None;
         builder
     }
 
@@ -301,6 +319,17 @@ impl ProviderBuilder {
         self.private_key = Some(key);
         self.auth = ClientAuth::PrivateKeyJwt;
         self.auth_set = true;
+        self
+    }
+
+    /// How a device authorization's URL and code are shown to the user (default: printed on
+    /// stderr).
+    pub fn device_prompt(mut self, prompt: impl Fn(&DeviceInstructions) + Send + Sync + 'static) -> Self {
+        if let Grant::DeviceCode(flow) = &self.grant {
+            let mut flow = DeviceFlow::clone(flow);
+            flow.prompt = Arc::new(prompt);
+            self.grant = Grant::DeviceCode(Arc::new(flow));
+        }
         self
     }
 

@@ -475,7 +475,10 @@ impl Shared {
             let mut control = self.lock();
             control.failures_in_a_row += 1;
             let still_usable = self.slot.load().as_ref().is_some_and(|t| t.is_usable(now));
-            let wait = if err.is_permanent() {
+            // The user's part is never retried by itself (no tab or prompt out of nowhere): the
+            // next request that needs a token asks again, after the hold-off.
+            let permanent = err.is_permanent() || self.grant.is_interactive();
+            let wait = if permanent {
                 control.permanent = true;
                 PERMANENT_HOLD
             } else {
@@ -487,7 +490,7 @@ impl Shared {
             tracing::warn!(
                 token_url = %self.endpoint.url,
                 error = %err,
-                permanent = err.is_permanent(),
+                permanent,
                 retry_in_ms = wait.as_millis() as u64,
                 still_usable,
                 "token request failed"
