@@ -103,7 +103,20 @@ async fn metadata_and_discovery_documents() {
             doc["token_endpoint_auth_methods_supported"],
             json!(["client_secret_basic", "client_secret_post", "private_key_jwt"])
         );
-        assert_eq!(doc["grant_types_supported"], json!(["client_credentials", "password", "refresh_token"]));
+        assert_eq!(
+            doc["grant_types_supported"],
+            json!([
+                "client_credentials",
+                "password",
+                "refresh_token",
+                "authorization_code",
+                "urn:ietf:params:oauth:grant-type:device_code"
+            ])
+        );
+        assert_eq!(doc["authorization_endpoint"], idp.authorize_url());
+        assert_eq!(doc["device_authorization_endpoint"], idp.device_authorization_url());
+        assert_eq!(doc["code_challenge_methods_supported"], json!(["S256", "plain"]));
+        assert!(doc.get("authorization_response_iss_parameter_supported").is_none());
         assert_eq!(doc["jwks_uri"], idp.url("/jwks"));
     }
     assert_eq!(get(&idp.url("/jwks")).await.json(), json!({"keys": []}));
@@ -364,9 +377,9 @@ async fn records_scope_audience_resources_and_extra_parameters() {
 #[tokio::test]
 async fn malformed_token_requests() {
     let idp = FakeIdp::start().await.unwrap();
-    let answer = token(&idp, "grant_type=authorization_code&code=x", None).await;
+    let answer = token(&idp, "grant_type=urn:example:unknown&code=x", None).await;
     assert_eq!(answer.error(), "unsupported_grant_type");
-    assert_eq!(idp.token_requests_for(&Grant::Other("authorization_code".into())), 1);
+    assert_eq!(idp.token_requests_for(&Grant::Other("urn:example:unknown".into())), 1);
     assert_eq!(token(&idp, "scope=x", None).await.error(), "invalid_request");
     assert_eq!(idp.last_request().unwrap().grant, Grant::Other(String::new()));
     assert_eq!(token(&idp, &format!("{CC}&scope=a&scope=b"), None).await.error(), "invalid_request");

@@ -9,18 +9,24 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `POST /token` | the token endpoint (RFC 6749): grants `client_credentials`, `password`, `refresh_token`; client authentication `client_secret_basic`, `client_secret_post`, `private_key_jwt` (the assertion is recorded, its signature is not checked) |
+//! | `POST /token` | the token endpoint (RFC 6749): grants `client_credentials`, `password`, `refresh_token`, `authorization_code` (with PKCE, RFC 7636) and `urn:ietf:params:oauth:grant-type:device_code` (RFC 8628); client authentication `client_secret_basic`, `client_secret_post`, `private_key_jwt` (the assertion is recorded, its signature is not checked), `none` for public clients |
+//! | `GET /authorize` | the authorization endpoint (RFC 6749 §4.1, RFC 7636, RFC 9207): checks the request and answers `302` to the loopback `redirect_uri` with a code (or an error), as set by [`IdpHandle::set_authorize_outcome`] |
+//! | `POST /device_authorization` | the device authorization endpoint (RFC 8628 §3.1); the user's decision is the test's: [`IdpHandle::approve_device`], [`IdpHandle::deny_device`] |
+//! | `GET /device` | the verification page the device grant points to (a page that says so; nothing is decided there) |
 //! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata |
 //! | `GET /.well-known/openid-configuration` | OpenID Connect discovery (the same document) |
 //! | `GET /jwks` | an empty key set (the discovery document points to it) |
 //! | `GET`, `POST /resource` | a protected resource: `200` with the access token as its body when `Authorization: Bearer <token>` names an issued, unexpired, unrevoked token; else `401` with `WWW-Authenticate: Bearer …, error="invalid_token"`; `403` `insufficient_scope` when [`IdpHandle::set_required_scope`] asks for a scope the token lacks |
 //!
-//! Access tokens are `at-1`, `at-2`, …, refresh tokens `rt-1`, `rt-2`, … (unique per
-//! provider). Expiry is judged with tokio's clock ([`tokio::time::Instant`]) and delays use
+//! Access tokens are `at-1`, `at-2`, …, refresh tokens `rt-1`, `rt-2`, …, authorization codes
+//! `code-1`, …, device codes `dc-1`, … (unique per provider). When the scope of an authorization
+//! code or device grant has `openid`, the answer has an `id_token` signed with HS256 and
+//! [`ID_TOKEN_KEY`]. Expiry is judged with tokio's clock ([`tokio::time::Instant`]) and delays use
 //! [`tokio::time::sleep`], so tests with a paused clock (`#[tokio::test(start_paused = true)]`,
 //! `tokio::time::advance`) run without waiting.
 //!
-//! With no client registered ([`IdpHandle::add_client`], [`IdpHandle::add_jwt_client`]) any
+//! With no client registered ([`IdpHandle::add_client`], [`IdpHandle::add_jwt_client`],
+//! [`IdpHandle::add_public_client`]) any
 //! client is accepted, authenticated or not; with no user registered ([`IdpHandle::add_user`])
 //! any user name and password are. Register some to have them checked.
 //!
@@ -86,6 +92,10 @@ const REALM: &str = "fake-idp";
 pub const JWT_BEARER_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Bodies of token requests larger than this are refused.
 const BODY_LIMIT: usize = 64 * 1024;
+/// `grant_type` of the device authorization grant (RFC 8628 §3.4).
+pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// The HS256 key the fake signs its id_tokens with (a fixed test key, not a secret).
+pub const ID_TOKEN_KEY: &[u8] = b"tower-auth fake identity provider id_token key";
 
 /// A grant type, as sent in `grant_type`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,6 +106,10 @@ pub enum Grant {
     Password,
     /// `refresh_token` (RFC 6749 §6).
     RefreshToken,
+    /// `authorization_code` (RFC 6749 §4.1.3).
+    AuthorizationCode,
+    /// `urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
+    DeviceCode,
     /// Anything else (answered `unsupported_grant_type`); empty when `grant_type` was missing
     /// (answered `invalid_request`).
     Other(String),
@@ -108,6 +122,8 @@ impl Grant {
             Grant::ClientCredentials => "client_credentials",
             Grant::Password => "password",
             Grant::RefreshToken => "refresh_token",
+            Grant::AuthorizationCode => "authorization_code",
+            Grant::DeviceCode => DEVICE_CODE_GRANT_TYPE,
             Grant::Other(other) => other,
         }
     }
@@ -117,6 +133,8 @@ impl Grant {
             "client_credentials" => Grant::ClientCredentials,
             "password" => Grant::Password,
             "refresh_token" => Grant::RefreshToken,
+            "authorization_code" => Grant::AuthorizationCode,
+            DEVICE_CODE_GRANT_TYPE => Grant::DeviceCode,
             other => Grant::Other(other.to_owned()),
         }
     }
@@ -204,6 +222,15 @@ pub struct TokenRequest {
     pub username: Option<String>,
     /// `refresh_token` (refresh grant).
     pub refresh_token: Option<Secret>,
+    /// `code` (authorization code grant).
+    pub code: Option<Secret>,
+    /// `redirect_uri` (authorization code grant).
+    pub redirect_uri: Option<String>,
+    /// `code_verifier` (authorization code grant with PKCE); see
+    /// [`has_code_verifier`](Self::has_code_verifier).
+    pub code_verifier: Option<Secret>,
+    /// `device_code` (device grant).
+    pub device_code: Option<Secret>,
     /// Every other body parameter, in order.
     pub extra: Vec<(String, String)>,
     /// The request's `Content-Type`.
@@ -221,6 +248,11 @@ impl TokenRequest {
     /// The value of an extra parameter.
     pub fn extra(&self, name: &str) -> Option<&str> {
         self.extra.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the request carried a PKCE `code_verifier`.
+    pub fn has_code_verifier(&self) -> bool {
+        self.code_verifier.is_some()
     }
 }
 
@@ -352,10 +384,158 @@ pub enum ExpiresIn {
     Value(Value),
 }
 
+/// What `GET /authorize` answers a valid request with (see
+/// [`IdpHandle::set_authorize_outcome`]). Requests that are not valid get their error whatever
+/// the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthorizeOutcome {
+    /// The user approves: `302` to `redirect_uri?code=…&state=…` (the default).
+    #[default]
+    Approve,
+    /// The user refuses: `302` to `redirect_uri?error=access_denied&error_description=…&state=…`.
+    Deny,
+    /// A code, with a `state` that is not the one sent (a forged or mixed-up response).
+    WrongState,
+    /// A code, with an `iss` that is not this provider's (a mix-up attack, RFC 9207), sent even
+    /// when [`IdpHandle::set_send_iss`] is off.
+    WrongIss,
+    /// A code without `state`.
+    NoState,
+    /// Never answers (until [`IdpHandle::release_hung`] or the provider is dropped; then `503`):
+    /// a user who never comes back.
+    Hang,
+}
+
+/// One `GET /authorize` as the fake received it (recorded before any check). `Debug` shows the
+/// client, the redirect URI, the scope, the PKCE method and the parameter names, not the values
+/// of the others (a misplaced `client_secret` would be one).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AuthorizeRequest {
+    /// Every query parameter, decoded, in order (repeats included).
+    pub params: Vec<(String, String)>,
+    /// `response_type`.
+    pub response_type: Option<String>,
+    /// `client_id`.
+    pub client_id: Option<String>,
+    /// `redirect_uri`.
+    pub redirect_uri: Option<String>,
+    /// `state`.
+    pub state: Option<String>,
+    /// `scope`.
+    pub scope: Option<String>,
+    /// `nonce` (OpenID Connect).
+    pub nonce: Option<String>,
+    /// `code_challenge` (RFC 7636).
+    pub code_challenge: Option<String>,
+    /// `code_challenge_method` as sent (absent means `plain`, RFC 7636 §4.3).
+    pub code_challenge_method: Option<String>,
+    /// When the request was received, on tokio's clock.
+    pub received_at: Instant,
+}
+
+impl AuthorizeRequest {
+    fn new(params: Vec<(String, String)>) -> Self {
+        let first = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        AuthorizeRequest {
+            response_type: first("response_type"),
+            client_id: first("client_id"),
+            redirect_uri: first("redirect_uri"),
+            state: first("state"),
+            scope: first("scope"),
+            nonce: first("nonce"),
+            code_challenge: first("code_challenge"),
+            code_challenge_method: first("code_challenge_method"),
+            received_at: Instant::now(),
+            params,
+        }
+    }
+
+    /// The first value of a query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the query had this parameter (e.g. `client_secret`, which must never be there).
+    pub fn has(&self, name: &str) -> bool {
+        self.params.iter().any(|(n, _)| n == name)
+    }
+
+    /// The requested scopes, split on spaces.
+    pub fn scopes(&self) -> Vec<&str> {
+        self.scope.as_deref().map(|s| s.split_whitespace().collect()).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for AuthorizeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.params.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("AuthorizeRequest")
+            .field("response_type", &self.response_type)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("scope", &self.scope)
+            .field("code_challenge_method", &self.code_challenge_method)
+            .field("params", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `POST /device_authorization` as the fake received it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeviceAuthorizationRequest {
+    /// How the client authenticated (public clients send only `client_id`).
+    pub client_auth: ClientAuth,
+    /// `scope`, as sent.
+    pub scope: Option<String>,
+    /// The user code given out, when the request was granted: what
+    /// [`IdpHandle::approve_device`] and [`IdpHandle::deny_device`] take.
+    pub user_code: Option<String>,
+    /// When the request was received, on tokio's clock.
+    pub received_at: Instant,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Access,
     Refresh,
+}
+
+/// An authorization code given out by `/authorize`.
+struct CodeGrant {
+    client_id: Option<String>,
+    redirect_uri: String,
+    /// `(challenge, method)`.
+    challenge: Option<(String, String)>,
+    scopes: Vec<String>,
+    nonce: Option<String>,
+    expires_at: Instant,
+    used: bool,
+    /// Tokens issued for it, revoked if the code is presented again (RFC 6749 §4.1.2).
+    issued: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceStatus {
+    Pending,
+    Approved,
+    Denied,
+    /// Tokens issued.
+    Done,
+}
+
+/// A device authorization given out by `/device_authorization`.
+struct DeviceGrant {
+    user_code: String,
+    client_id: Option<String>,
+    scopes: Vec<String>,
+    expires_at: Instant,
+    /// Seconds between polls, raised by 5 at each `slow_down`.
+    interval: u64,
+    last_poll: Option<Instant>,
+    status: DeviceStatus,
 }
 
 #[derive(Debug)]
@@ -386,6 +566,15 @@ struct Config {
     required_scope: Option<String>,
     auth_methods: Vec<String>,
     metadata_fields: Map<String, Value>,
+    public_clients: Vec<String>,
+    require_pkce: bool,
+    send_iss: bool,
+    authorize_outcome: AuthorizeOutcome,
+    code_lifetime: Duration,
+    subject: String,
+    id_token_claims: Map<String, Value>,
+    device_interval: u64,
+    device_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -407,6 +596,15 @@ impl Default for Config {
             required_scope: None,
             auth_methods: ["client_secret_basic", "client_secret_post", "private_key_jwt"].map(String::from).to_vec(),
             metadata_fields: Map::new(),
+            public_clients: Vec::new(),
+            require_pkce: false,
+            send_iss: false,
+            authorize_outcome: AuthorizeOutcome::Approve,
+            code_lifetime: Duration::from_secs(600),
+            subject: "fake-user".to_owned(),
+            id_token_claims: Map::new(),
+            device_interval: 5,
+            device_lifetime: Duration::from_secs(600),
         }
     }
 }
@@ -422,6 +620,14 @@ struct IdpState {
     records: Vec<TokenRequest>,
     per_grant: HashMap<Grant, u64>,
     presented: Vec<Secret>,
+    codes: HashMap<String, CodeGrant>,
+    next_code: u64,
+    authorize_records: Vec<AuthorizeRequest>,
+    devices: HashMap<String, DeviceGrant>,
+    next_device: u64,
+    device_records: Vec<DeviceAuthorizationRequest>,
+    /// `slow_down` answers forced on the next device polls.
+    forced_slow_downs: u32,
 }
 
 struct Shared {
@@ -433,6 +639,10 @@ struct Shared {
     release: watch::Sender<u64>,
     resource: Stats,
     metadata: AtomicU64,
+    /// `GET /authorize` requests seen.
+    authorize_seen: watch::Sender<u64>,
+    /// `POST /device_authorization` requests seen.
+    device_seen: watch::Sender<u64>,
 }
 
 /// The fake identity provider: serves until dropped. Dereferences to its [`IdpHandle`], which
@@ -444,7 +654,9 @@ pub struct FakeIdp {
 
 impl FakeIdp {
     /// Starts a provider on `127.0.0.1:0`: tokens live an hour, `expires_in` is a number,
-    /// password grants get a refresh token (not rotated), any client and user are accepted.
+    /// password, authorization code and device grants get a refresh token (not rotated), any
+    /// client and user are accepted, `/authorize` approves, PKCE is optional, codes live ten
+    /// minutes, device codes ten minutes with a 5 s polling interval.
     ///
     /// # Errors
     ///
@@ -454,11 +666,19 @@ impl FakeIdp {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             base: format!("http://{addr}"),
-            state: Mutex::new(IdpState { next_access: 1, next_refresh: 1, ..IdpState::default() }),
+            state: Mutex::new(IdpState {
+                next_access: 1,
+                next_refresh: 1,
+                next_code: 1,
+                next_device: 1,
+                ..IdpState::default()
+            }),
             seen: watch::Sender::new(0),
             release: watch::Sender::new(0),
             resource: Stats::default(),
             metadata: AtomicU64::new(0),
+            authorize_seen: watch::Sender::new(0),
+            device_seen: watch::Sender::new(0),
         });
         let router = Router::new()
             .route("/token", post(token))
@@ -466,6 +686,9 @@ impl FakeIdp {
             .route("/.well-known/openid-configuration", get(metadata))
             .route("/jwks", get(jwks))
             .route("/resource", get(resource).post(resource))
+            .route("/authorize", get(authorize))
+            .route("/device_authorization", post(device_authorization))
+            .route("/device", get(device_page))
             .with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, router).await {
@@ -520,6 +743,8 @@ impl fmt::Debug for IdpHandle {
             .field("issuer", &self.shared.base)
             .field("clients", &clients)
             .field("jwt_clients", &state.config.jwt_clients)
+            .field("public_clients", &state.config.public_clients)
+            .field("authorize_outcome", &state.config.authorize_outcome)
             .field("users", &users)
             .field("token_requests", &*self.shared.seen.borrow())
             .field("pending_faults", &state.faults.len())
@@ -561,6 +786,21 @@ impl IdpHandle {
     /// The OpenID Connect discovery document: `…/.well-known/openid-configuration`.
     pub fn openid_configuration_url(&self) -> String {
         self.url("/.well-known/openid-configuration")
+    }
+
+    /// The authorization endpoint: `http://127.0.0.1:PORT/authorize`.
+    pub fn authorize_url(&self) -> String {
+        self.url("/authorize")
+    }
+
+    /// The device authorization endpoint: `http://127.0.0.1:PORT/device_authorization`.
+    pub fn device_authorization_url(&self) -> String {
+        self.url("/device_authorization")
+    }
+
+    /// The device grant's `verification_uri`: `http://127.0.0.1:PORT/device`.
+    pub fn verification_url(&self) -> String {
+        self.url("/device")
     }
 
     /// `http://127.0.0.1:PORT` followed by `path`.
@@ -618,7 +858,8 @@ impl IdpHandle {
         });
     }
 
-    /// Whether password grants get a refresh token (default yes).
+    /// Whether password, authorization code and device grants get a refresh token (default
+    /// yes).
     pub fn set_refresh_tokens(&self, issue: bool) {
         self.configure(|c| c.refresh_tokens = issue);
     }
@@ -682,6 +923,121 @@ impl IdpHandle {
     /// revoked, not a rotated-out refresh token).
     pub fn is_active(&self, token: &str) -> bool {
         self.state().tokens.get(token).is_some_and(|issued| active(issued, Instant::now()))
+    }
+
+    // ---- interactive grants ----
+
+    /// Registers a public client (no secret: token requests send `client_id` only, RFC 6749
+    /// §2.1), as native apps using the authorization code or device grant are. Once any client is
+    /// registered, `/authorize` refuses unknown ones.
+    pub fn add_public_client(&self, client_id: &str) {
+        self.configure(|c| c.public_clients.push(client_id.to_owned()));
+    }
+
+    /// Whether `/authorize` requires a `code_challenge` (default no; without one it redirects
+    /// `error=invalid_request`).
+    pub fn set_require_pkce(&self, require: bool) {
+        self.configure(|c| c.require_pkce = require);
+    }
+
+    /// Whether authorization responses carry `iss` (RFC 9207; default no). The metadata then says
+    /// `authorization_response_iss_parameter_supported: true`.
+    pub fn set_send_iss(&self, send: bool) {
+        self.configure(|c| c.send_iss = send);
+    }
+
+    /// What `/authorize` answers valid requests with from now on (default
+    /// [`AuthorizeOutcome::Approve`]).
+    pub fn set_authorize_outcome(&self, outcome: AuthorizeOutcome) {
+        self.configure(|c| c.authorize_outcome = outcome);
+    }
+
+    /// How long authorization codes stay good (default ten minutes, tokio's clock).
+    pub fn set_code_lifetime(&self, lifetime: Duration) {
+        self.configure(|c| c.code_lifetime = lifetime);
+    }
+
+    /// The `sub` of id_tokens (default `fake-user`).
+    pub fn set_subject(&self, subject: &str) {
+        self.configure(|c| c.subject = subject.to_owned());
+    }
+
+    /// Sets a claim of the id_tokens issued from now on, replacing the fake's (a wrong `nonce`,
+    /// `aud` or `iss`, an `exp` in the past); `Value::Null` removes it.
+    pub fn set_id_token_claim(&self, name: &str, value: Value) {
+        self.configure(|c| {
+            c.id_token_claims.insert(name.to_owned(), value);
+        });
+    }
+
+    /// The `interval` of device authorizations given out from now on, in seconds (default 5):
+    /// polls closer together than this get `slow_down`.
+    pub fn set_device_interval(&self, seconds: u64) {
+        self.configure(|c| c.device_interval = seconds);
+    }
+
+    /// How long device codes given out from now on stay good (default ten minutes, tokio's
+    /// clock); polls after that get `expired_token`.
+    pub fn set_device_lifetime(&self, lifetime: Duration) {
+        self.configure(|c| c.device_lifetime = lifetime);
+    }
+
+    /// The next device poll gets `slow_down` whatever its timing (calls add up). Like every
+    /// `slow_down`, it raises that device code's interval by 5 s (RFC 8628 §3.5).
+    pub fn force_slow_down(&self) {
+        self.state().forced_slow_downs += 1;
+    }
+
+    /// The user approves the device authorization with this user code: its next poll gets
+    /// tokens. Returns whether the code is known and still waiting.
+    pub fn approve_device(&self, user_code: &str) -> bool {
+        self.decide_device(user_code, DeviceStatus::Approved)
+    }
+
+    /// The user refuses the device authorization with this user code: its next poll gets
+    /// `access_denied`. Returns whether the code is known and still waiting.
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        self.decide_device(user_code, DeviceStatus::Denied)
+    }
+
+    fn decide_device(&self, user_code: &str, decision: DeviceStatus) -> bool {
+        let mut state = self.state();
+        let grant = state.devices.values_mut().find(|g| g.user_code == user_code);
+        match grant {
+            Some(grant) if grant.status == DeviceStatus::Pending => {
+                grant.status = decision;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every `GET /authorize` received, in order.
+    pub fn authorize_requests(&self) -> Vec<AuthorizeRequest> {
+        self.state().authorize_records.clone()
+    }
+
+    /// The last `GET /authorize` received.
+    pub fn last_authorize_request(&self) -> Option<AuthorizeRequest> {
+        self.state().authorize_records.last().cloned()
+    }
+
+    /// Waits until at least `n` `GET /authorize` requests have been received.
+    pub async fn wait_for_authorize_requests(&self, n: u64) {
+        let mut seen = self.shared.authorize_seen.subscribe();
+        let _ = seen.wait_for(|count| *count >= n).await;
+    }
+
+    /// Every `POST /device_authorization` received, in order.
+    pub fn device_authorizations(&self) -> Vec<DeviceAuthorizationRequest> {
+        self.state().device_records.clone()
+    }
+
+    /// Waits until at least `n` `POST /device_authorization` requests have been received (then
+    /// [`device_authorizations`](Self::device_authorizations) has the user code to approve).
+    pub async fn wait_for_device_authorizations(&self, n: u64) {
+        let mut seen = self.shared.device_seen.subscribe();
+        let _ = seen.wait_for(|count| *count >= n).await;
     }
 
     // ---- faults ----
@@ -761,7 +1117,11 @@ impl IdpHandle {
         state.records.clear();
         state.per_grant.clear();
         state.presented.clear();
+        state.authorize_records.clear();
+        state.device_records.clear();
         self.shared.seen.send_replace(0);
+        self.shared.authorize_seen.send_replace(0);
+        self.shared.device_seen.send_replace(0);
         self.shared.resource.reset();
         self.shared.metadata.store(0, Ordering::SeqCst);
     }
@@ -847,7 +1207,9 @@ struct Incoming {
     problem: Option<OAuthError>,
 }
 
-fn parse_token_request(headers: &HeaderMap, body: &[u8]) -> Incoming {
+/// Parses a token request, or (`token_request` false: no `grant_type` expected) a device
+/// authorization request.
+fn parse_token_request(headers: &HeaderMap, body: &[u8], token_request: bool) -> Incoming {
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut problem = None;
     let form = content_type.as_deref().is_some_and(|ct| {
@@ -871,7 +1233,11 @@ fn parse_token_request(headers: &HeaderMap, body: &[u8]) -> Incoming {
             | "client_id"
             | "client_secret"
             | "client_assertion_type"
-            | "client_assertion" => {
+            | "client_assertion"
+            | "code"
+            | "redirect_uri"
+            | "code_verifier"
+            | "device_code" => {
                 if single.insert(name, value).is_some() && problem.is_none() {
                     problem = Some(OAuthError::invalid_request().description(format!("parameter {name} repeated")));
                 }
@@ -881,7 +1247,7 @@ fn parse_token_request(headers: &HeaderMap, body: &[u8]) -> Incoming {
     }
     let param = |name: &str| single.get(name).map(|v| (*v).to_owned());
     let grant = Grant::parse(single.get("grant_type").copied().unwrap_or(""));
-    if grant == Grant::Other(String::new()) && problem.is_none() {
+    if token_request && grant == Grant::Other(String::new()) && problem.is_none() {
         problem = Some(OAuthError::invalid_request().description("grant_type is missing"));
     }
 
@@ -962,6 +1328,10 @@ fn incoming(
             resources,
             username: param("username"),
             refresh_token: param("refresh_token").map(Secret::new),
+            code: param("code").map(Secret::new),
+            redirect_uri: param("redirect_uri"),
+            code_verifier: param("code_verifier").map(Secret::new),
+            device_code: param("device_code").map(Secret::new),
             extra,
             content_type,
             received_at: Instant::now(),
@@ -978,7 +1348,7 @@ async fn token(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respons
         Ok(body) => body,
         Err(_) => return OAuthError::invalid_request().description("body unreadable or over 64 KiB").into_response(),
     };
-    let incoming = parse_token_request(&parts.headers, &body);
+    let incoming = parse_token_request(&parts.headers, &body, true);
     let (fault, delay) = {
         let mut state = lock(&shared);
         *state.per_grant.entry(incoming.record.grant.clone()).or_default() += 1;
@@ -1002,7 +1372,7 @@ async fn token(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respons
         Some(fault) => return fault_response(fault),
     }
     let mut state = lock(&shared);
-    match grant_token(&mut state, incoming) {
+    match grant_token(&mut state, &shared.base, incoming) {
         Ok(body) => json_response(StatusCode::OK, &body),
         Err(err) => err.into_response(),
     }
@@ -1040,7 +1410,7 @@ fn authenticate(config: &Config, auth: &ClientAuth, secret: Option<&Secret>) -> 
     if method != "none" && !config.auth_methods.iter().any(|m| m == method) {
         return Err(OAuthError::invalid_client().description(format!("{method} is not accepted here")));
     }
-    let open = config.clients.is_empty() && config.jwt_clients.is_empty();
+    let open = config.clients.is_empty() && config.jwt_clients.is_empty() && config.public_clients.is_empty();
     let id = auth.client_id().map(str::to_owned);
     if open {
         return Ok(id);
@@ -1054,6 +1424,7 @@ fn authenticate(config: &Config, auth: &ClientAuth, secret: Option<&Secret>) -> 
                 .any(|(id, s)| id == client_id && constant_time_eq(s.expose().as_bytes(), sent.as_bytes()))
         }
         ClientAuth::JwtBearer { client_id: Some(client_id), .. } => config.jwt_clients.iter().any(|id| id == client_id),
+        ClientAuth::None { client_id: Some(client_id) } => config.public_clients.iter().any(|id| id == client_id),
         _ => false,
     };
     if ok { Ok(id) } else { Err(OAuthError::invalid_client().description("client authentication failed")) }
@@ -1069,7 +1440,7 @@ fn check_scopes(config: &Config, requested: &[String]) -> Result<(), OAuthError>
     }
 }
 
-fn grant_token(state: &mut IdpState, incoming: Incoming) -> Result<Value, OAuthError> {
+fn grant_token(state: &mut IdpState, base: &str, incoming: Incoming) -> Result<Value, OAuthError> {
     if let Some(problem) = incoming.problem {
         return Err(problem);
     }
@@ -1077,8 +1448,17 @@ fn grant_token(state: &mut IdpState, incoming: Incoming) -> Result<Value, OAuthE
     let client_id = authenticate(&state.config, &record.client_auth, incoming.client_secret.as_ref())?;
     let requested: Vec<String> = record.scopes().into_iter().map(str::to_owned).collect();
     let now = Instant::now();
+    // The id_token's nonce (`Some(None)`: an id_token without nonce), and the code the tokens
+    // come from.
+    let mut id_token_nonce: Option<Option<String>> = None;
+    let mut from_code = None;
     let (scopes, refresh, rotated) = match &record.grant {
         Grant::ClientCredentials => {
+            if matches!(record.client_auth, ClientAuth::None { .. }) && !state.config.public_clients.is_empty() {
+                return Err(
+                    OAuthError::unauthorized_client().description("public clients cannot use client_credentials")
+                );
+            }
             check_scopes(&state.config, &requested)?;
             (requested, state.config.refresh_on_client_credentials, None)
         }
@@ -1118,6 +1498,21 @@ fn grant_token(state: &mut IdpState, incoming: Incoming) -> Result<Value, OAuthE
             let rotate = state.config.rotation;
             (scopes, rotate, rotate.then(|| presented.expose().to_owned()))
         }
+        Grant::AuthorizationCode => {
+            let grant = redeem_code(state, &record, client_id.as_deref(), now)?;
+            if grant.scopes.iter().any(|s| s == "openid") {
+                id_token_nonce = Some(grant.nonce);
+            }
+            from_code = record.code.as_ref().map(|c| c.expose().to_owned());
+            (grant.scopes, state.config.refresh_tokens, None)
+        }
+        Grant::DeviceCode => {
+            let scopes = poll_device(state, &record, client_id.as_deref(), now)?;
+            if scopes.iter().any(|s| s == "openid") {
+                id_token_nonce = Some(None);
+            }
+            (scopes, state.config.refresh_tokens, None)
+        }
         Grant::Other(grant) => {
             return Err(
                 OAuthError::unsupported_grant_type().description(format!("grant_type {grant} is not supported"))
@@ -1152,9 +1547,13 @@ fn grant_token(state: &mut IdpState, incoming: Incoming) -> Result<Value, OAuthE
     if !scopes.is_empty() {
         body.insert("scope".into(), Value::from(scopes.join(" ")));
     }
+    if let Some(nonce) = id_token_nonce {
+        body.insert("id_token".into(), Value::from(id_token(config, base, client_id.as_deref(), nonce.as_deref())));
+    }
     // `None` (never) when the lifetime is too large for the clock.
     let expires_at = now.checked_add(config.lifetime);
     let response_fields = config.response_fields.clone();
+    let mut issued_now = vec![access.clone()];
     state.tokens.insert(
         access,
         Issued {
@@ -1170,10 +1569,14 @@ fn grant_token(state: &mut IdpState, incoming: Incoming) -> Result<Value, OAuthE
         let refresh_token = format!("rt-{}", state.next_refresh);
         state.next_refresh += 1;
         body.insert("refresh_token".into(), Value::from(refresh_token.clone()));
+        issued_now.push(refresh_token.clone());
         state.tokens.insert(
             refresh_token,
             Issued { kind: Kind::Refresh, client_id, scopes, expires_at: None, revoked: false, used: false },
         );
+    }
+    if let Some(grant) = from_code.and_then(|code| state.codes.get_mut(&code)) {
+        grant.issued = issued_now;
     }
     for (name, value) in response_fields {
         if value.is_null() {
@@ -1183,6 +1586,165 @@ fn grant_token(state: &mut IdpState, incoming: Incoming) -> Result<Value, OAuthE
         }
     }
     Ok(Value::Object(body))
+}
+
+/// What a redeemed authorization code grants.
+struct Redeemed {
+    scopes: Vec<String>,
+    nonce: Option<String>,
+}
+
+/// Checks an authorization code grant (RFC 6749 §4.1.3, RFC 7636 §4.6). The code is spent by any
+/// request that names it, good or not; presenting it again revokes what it gave.
+fn redeem_code(
+    state: &mut IdpState,
+    record: &TokenRequest,
+    client_id: Option<&str>,
+    now: Instant,
+) -> Result<Redeemed, OAuthError> {
+    let Some(code) = &record.code else {
+        return Err(OAuthError::invalid_request().description("code is required"));
+    };
+    let Some(grant) = state.codes.get_mut(code.expose()) else {
+        return Err(OAuthError::invalid_grant().description("unknown authorization code"));
+    };
+    if grant.used {
+        let issued = std::mem::take(&mut grant.issued);
+        for token in issued {
+            if let Some(token) = state.tokens.get_mut(&token) {
+                token.revoked = true;
+            }
+        }
+        return Err(OAuthError::invalid_grant().description("authorization code already used"));
+    }
+    grant.used = true;
+    if now >= grant.expires_at {
+        return Err(OAuthError::invalid_grant().description("authorization code expired"));
+    }
+    if grant.client_id.as_deref() != client_id {
+        return Err(OAuthError::invalid_grant().description("authorization code issued to another client"));
+    }
+    if record.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
+        return Err(OAuthError::invalid_grant().description("redirect_uri differs from the authorization request's"));
+    }
+    match (&grant.challenge, &record.code_verifier) {
+        (Some((challenge, method)), Some(verifier)) => {
+            let verifier = verifier.expose();
+            if !valid_pkce_string(verifier) {
+                return Err(
+                    OAuthError::invalid_grant().description("code_verifier is not 43 to 128 unreserved characters")
+                );
+            }
+            let computed = if method == "S256" { s256(verifier) } else { verifier.to_owned() };
+            if !constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
+                return Err(OAuthError::invalid_grant().description("code_verifier does not match the code_challenge"));
+            }
+        }
+        (Some(_), None) => return Err(OAuthError::invalid_grant().description("code_verifier is required")),
+        (None, Some(_)) => {
+            return Err(OAuthError::invalid_grant().description("code_verifier sent but no code_challenge was"));
+        }
+        (None, None) => {}
+    }
+    Ok(Redeemed { scopes: grant.scopes.clone(), nonce: grant.nonce.clone() })
+}
+
+/// Checks a device code poll (RFC 8628 §3.4, §3.5); returns the scopes granted.
+fn poll_device(
+    state: &mut IdpState,
+    record: &TokenRequest,
+    client_id: Option<&str>,
+    now: Instant,
+) -> Result<Vec<String>, OAuthError> {
+    let Some(device_code) = &record.device_code else {
+        return Err(OAuthError::invalid_request().description("device_code is required"));
+    };
+    let Some(grant) = state.devices.get_mut(device_code.expose()) else {
+        return Err(OAuthError::invalid_grant().description("unknown device_code"));
+    };
+    if grant.client_id.as_deref() != client_id {
+        return Err(OAuthError::invalid_grant().description("device_code issued to another client"));
+    }
+    if grant.status == DeviceStatus::Done {
+        return Err(OAuthError::invalid_grant().description("device_code already used"));
+    }
+    if now >= grant.expires_at {
+        return Err(OAuthError::new("expired_token").description("the device code has expired"));
+    }
+    let too_soon = grant.last_poll.is_some_and(|last| now.duration_since(last) < Duration::from_secs(grant.interval));
+    grant.last_poll = Some(now);
+    if too_soon || state.forced_slow_downs > 0 {
+        state.forced_slow_downs = state.forced_slow_downs.saturating_sub(1);
+        grant.interval += 5;
+        return Err(OAuthError::new("slow_down").description(format!("poll every {} s", grant.interval)));
+    }
+    match grant.status {
+        DeviceStatus::Pending => Err(OAuthError::new("authorization_pending")),
+        DeviceStatus::Denied => Err(OAuthError::new("access_denied").description("the user refused")),
+        DeviceStatus::Approved | DeviceStatus::Done => {
+            grant.status = DeviceStatus::Done;
+            Ok(grant.scopes.clone())
+        }
+    }
+}
+
+/// `code_verifier` and `code_challenge` syntax: 43 to 128 of `[A-Za-z0-9-._~]` (RFC 7636 §4.1).
+fn valid_pkce_string(value: &str) -> bool {
+    (43..=128).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// `BASE64URL(SHA256(ASCII(verifier)))` (RFC 7636 §4.2).
+fn s256(verifier: &str) -> String {
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// An id_token signed with HS256 and [`ID_TOKEN_KEY`]: `iss`, `aud`, `sub`, `iat`, `exp` (the
+/// access token's lifetime, wall clock), `nonce` when the authorization request had one, then
+/// the claims set by [`IdpHandle::set_id_token_claim`].
+fn id_token(config: &Config, base: &str, client_id: Option<&str>, nonce: Option<&str>) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut claims = Map::new();
+    claims.insert("iss".into(), Value::from(base));
+    claims.insert("aud".into(), Value::from(client_id.unwrap_or_default()));
+    claims.insert("sub".into(), Value::from(config.subject.clone()));
+    claims.insert("iat".into(), Value::from(now));
+    claims.insert("exp".into(), Value::from(now.saturating_add(config.lifetime.as_secs())));
+    if let Some(nonce) = nonce {
+        claims.insert("nonce".into(), Value::from(nonce));
+    }
+    for (name, value) in &config.id_token_claims {
+        if value.is_null() {
+            claims.remove(name);
+        } else {
+            claims.insert(name.clone(), value.clone());
+        }
+    }
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let signing_input =
+        format!("{}.{}", b64(header.to_string().as_bytes()), b64(Value::Object(claims).to_string().as_bytes()));
+    let signature = hmac_sha256(ID_TOKEN_KEY, signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(&signature))
 }
 
 async fn metadata(State(shared): State<Arc<Shared>>) -> Response<Body> {
@@ -1195,13 +1757,27 @@ async fn metadata(State(shared): State<Arc<Shared>>) -> Response<Body> {
         "token_endpoint": format!("{base}/token"),
         "token_endpoint_auth_methods_supported": config.auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
-        "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+        "grant_types_supported": [
+            "client_credentials",
+            "password",
+            "refresh_token",
+            "authorization_code",
+            DEVICE_CODE_GRANT_TYPE,
+        ],
         "authorization_endpoint": format!("{base}/authorize"),
+        "device_authorization_endpoint": format!("{base}/device_authorization"),
         "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256", "plain"],
         "jwks_uri": format!("{base}/jwks"),
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": ["HS256"],
     });
+    if config.send_iss {
+        if let Some(doc) = doc.as_object_mut() {
+            doc.insert("authorization_response_iss_parameter_supported".into(), Value::Bool(true));
+        }
+    }
     if let (Some(allowed), Some(doc)) = (&config.allowed_scopes, doc.as_object_mut()) {
         doc.insert("scopes_supported".into(), json!(allowed));
     }
@@ -1215,6 +1791,281 @@ async fn metadata(State(shared): State<Arc<Shared>>) -> Response<Body> {
         }
     }
     json_response(StatusCode::OK, &doc)
+}
+
+/// The authorization endpoint (RFC 6749 §4.1.1, §4.1.2): errors about the client or the
+/// redirect URI are answered here (`400`, plain text, RFC 6749 §4.1.2.1); others, and the
+/// outcome, are redirected to the redirect URI.
+async fn authorize(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response<Body> {
+    let record = AuthorizeRequest::new(parse_form(req.uri().query().unwrap_or("").as_bytes()));
+    let decision = {
+        let mut state = lock(&shared);
+        state.authorize_records.push(record.clone());
+        decide_authorization(&mut state, &shared.base, &record)
+    };
+    shared.authorize_seen.send_modify(|count| *count += 1);
+    match decision {
+        Decision::Page(reason) => text_response(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", reason),
+        Decision::Redirect(location) => {
+            let mut res = text_response(StatusCode::FOUND, "text/plain; charset=utf-8", "");
+            match HeaderValue::from_str(&location) {
+                Ok(value) => {
+                    res.headers_mut().insert(http::header::LOCATION, value);
+                    res.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    res
+                }
+                Err(_) => {
+                    text_response(StatusCode::BAD_REQUEST, "text/plain", "redirect_uri is not a valid header value")
+                }
+            }
+        }
+        Decision::Hang => {
+            let mut release = shared.release.subscribe();
+            let generation = *release.borrow_and_update();
+            let _ = release.wait_for(|g| *g != generation).await;
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "released")
+        }
+    }
+}
+
+enum Decision {
+    /// Answered here, `400`, with this reason.
+    Page(&'static str),
+    /// `302` to this URL.
+    Redirect(String),
+    /// Never answered.
+    Hang,
+}
+
+fn decide_authorization(state: &mut IdpState, base: &str, record: &AuthorizeRequest) -> Decision {
+    let config = &state.config;
+    let Some(client_id) = record.client_id.as_deref() else { return Decision::Page("client_id is missing") };
+    let open = config.clients.is_empty() && config.jwt_clients.is_empty() && config.public_clients.is_empty();
+    let known = config.clients.iter().any(|(id, _)| id == client_id)
+        || config.jwt_clients.iter().any(|id| id == client_id)
+        || config.public_clients.iter().any(|id| id == client_id);
+    if !open && !known {
+        return Decision::Page("unknown client_id");
+    }
+    let Some(redirect_uri) = record.redirect_uri.as_deref() else {
+        return Decision::Page("redirect_uri is missing");
+    };
+    if !is_loopback_redirect(redirect_uri) {
+        return Decision::Page(
+            "redirect_uri must be http://127.0.0.1:PORT/…, http://[::1]:PORT/… or http://localhost:PORT/…",
+        );
+    }
+    let outcome = config.authorize_outcome;
+    let iss = match outcome {
+        AuthorizeOutcome::WrongIss => Some("https://wrong-issuer.example"),
+        _ => config.send_iss.then_some(base),
+    };
+    let state_param = record.state.as_deref();
+    let error = |error: &str, description: &str| {
+        let mut pairs = vec![("error", error), ("error_description", description)];
+        pairs.extend(state_param.map(|s| ("state", s)));
+        pairs.extend(iss.map(|i| ("iss", i)));
+        Decision::Redirect(with_query(redirect_uri, &pairs))
+    };
+
+    const SINGLE: [&str; 8] = [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "scope",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+    ];
+    if SINGLE.iter().any(|name| record.params.iter().filter(|(n, _)| n == name).count() > 1) {
+        return error("invalid_request", "a parameter is repeated");
+    }
+    if record.response_type.as_deref() != Some("code") {
+        return error("unsupported_response_type", "only response_type=code is supported");
+    }
+    let method = record.code_challenge_method.as_deref().unwrap_or("plain");
+    let challenge = match (&record.code_challenge, &record.code_challenge_method) {
+        (Some(challenge), _) => {
+            if method != "S256" && method != "plain" {
+                return error("invalid_request", "code_challenge_method must be S256 or plain");
+            }
+            if !valid_pkce_string(challenge) {
+                return error("invalid_request", "code_challenge is not 43 to 128 unreserved characters");
+            }
+            Some((challenge.clone(), method.to_owned()))
+        }
+        (None, Some(_)) => return error("invalid_request", "code_challenge_method without code_challenge"),
+        (None, None) if config.require_pkce => return error("invalid_request", "code_challenge is required"),
+        (None, None) => None,
+    };
+    let scopes: Vec<String> = record.scopes().into_iter().map(str::to_owned).collect();
+    if let Err(err) = check_scopes(config, &scopes) {
+        return error("invalid_scope", err.description.as_deref().unwrap_or("scope not allowed"));
+    }
+    match outcome {
+        AuthorizeOutcome::Hang => return Decision::Hang,
+        AuthorizeOutcome::Deny => return error("access_denied", "the user refused the request"),
+        _ => {}
+    }
+    let code = format!("code-{}", state.next_code);
+    state.next_code += 1;
+    let expires_at = Instant::now() + state.config.code_lifetime;
+    state.codes.insert(
+        code.clone(),
+        CodeGrant {
+            client_id: Some(client_id.to_owned()),
+            redirect_uri: redirect_uri.to_owned(),
+            challenge,
+            scopes,
+            nonce: record.nonce.clone(),
+            expires_at,
+            used: false,
+            issued: Vec::new(),
+        },
+    );
+    let wrong_state = state_param.map(|s| format!("{s}-not-yours")).unwrap_or_else(|| "not-yours".to_owned());
+    let sent_state = match outcome {
+        AuthorizeOutcome::NoState => None,
+        AuthorizeOutcome::WrongState => Some(wrong_state.as_str()),
+        _ => state_param,
+    };
+    let mut pairs = vec![("code", code.as_str())];
+    pairs.extend(sent_state.map(|s| ("state", s)));
+    pairs.extend(iss.map(|i| ("iss", i)));
+    Decision::Redirect(with_query(redirect_uri, &pairs))
+}
+
+/// `http://127.0.0.1:PORT/…`, `http://[::1]:PORT/…` or `http://localhost:PORT/…`, with an
+/// explicit port, no user info and no fragment (RFC 8252 §7.3, RFC 6749 §3.1.2).
+fn is_loopback_redirect(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("http://") else { return false };
+    if uri.contains('#') {
+        return false;
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let Some((host, port)) = authority.rsplit_once(':') else { return false };
+    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+        && uri.parse::<http::Uri>().is_ok()
+}
+
+/// `uri` with these parameters appended to its query, percent-encoded.
+fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
+    const COMPONENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let mut out = uri.to_owned();
+    if !uri.ends_with(['?', '&']) {
+        out.push(if uri.contains('?') { '&' } else { '?' });
+    }
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(name);
+        out.push('=');
+        out.extend(percent_encoding::utf8_percent_encode(value, COMPONENT));
+    }
+    out
+}
+
+/// The device authorization endpoint (RFC 8628 §3.1, §3.2).
+async fn device_authorization(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(_) => return OAuthError::invalid_request().description("body unreadable or over 64 KiB").into_response(),
+    };
+    let incoming = parse_token_request(&parts.headers, &body, false);
+    let base = &shared.base;
+    let answer = {
+        let mut state = lock(&shared);
+        let mut record = DeviceAuthorizationRequest {
+            client_auth: incoming.record.client_auth.clone(),
+            scope: incoming.record.scope.clone(),
+            user_code: None,
+            received_at: Instant::now(),
+        };
+        let answer = grant_device(&mut state, base, &incoming);
+        if let Ok((_, user_code)) = &answer {
+            record.user_code = Some(user_code.clone());
+        }
+        state.device_records.push(record);
+        answer
+    };
+    shared.device_seen.send_modify(|count| *count += 1);
+    match answer {
+        Ok((body, _)) => json_response(StatusCode::OK, &body),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Checks a device authorization request and gives out a device code; returns the answer and
+/// the user code.
+fn grant_device(state: &mut IdpState, base: &str, incoming: &Incoming) -> Result<(Value, String), OAuthError> {
+    if let Some(problem) = &incoming.problem {
+        return Err(problem.clone());
+    }
+    let client_id = authenticate(&state.config, &incoming.record.client_auth, incoming.client_secret.as_ref())?;
+    let Some(client_id) = client_id else {
+        return Err(OAuthError::invalid_request().description("client_id is required"));
+    };
+    let scopes: Vec<String> = incoming.record.scopes().into_iter().map(str::to_owned).collect();
+    check_scopes(&state.config, &scopes)?;
+    let n = state.next_device;
+    state.next_device += 1;
+    let device_code = format!("dc-{n}");
+    let user_code = user_code(n);
+    let config = &state.config;
+    let verification_uri = format!("{base}/device");
+    let answer = json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": verification_uri,
+        "verification_uri_complete": with_query(&verification_uri, &[("user_code", &user_code)]),
+        "expires_in": config.device_lifetime.as_secs(),
+        "interval": config.device_interval,
+    });
+    let grant = DeviceGrant {
+        user_code: user_code.clone(),
+        client_id: Some(client_id),
+        scopes,
+        expires_at: Instant::now() + config.device_lifetime,
+        interval: config.device_interval,
+        last_poll: None,
+        status: DeviceStatus::Pending,
+    };
+    state.devices.insert(device_code, grant);
+    Ok((answer, user_code))
+}
+
+/// `XXXX-XXXX` from the consonants RFC 8628 §6.1 suggests, unique per `n`.
+fn user_code(n: u64) -> String {
+    const ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
+    // Spread consecutive numbers over the code space: 7919 is prime to 20^8, so this is a
+    // bijection for n < 20^8.
+    let mut x = (n % 20u64.pow(8) * 7919 + 104_729) % 20u64.pow(8);
+    let mut chars = Vec::with_capacity(9);
+    for i in 0..8 {
+        if i == 4 {
+            chars.push(b'-');
+        }
+        chars.push(ALPHABET[(x % 20) as usize]);
+        x /= 20;
+    }
+    String::from_utf8_lossy(&chars).into_owned()
+}
+
+/// The verification page: nothing is decided here (the test calls
+/// [`IdpHandle::approve_device`] or [`IdpHandle::deny_device`]).
+async fn device_page() -> Response<Body> {
+    text_response(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        "<!DOCTYPE html>\n<html><head><title>Device sign-in</title></head><body><p>Enter the code shown on your device.</p></body></html>\n",
+    )
 }
 
 async fn jwks() -> Response<Body> {
