@@ -253,3 +253,56 @@ async fn glewlwyd_discovery() {
         .unwrap();
     provider.token().await.unwrap();
 }
+
+// ------------------------------------------------------------------------- device code --
+
+#[tokio::test]
+async fn device_code_the_user_approves_while_the_provider_polls() {
+    use std::sync::{Arc, Mutex};
+    let idp = FakeIdp::start().await.unwrap();
+    idp.set_device_interval(1);
+    let shown = Arc::new(Mutex::new(None));
+    let seen = shown.clone();
+    let approver = idp.handle();
+    let provider = TokenProvider::device_code(idp.device_authorization_url(), idp.token_url(), "tv-app")
+        .scope("orders:read")
+        .device_prompt(move |i| {
+            *seen.lock().unwrap() = Some(i.clone());
+            // The user, on another device, approves after a moment.
+            let (approver, code) = (approver.clone(), i.user_code.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                assert!(approver.approve_device(&code));
+            });
+        })
+        .build(http())
+        .unwrap();
+    let token = provider.token().await.unwrap();
+    assert!(token.header_value().to_str().unwrap().starts_with("Bearer "));
+    let shown = shown.lock().unwrap().clone().expect("the user was shown the URL and code");
+    assert!(shown.verification_uri.starts_with("http://127.0.0.1:"), "{shown:?}");
+    assert!(!shown.user_code.is_empty());
+    let device_polls = idp.requests().iter().filter(|r| r.grant == idp::Grant::DeviceCode).count();
+    assert!(device_polls >= 2, "polled until approved: {device_polls}");
+}
+
+#[tokio::test]
+async fn device_code_denied_is_a_typed_error_and_not_retried_by_itself() {
+    let idp = FakeIdp::start().await.unwrap();
+    idp.set_device_interval(1);
+    let denier = idp.handle();
+    let provider = TokenProvider::device_code(idp.device_authorization_url(), idp.token_url(), "tv-app")
+        .device_prompt(move |i| {
+            let (denier, code) = (denier.clone(), i.user_code.clone());
+            tokio::spawn(async move {
+                assert!(denier.deny_device(&code));
+            });
+        })
+        .build(http())
+        .unwrap();
+    let err = provider.token().await.unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("refused the device"), "{cause}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(idp.device_authorizations().len(), 1, "no new prompt by itself");
+}
