@@ -97,6 +97,16 @@ options:
       --refresh-token RT       the refresh token of --grant refresh_token
       --token-cache FILE       keep OAuth2 tokens in this JSON file (0600), so the next run
                                reuses a valid token instead of asking for one
+      --oauth2-auth-code AUTH_URL
+                               OAuth2 authorization code with PKCE: the browser opens AUTH_URL
+                               and comes back to a listener on 127.0.0.1 (with
+                               --oauth2-token-url, --client-id, optional --client-secret)
+      --pkce                   PKCE S256 (the default with --oauth2-auth-code; kept for curl-like
+                               scripts)
+      --redirect-port PORT     the listener's port (default 5000; 0 for any free port)
+      --oauth2-device DEVICE_AUTH_URL
+                               OAuth2 device code: shows a URL and a code, then polls (with
+                               --oauth2-token-url, --client-id)
       --rate R                 at most R requests per second across all workers (a run can
                                then span token expiries)
   -L, --location               follow redirects; credentials go only where they belong
@@ -212,6 +222,9 @@ struct OAuthOpts {
     refresh_token: Option<String>,
     user: Option<(String, String)>,
     token_cache: Option<String>,
+    auth_code_url: Option<String>,
+    redirect_port: Option<u16>,
+    device_url: Option<String>,
 }
 
 /// How `--user` or `--proxy-user` is sent.
@@ -335,6 +348,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--refresh-token" => "--refresh-token",
             "--rate" => "--rate",
             "--token-cache" => "--token-cache",
+            "--oauth2-auth-code" => "--oauth2-auth-code",
+            "--pkce" => "--pkce",
+            "--redirect-port" => "--redirect-port",
+            "--oauth2-device" => "--oauth2-device",
             "-v" | "--verbose" => "--verbose",
             "-h" | "--help" => "--help",
             // Only the name: what follows `=` could be a secret.
@@ -351,6 +368,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 | "--netrc"
                 | "--location"
                 | "--verbose"
+                | "--pkce"
                 | "--help"
         );
         if flag {
@@ -366,6 +384,9 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 "--proxy-basic" => proxy_mode = UserMode::Basic,
                 "--proxy-digest" => proxy_mode = UserMode::Digest,
                 "--location" => location = true,
+                "--pkce" => {
+                    oauth.get_or_insert_with(OAuthOpts::default);
+                }
                 "--netrc" => {
                     let netrc = NetrcAuth::from_default_location().map_err(|e| config(canonical, e))?;
                     netrc_from = Some(Box::new(netrc));
@@ -471,6 +492,12 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--refresh-token" => oauth.get_or_insert_with(OAuthOpts::default).refresh_token = Some(value),
             "--token-cache" => oauth.get_or_insert_with(OAuthOpts::default).token_cache = Some(value),
+            "--oauth2-auth-code" => oauth.get_or_insert_with(OAuthOpts::default).auth_code_url = Some(value),
+            "--oauth2-device" => oauth.get_or_insert_with(OAuthOpts::default).device_url = Some(value),
+            "--redirect-port" => {
+                let port = value.parse().map_err(|_| format!("{canonical}: expected a port number (0 for any)"))?;
+                oauth.get_or_insert_with(OAuthOpts::default).redirect_port = Some(port);
+            }
             "--rate" => {
                 let r: f64 =
                     value.parse().map_err(|_| format!("{canonical}: expected a number of requests per second"))?;
@@ -486,6 +513,9 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     }
 
     if let Some(o) = &mut oauth {
+        if (o.auth_code_url.is_some() || o.device_url.is_some()) && o.token_url.is_none() {
+            return Err("--oauth2-auth-code and --oauth2-device need --oauth2-token-url".into());
+        }
         if o.token_url.is_some() == o.issuer.is_some() {
             return Err("OAuth2 options need exactly one of --oauth2-token-url and --oauth2-issuer".into());
         }
@@ -930,16 +960,34 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
     let transport = count.token_endpoint().layer(client);
     let url = o.token_url.clone().or(o.issuer.clone()).unwrap_or_default();
     let client_id = o.client_id.clone().unwrap_or_default();
-    let mut b = match o.grant.as_deref() {
-        Some("password") => {
-            let (u, p) = o.user.clone().unwrap_or_default();
-            TokenProvider::password(&url, &client_id, u, p)
+    let mut b = match (&o.auth_code_url, &o.device_url, o.grant.as_deref()) {
+        #[cfg(feature = "oauth2-browser")]
+        (Some(auth), _, _) => {
+            let b = TokenProvider::authorization_code(auth, &url, &client_id);
+            match o.redirect_port {
+                Some(port) => b.redirect_port(port),
+                None => b,
+            }
         }
-        Some("refresh_token") => {
-            TokenProvider::refresh_token(&url, &client_id, o.refresh_token.clone().unwrap_or_default())
-        }
-        _ => TokenProvider::client_credentials(&url, &client_id, o.client_secret.clone().unwrap_or_default()),
+        #[cfg(not(feature = "oauth2-browser"))]
+        (Some(_), _, _) => return Err("--oauth2-auth-code: this fetch was built without the oauth2-browser feature".into()),
+        (None, Some(device), _) => TokenProvider::device_code(device, &url, &client_id),
+        (None, None, grant) => match grant {
+            Some("password") => {
+                let (u, p) = o.user.clone().unwrap_or_default();
+                TokenProvider::password(&url, &client_id, u, p)
+            }
+            Some("refresh_token") => {
+                TokenProvider::refresh_token(&url, &client_id, o.refresh_token.clone().unwrap_or_default())
+            }
+            _ => TokenProvider::client_credentials(&url, &client_id, o.client_secret.clone().unwrap_or_default()),
+        },
     };
+    if (o.auth_code_url.is_some() || o.device_url.is_some())
+        && let Some(secret) = &o.client_secret
+    {
+        b = b.client_secret(secret);
+    }
     if o.grant.as_deref().is_some_and(|g| g != "client_credentials")
         && let Some(secret) = &o.client_secret
     {

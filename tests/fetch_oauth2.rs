@@ -255,3 +255,70 @@ fn a_token_cache_file_lets_the_next_run_skip_the_token_request() {
     assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(!std::fs::read_to_string(&cache).unwrap().contains("s3cret"));
 }
+
+#[test]
+fn authorization_code_through_the_system_browser_seam_and_device_code() {
+    // The "browser" is curl, through the `BROWSER` variable the webbrowser crate honours: a
+    // script that follows the fake identity provider's redirect to fetch's loopback listener.
+    let idp = idp();
+    idp.add_public_client("cli-app");
+    let dir = tempfile::tempdir().unwrap();
+    let browser = dir.path().join("browser.sh");
+    std::fs::write(&browser, "#!/bin/sh\ncurl -s -L -o /dev/null \"$1\" >/dev/null 2>&1 &\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(fetch_bin())
+        .args([
+            "--oauth2-auth-code",
+            &idp.authorize_url(),
+            "--oauth2-token-url",
+            &idp.token_url(),
+            "--client-id",
+            "cli-app",
+            "--pkce",
+            "--redirect-port",
+            "0",
+            "--scope",
+            "orders:read",
+            "-n",
+            "3",
+            &idp.resource_url(),
+        ])
+        .env("BROWSER", &browser)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.lines().last().unwrap().contains("ok=3"), "{stderr}");
+    let authorize = idp.authorize_requests();
+    assert_eq!(authorize.len(), 1, "one authorisation for three requests");
+    assert_eq!(idp.token_requests_for(&idp::Grant::AuthorizationCode), 1);
+
+    // Device code: fetch shows the URL and code; the "user" approves from here.
+    let idp = self::idp();
+    let approver = idp.clone();
+    let watcher = std::thread::spawn(move || {
+        for _ in 0..500 {
+            if let Some(code) = approver.device_authorizations().first().and_then(|d| d.user_code.clone()) {
+                assert!(approver.approve_device(&code));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("fetch never asked for a device code");
+    });
+    idp.set_device_interval(1);
+    let run = fetch(&[
+        "--oauth2-device",
+        &idp.device_authorization_url(),
+        "--oauth2-token-url",
+        &idp.token_url(),
+        "--client-id",
+        "tv-app",
+        &idp.resource_url(),
+    ]);
+    watcher.join().unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("enter the code"), "the user was shown the code: {}", run.stderr);
+}

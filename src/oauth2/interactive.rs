@@ -274,7 +274,12 @@ impl CodeFlow {
                 .await;
         });
         tracing::info!(port, "waiting for the authorization response on the loopback listener");
-        if let Err(e) = self.browser.open(url.as_str()) {
+        // A browser command may run in the foreground (a text browser): off the runtime.
+        let (browser, shown) = (Arc::clone(&self.browser), url.to_string());
+        let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
+            .await
+            .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
+        if let Err(e) = opened {
             tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
             eprintln!("Open this URL in a browser to authorise the application:\n{url}");
         }

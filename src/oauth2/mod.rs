@@ -187,6 +187,8 @@ impl TokenProvider {
         let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, Grant::ClientCredentials);
         builder.auth = ClientAuth::None;
         builder.flow = Some(flow);
+        // A request waits for the user (the flow has its own timeout, 60 s by default).
+        builder.timing.wait_timeout = Duration::from_secs(180);
         builder
     }
 
@@ -203,6 +205,8 @@ impl TokenProvider {
         let grant = Grant::DeviceCode(Arc::new(endpoint::DeviceFlow::new(device_authorization_url.into())));
         let mut builder = ProviderBuilder::new(token_url.into(), client_id.into(), None, grant);
         builder.auth = ClientAuth::None;
+        // A request waits for the user, at most as long as device codes usually live.
+        builder.timing.wait_timeout = Duration::from_secs(30 * 60);
         builder
     }
 

@@ -20,7 +20,8 @@ pub fn example_bin(name: &str) -> PathBuf {
     }
     let target_dir = profile_dir.parent().expect("target dir");
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "--example", name, "--manifest-path"])
+    // The features of the test command (`cargo test --all-features`, README and .ci/run).
+    cmd.args(["build", "--quiet", "--all-features", "--example", name, "--manifest-path"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .env("CARGO_TARGET_DIR", target_dir);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
