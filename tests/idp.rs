@@ -1,7 +1,10 @@
 //! Tests of the fake identity provider itself (`tower_auth::testing::idp`), over real HTTP, so
 //! that the OAuth2 tests built on it can trust it.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::Router;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -12,9 +15,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tower_auth::oauth2::Browser;
 use tower_auth::testing::idp::{
     AuthorizeOutcome, ClientAuth, ExpiresIn, FakeIdp, Fault, Grant, JWT_BEARER_ASSERTION_TYPE, OAuthError,
 };
+use tower_auth::testing::{BrowserMock, ScriptedReply, TestServer};
 
 /// The special-characters client of RFC 6749 §2.3.1 tests.
 const ID: &str = "my client";
@@ -1173,4 +1178,225 @@ async fn device_grant_denied_expired_and_refused() {
     assert_eq!(answer.error(), "invalid_client", "no client_id");
     assert_eq!(idp.device_authorizations().len(), 5);
     assert!(idp.device_authorizations()[3].user_code.is_none());
+}
+
+// ---- the browser mock, against the fake provider and a listener of the test's own ----
+
+/// A stand-in for the loopback redirect listener: `/callback` answers `200 ok` to a code and
+/// `400 failed: <error>` to an error, and records the queries it got; `/loop` redirects to
+/// itself, `/away` redirects off the loopback addresses.
+struct Listener {
+    server: TestServer,
+    queries: Arc<Mutex<Vec<String>>>,
+}
+
+impl Listener {
+    async fn start() -> Self {
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&queries);
+        let app = Router::new()
+            .route(
+                "/callback",
+                axum::routing::get(move |uri: http::Uri| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let query = uri.query().unwrap_or("").to_owned();
+                        seen.lock().unwrap().push(query.clone());
+                        if query.contains("code=") {
+                            (StatusCode::OK, "ok".to_owned())
+                        } else {
+                            (StatusCode::BAD_REQUEST, format!("failed: {query}"))
+                        }
+                    }
+                }),
+            )
+            .route("/loop", axum::routing::get(|| async { axum::response::Redirect::to("/loop") }))
+            .route("/away", axum::routing::get(|| async { axum::response::Redirect::to("http://example.com/") }));
+        Listener { server: TestServer::start(app).await.unwrap(), queries }
+    }
+
+    fn callback(&self) -> String {
+        self.server.url("/callback")
+    }
+
+    fn queries(&self) -> Vec<String> {
+        self.queries.lock().unwrap().clone()
+    }
+}
+
+fn authorization_url(idp: &FakeIdp, redirect_uri: &str) -> String {
+    let mut params = pkce_params(&[("scope", "openid"), ("nonce", "n-1")]);
+    params[2].1 = redirect_uri;
+    format!("{}?{}", idp.authorize_url(), query(&params))
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn browser_mock_follows_the_provider_to_the_listener() {
+    let idp = FakeIdp::start().await.unwrap();
+    let listener = Listener::start().await;
+    let url = authorization_url(&idp, &listener.callback());
+    let browser = BrowserMock::new();
+    let as_trait: Box<dyn Browser> = Box::new(browser.clone());
+    as_trait.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    browser.assert_success();
+    browser.assert_success_with("ok");
+    assert_eq!(browser.last_page(), Some((StatusCode::OK, "ok".to_owned())));
+    assert_eq!(browser.opened(), [url.clone()]);
+    assert_eq!(browser.done(), 1);
+    assert!(browser.last_error().is_none());
+
+    let steps = browser.steps();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!((steps[0].url.as_str(), steps[0].status), (url.as_str(), Some(StatusCode::FOUND)));
+    assert!(steps[1].url.starts_with(&format!("{}?code=code-1&state=", listener.callback())));
+    assert_eq!(steps[1].status, Some(StatusCode::OK));
+    assert_eq!(steps[0].location.as_deref(), Some(steps[1].url.as_str()));
+    let debug = format!("{steps:?} {browser:?}");
+    assert!(!debug.contains("code-1"), "{debug}");
+
+    // The listener got the code and the state; the code is good once, with the verifier.
+    let queries = listener.queries();
+    assert_eq!(queries.len(), 1);
+    assert!(queries[0].starts_with("code=code-1&state=st%201%2F%2B"), "{}", queries[0]);
+    let form = code_form("code-1", Some(VERIFIER)).replace(&enc(REDIRECT), &enc(&listener.callback()));
+    let answer = token(&idp, &form, None).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.json()["id_token"].is_string());
+
+    // A second tab.
+    browser.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(2)).await.unwrap();
+    assert_eq!(browser.opened().len(), 2);
+    assert_eq!(browser.steps().iter().filter(|s| s.tab == 1).count(), 2);
+}
+
+#[tokio::test]
+async fn browser_mock_shows_the_listener_failure_page() {
+    let idp = FakeIdp::start().await.unwrap();
+    idp.set_authorize_outcome(AuthorizeOutcome::Deny);
+    let listener = Listener::start().await;
+    let browser = BrowserMock::new();
+    browser.open(&authorization_url(&idp, &listener.callback())).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    browser.assert_failure();
+    browser.assert_failure_with("error=access_denied");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| browser.assert_success()));
+    assert!(result.is_err());
+
+    // The provider hangs: the tab finishes only when it is released (503, a failure).
+    idp.set_authorize_outcome(AuthorizeOutcome::Hang);
+    browser.open(&authorization_url(&idp, &listener.callback())).unwrap();
+    idp.wait_for_authorize_requests(2).await;
+    assert!(tokio::time::timeout(Duration::from_millis(100), browser.wait_until_done(2)).await.is_err());
+    idp.release_hung();
+    tokio::time::timeout(WAIT, browser.wait_until_done(2)).await.unwrap();
+    assert_eq!(browser.last_page().unwrap().0, StatusCode::SERVICE_UNAVAILABLE);
+    browser.assert_failure();
+}
+
+#[tokio::test]
+async fn browser_mock_that_never_returns_or_cannot_open() {
+    let idp = FakeIdp::start().await.unwrap();
+    let browser = BrowserMock::never_returns();
+    browser.open(&authorization_url(&idp, REDIRECT)).unwrap();
+    assert_eq!(browser.opened().len(), 1);
+    assert!(tokio::time::timeout(Duration::from_millis(100), browser.wait_until_done(1)).await.is_err());
+    assert!(browser.steps().is_empty());
+    assert!(browser.last_page().is_none());
+    assert_eq!(idp.authorize_requests().len(), 0);
+
+    let browser = BrowserMock::unavailable();
+    assert!(browser.open(&authorization_url(&idp, REDIRECT)).is_err());
+    assert_eq!(browser.opened().len(), 1);
+    assert_eq!(browser.done(), 0);
+}
+
+#[test]
+fn browser_mock_outside_a_runtime_fails_to_open() {
+    let browser = BrowserMock::new();
+    let err = browser.open("http://127.0.0.1:1/authorize").unwrap_err();
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+    assert!(browser.last_error().is_some());
+}
+
+#[tokio::test]
+async fn scripted_browser_mock_calls_the_listener_directly() {
+    let idp = FakeIdp::start().await.unwrap();
+    let listener = Listener::start().await;
+    let url = authorization_url(&idp, &listener.callback());
+
+    // A favicon request first (404, not followed), then the user's refusal, with the real state.
+    let browser = BrowserMock::scripted(ScriptedReply::denied().stray_first("/favicon.ico"));
+    browser.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    let steps = browser.steps();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0].url, listener.server.url("/favicon.ico"));
+    assert_eq!(steps[0].status, Some(StatusCode::NOT_FOUND));
+    browser.assert_failure_with("error=access_denied");
+    assert_eq!(listener.queries(), ["error=access_denied&error_description=The%20user%20refused&state=st%201%2F%2B"]);
+    assert_eq!(idp.authorize_requests().len(), 0, "the provider is skipped");
+
+    let browser = BrowserMock::scripted(ScriptedReply::wrong_state());
+    browser.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert_eq!(listener.queries()[1], "code=scripted-code&state=not-the-state");
+
+    let browser = BrowserMock::scripted(ScriptedReply::no_state());
+    browser.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert_eq!(listener.queries()[2], "code=scripted-code");
+
+    let browser = BrowserMock::scripted(ScriptedReply::code("a b"));
+    browser.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    browser.assert_success_with("ok");
+    assert_eq!(listener.queries()[3], "code=a%20b&state=st%201%2F%2B");
+    assert!(!format!("{browser:?}").contains("a%20b"));
+
+    let browser = BrowserMock::scripted(ScriptedReply::query("code=x&state={state}&iss=https%3A%2F%2Fevil.example"));
+    browser.open(&url).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert_eq!(listener.queries()[4], "code=x&state=st%201%2F%2B&iss=https%3A%2F%2Fevil.example");
+
+    // An authorization URL without redirect_uri.
+    let browser = BrowserMock::scripted(ScriptedReply::denied());
+    browser.open(&idp.authorize_url()).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert!(browser.last_error().unwrap().contains("redirect_uri"));
+    assert!(browser.last_page().is_none());
+}
+
+#[tokio::test]
+async fn browser_mock_stays_on_loopback_and_stops_redirect_loops() {
+    let listener = Listener::start().await;
+    let browser = BrowserMock::new();
+    browser.open(&listener.server.url("/away")).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert!(browser.last_error().unwrap().contains("refused"), "{:?}", browser.last_error());
+    let steps = browser.steps();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[1].url, "http://example.com/");
+    assert!(steps[1].status.is_none());
+
+    let browser = BrowserMock::new();
+    browser.open(&listener.server.url("/loop")).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert!(browser.last_error().unwrap().contains("redirects"));
+    assert_eq!(browser.steps().len(), 1 + tower_auth::testing::browser::MAX_REDIRECTS);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| browser.assert_failure()));
+    assert!(result.is_err(), "no page at all is not a failure page");
+
+    // Nothing listening.
+    let port = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let browser = BrowserMock::new();
+    browser.open(&format!("http://127.0.0.1:{port}/callback")).unwrap();
+    tokio::time::timeout(WAIT, browser.wait_until_done(1)).await.unwrap();
+    assert!(browser.last_error().unwrap().contains("request failed"));
 }
