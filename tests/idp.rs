@@ -1083,7 +1083,7 @@ async fn device_authorization(idp: &FakeIdp, form: &str) -> Answer {
 
 async fn poll(idp: &FakeIdp, device_code: &str) -> Answer {
     token(
-        &idp,
+        idp,
         &format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code={device_code}&client_id=tv"
         ),
@@ -1244,7 +1244,7 @@ async fn browser_mock_follows_the_provider_to_the_listener() {
     browser.assert_success();
     browser.assert_success_with("ok");
     assert_eq!(browser.last_page(), Some((StatusCode::OK, "ok".to_owned())));
-    assert_eq!(browser.opened(), [url.clone()]);
+    assert_eq!(browser.opened(), std::slice::from_ref(&url));
     assert_eq!(browser.done(), 1);
     assert!(browser.last_error().is_none());
 
