@@ -9,7 +9,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), tower_auth::BoxError> {
 //! use axum::{Router, routing::get};
 //! use tower_auth::oauth2::Browser;
 //! use tower_auth::testing::{BrowserMock, FakeIdp, TestServer};
