@@ -1166,7 +1166,7 @@ fn form_decode(raw: &[u8]) -> String {
     percent_encoding::percent_decode(&plus_as_space).decode_utf8_lossy().into_owned()
 }
 
-fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+pub(super) fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     body.split(|b| *b == b'&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| match pair.iter().position(|b| *b == b'=') {

@@ -41,7 +41,12 @@ use tower_service::Service;
 
 use crate::secret::Secret;
 
+#[cfg(feature = "oauth2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
+pub mod browser;
 mod digest;
+#[cfg(feature = "oauth2")]
+pub use browser::{BrowserMock, ScriptedReply};
 pub use digest::DigestCheck;
 pub mod idp;
 pub use idp::FakeIdp;
