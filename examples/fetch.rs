@@ -970,7 +970,9 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
             }
         }
         #[cfg(not(feature = "oauth2-browser"))]
-        (Some(_), _, _) => return Err("--oauth2-auth-code: this fetch was built without the oauth2-browser feature".into()),
+        (Some(_), _, _) => {
+            return Err("--oauth2-auth-code: this fetch was built without the oauth2-browser feature".into());
+        }
         (None, Some(device), _) => TokenProvider::device_code(device, &url, &client_id),
         (None, None, grant) => match grant {
             Some("password") => {

@@ -358,3 +358,70 @@ async fn the_openid_nonce_is_checked_against_the_id_token() {
     assert!(cause.contains("nonce"), "{cause}");
     assert!(p.current().is_none(), "a token whose id_token failed its checks is not used");
 }
+
+// ------------------------------------------------------------------ against the fake IdP --
+
+mod fake_idp {
+    use super::*;
+    use tower_auth::testing::BrowserMock;
+    use tower_auth::testing::idp::{AuthorizeOutcome, FakeIdp};
+
+    fn http() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    #[tokio::test]
+    async fn the_browser_mock_goes_through_the_fake_idp_and_back_fifty_requests_one_tab() {
+        let idp = FakeIdp::start().await.unwrap();
+        idp.add_public_client("app");
+        idp.set_require_pkce(true);
+        idp.set_send_iss(true);
+        let browser = BrowserMock::new();
+        let p = TokenProvider::authorization_code(idp.authorize_url(), idp.token_url(), "app")
+            .browser(browser.clone())
+            .redirect_port(0)
+            .issuer(idp.issuer())
+            .scope("openid orders:read")
+            .build(http())
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(AuthLayer::oauth2(p.clone()))
+            .service(Client::builder(TokioExecutor::new()).build_http::<tower_auth::ReplayBody<Full<Bytes>>>());
+        let calls: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(svc.clone().oneshot(Request::get(idp.resource_url()).body(Full::default()).unwrap())))
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap().status(), 200);
+        }
+        browser.wait_until_done(1).await;
+        browser.assert_success();
+        assert_eq!(browser.opened().len(), 1, "one tab for fifty requests");
+        assert_eq!(idp.token_requests(), 1, "one token request");
+        let authorize = idp.last_authorize_request().unwrap();
+        assert!(authorize.has("nonce") && authorize.has("code_challenge") && !authorize.has("client_secret"));
+        assert!(idp.requests()[0].has_code_verifier());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_issuer_or_a_denial_fail_with_typed_errors_and_pages_that_say_so() {
+        for (outcome, expect) in [(AuthorizeOutcome::WrongIss, "issuer"), (AuthorizeOutcome::Deny, "access_denied")] {
+            let idp = FakeIdp::start().await.unwrap();
+            idp.add_public_client("app");
+            idp.set_send_iss(true);
+            idp.set_authorize_outcome(outcome);
+            let browser = BrowserMock::new();
+            let p = TokenProvider::authorization_code(idp.authorize_url(), idp.token_url(), "app")
+                .browser(browser.clone())
+                .redirect_port(0)
+                .issuer(idp.issuer())
+                .build(http())
+                .unwrap();
+            let err = p.token().await.unwrap_err();
+            let cause = std::error::Error::source(&err).unwrap().to_string();
+            assert!(cause.contains(expect), "{cause}");
+            browser.wait_until_done(1).await;
+            browser.assert_failure();
+            assert_eq!(idp.token_requests(), 0);
+        }
+    }
+}
