@@ -318,6 +318,68 @@ async fn main() -> Result<(), BoxError> {
         trips: idp.token_requests(),
     });
 
+    // Interactive OAuth2 against the embedded identity provider: authorization code with PKCE
+    // (the browser mock follows the authorization URL to the loopback listener), and the device
+    // grant (the "user" approves the code shown).
+    let idp = tower_auth::testing::idp::FakeIdp::start().await?;
+    idp.add_public_client("tour-app");
+    idp.set_require_pkce(true);
+    let browser = tower_auth::testing::BrowserMock::new();
+    let provider =
+        tower_auth::oauth2::TokenProvider::authorization_code(idp.authorize_url(), idp.token_url(), "tour-app")
+            .browser(browser.clone())
+            .redirect_port(0)
+            .scope("openid")
+            .build(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())?;
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::oauth2(provider))
+        .service(Client::builder(TokioExecutor::new()).build_http());
+    let mut actual = Ok(StatusCode::OK);
+    for _ in 0..3 {
+        match svc.clone().oneshot(Request::get(idp.resource_url()).body(Full::<Bytes>::default())?).await {
+            Ok(res) if res.status() == StatusCode::OK => {}
+            Ok(res) => actual = Ok(res.status()),
+            Err(e) => actual = Err(e.to_string()),
+        }
+    }
+    rows.push(Row {
+        scheme: "OAuth2 auth code + PKCE, 3 req",
+        route: "(fake IdP) browser",
+        expected: StatusCode::OK,
+        expected_trips: 1,
+        actual,
+        trips: browser.opened().len() as u64,
+    });
+
+    let idp = tower_auth::testing::idp::FakeIdp::start().await?;
+    idp.set_device_interval(1);
+    let user = idp.handle();
+    let provider =
+        tower_auth::oauth2::TokenProvider::device_code(idp.device_authorization_url(), idp.token_url(), "tour-tv")
+            .device_prompt(move |shown| {
+                let (user, code) = (user.clone(), shown.user_code.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    user.approve_device(&code);
+                });
+            })
+            .build(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())?;
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::oauth2(provider))
+        .service(Client::builder(TokioExecutor::new()).build_http());
+    let actual = match svc.oneshot(Request::get(idp.resource_url()).body(Full::<Bytes>::default())?).await {
+        Ok(res) => Ok(res.status()),
+        Err(e) => Err(e.to_string()),
+    };
+    rows.push(Row {
+        scheme: "OAuth2 device code",
+        route: "(fake IdP) /resource",
+        expected: StatusCode::OK,
+        expected_trips: 1,
+        actual,
+        trips: idp.resource_stats().requests(),
+    });
+
     let mut failed = 0;
     println!("{:<34} {:<20} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
     for row in &rows {
