@@ -84,6 +84,7 @@ mod endpoint;
 mod file_store;
 #[cfg(feature = "oauth2-browser")]
 mod interactive;
+pub mod presets;
 mod provider;
 mod store;
 
