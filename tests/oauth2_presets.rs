@@ -11,9 +11,12 @@ use http_body_util::{BodyExt, Full};
 use tower_auth::oauth2::presets::{EntraId, Okta, WakaTime};
 use tower_auth::testing::BrowserMock;
 
-/// Records each token request (URI, Authorization header, body) and answers a token.
+/// One token request: its URI, its Authorization header, its body.
+type Recorded = (String, Option<String>, String);
+
+/// Records each token request and answers a token.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, Option<String>, String)>>>);
+struct Recorder(Arc<Mutex<Vec<Recorded>>>);
 
 impl tower::Service<Request<Full<Bytes>>> for Recorder {
     type Response = Response<Full<Bytes>>;
