@@ -701,3 +701,25 @@ async fn a_429_is_retried_after_its_retry_after_and_not_before() {
     assert_eq!(endpoint.count(), 2, "retried in the background after it");
     assert!(p.current().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_testing_token_mock_and_create_token() {
+    use tower_auth::testing::token::{TEST_JWT_KEY, TokenMock, create_token};
+    // A custom token per request, replaced in the background like any other.
+    let mock = TokenMock::custom(|n| format!("mock-{n}")).lifetime(Duration::from_secs(60));
+    let p = mock.provider();
+    assert_eq!(p.token().await.unwrap().header_value(), "Bearer mock-1");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(p.current().unwrap().header_value(), "Bearer mock-2");
+    assert_eq!(mock.requests(), 2);
+    // A JWT whose `exp` the provider reads when the answer has no `expires_in`.
+    let jwt = create_token(Duration::from_secs(120));
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &jwt,
+        &jsonwebtoken::DecodingKey::from_secret(TEST_JWT_KEY),
+        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 120);
+}

@@ -85,6 +85,12 @@ mod file_store;
 #[cfg(feature = "oauth2-browser")]
 mod interactive;
 pub mod presets;
+
+/// The wall clock that moves with tokio's clock (for the `testing` helpers).
+#[cfg(feature = "testing")]
+pub(crate) fn wall_now_for_tests() -> std::time::SystemTime {
+    store::wall_now()
+}
 mod provider;
 mod store;
 

@@ -49,6 +49,8 @@ mod digest;
 pub use browser::{BrowserMock, ScriptedReply};
 pub use digest::DigestCheck;
 pub mod idp;
+#[cfg(feature = "oauth2")]
+pub mod token;
 pub use idp::FakeIdp;
 
 /// What a [`Check`] decided about a request.
