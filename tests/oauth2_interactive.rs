@@ -425,3 +425,112 @@ mod fake_idp {
         }
     }
 }
+
+// --------------------------------------------------------------------------- implicit --
+
+mod implicit {
+    use super::*;
+    use tower_auth::oauth2::ImplicitResponse;
+
+    /// A "server and browser" for the implicit grant: reads the authorization URL and delivers
+    /// the answer to the listener in the fragment (GET the page, then post what its script would)
+    /// or by form_post.
+    #[derive(Clone, Default)]
+    struct ImplicitBrowser {
+        opened: Arc<Mutex<Vec<String>>>,
+        pages: Arc<Mutex<Vec<(u16, String)>>>,
+        wrong_nonce: bool,
+    }
+
+    impl Browser for ImplicitBrowser {
+        fn open(&self, url: &str) -> Result<(), tower_auth::BoxError> {
+            self.opened.lock().unwrap().push(url.to_owned());
+            let q = query(url);
+            let (redirect, state) = (q["redirect_uri"].clone(), q["state"].clone());
+            let nonce = if self.wrong_nonce { "other".to_owned() } else { q.get("nonce").cloned().unwrap_or_default() };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            let id_token = format!(
+                "{}.{}.sig",
+                b64(serde_json::json!({"alg": "none"})),
+                b64(serde_json::json!({"aud": q["client_id"], "nonce": nonce, "exp": now + 300, "sub": "alice"}))
+            );
+            let answer =
+                format!("access_token=at-implicit&token_type=Bearer&expires_in=120&id_token={id_token}&state={state}");
+            let form_post = q.get("response_mode").is_some_and(|m| m == "form_post");
+            let pages = self.pages.clone();
+            tokio::spawn(async move {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                if !form_post {
+                    // The redirect carries the answer in the fragment: the listener's page.
+                    let res =
+                        client.request(Request::get(redirect.clone()).body(Full::default()).unwrap()).await.unwrap();
+                    let page = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+                    assert!(page.contains("location.hash"), "the fragment page: {page}");
+                }
+                // What the page's script (or the server's form_post page) sends.
+                let req = Request::post(redirect)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Full::new(Bytes::from(answer)))
+                    .unwrap();
+                let res = client.request(req).await.unwrap();
+                let status = res.status().as_u16();
+                let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+                pages.lock().unwrap().push((status, body));
+            });
+            Ok(())
+        }
+    }
+
+    fn provider(browser: &ImplicitBrowser, response: ImplicitResponse, form_post: bool) -> TokenProvider {
+        let b = TokenProvider::implicit("https://idp.test/authorize", "spa", response)
+            .browser(browser.clone())
+            .redirect_port(0)
+            .authorization_timeout(Duration::from_secs(3));
+        let b = if form_post { b.form_post() } else { b };
+        b.build(tower::service_fn(|_: Request<Full<Bytes>>| async {
+            panic!("the implicit grant makes no token request");
+            #[allow(unreachable_code)]
+            Ok::<Response<Full<Bytes>>, Infallible>(Response::new(Full::default()))
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn access_token_and_id_token_through_the_fragment_and_by_form_post() {
+        for (response, form_post, expected) in [
+            (ImplicitResponse::AccessToken, false, "at-implicit"),
+            (ImplicitResponse::IdTokenAndAccessToken, true, "at-implicit"),
+            (ImplicitResponse::IdToken, false, "eyJ"),
+        ] {
+            let browser = ImplicitBrowser::default();
+            let p = provider(&browser, response, form_post);
+            let token = p.token().await.unwrap();
+            let value = token.header_value().to_str().unwrap().to_owned();
+            assert!(value.starts_with(&format!("Bearer {expected}")), "{response:?}: {value}");
+            let url = browser.opened.lock().unwrap()[0].clone();
+            let q = query(&url);
+            let expected_type = match response {
+                ImplicitResponse::AccessToken => "token",
+                ImplicitResponse::IdToken => "id_token",
+                ImplicitResponse::IdTokenAndAccessToken => "id_token token",
+            };
+            assert_eq!(q["response_type"], expected_type);
+            assert!(q.contains_key("nonce") && q.contains_key("state"));
+            assert_eq!(q.get("response_mode").map(String::as_str), form_post.then_some("form_post"));
+            // No renewal in the background: the user is asked when a request needs a token.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(browser.opened.lock().unwrap().len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_id_token_with_another_nonce_is_refused() {
+        let browser = ImplicitBrowser { wrong_nonce: true, ..ImplicitBrowser::default() };
+        let p = provider(&browser, ImplicitResponse::IdTokenAndAccessToken, false);
+        let err = p.token().await.unwrap_err();
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("nonce"), "{cause}");
+        assert!(p.current().is_none());
+    }
+}

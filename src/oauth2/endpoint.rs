@@ -159,6 +159,11 @@ pub enum Grant {
     /// [`TokenProvider::authorization_code`](super::TokenProvider::authorization_code).
     #[cfg(feature = "oauth2-browser")]
     AuthorizationCode(Arc<super::interactive::CodeFlow>),
+    /// The implicit grant (RFC 6749 §4.2; OpenID Connect `id_token` and `id_token token`):
+    /// discouraged by RFC 9700, here because existing servers require it (feature
+    /// `oauth2-browser`). Made by [`TokenProvider::implicit`](super::TokenProvider::implicit).
+    #[cfg(feature = "oauth2-browser")]
+    Implicit(Arc<super::interactive::CodeFlow>),
     /// The device authorization grant (RFC 8628) for machines without a browser: the user is
     /// shown a URL and a code, and the token endpoint is polled at the server's interval. Made by
     /// [`TokenProvider::device_code`](super::TokenProvider::device_code).
@@ -219,6 +224,8 @@ impl Grant {
             Grant::RefreshToken(_) => "refresh_token",
             #[cfg(feature = "oauth2-browser")]
             Grant::AuthorizationCode(_) => "authorization_code",
+            #[cfg(feature = "oauth2-browser")]
+            Grant::Implicit(_) => "implicit",
             Grant::DeviceCode(_) => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
@@ -227,7 +234,7 @@ impl Grant {
     /// themselves, and a refused refresh token leads back to the user).
     pub(crate) fn is_interactive(&self) -> bool {
         #[cfg(feature = "oauth2-browser")]
-        if let Grant::AuthorizationCode(_) = self {
+        if let Grant::AuthorizationCode(_) | Grant::Implicit(_) = self {
             return true;
         }
         matches!(self, Grant::DeviceCode(_))
@@ -244,6 +251,8 @@ impl fmt::Debug for Grant {
             Grant::RefreshToken(_) => f.write_str("RefreshToken([redacted])"),
             #[cfg(feature = "oauth2-browser")]
             Grant::AuthorizationCode(flow) => f.debug_tuple("AuthorizationCode").field(flow).finish(),
+            #[cfg(feature = "oauth2-browser")]
+            Grant::Implicit(flow) => f.debug_tuple("Implicit").field(flow).finish(),
             Grant::DeviceCode(flow) => f.debug_tuple("DeviceCode").field(flow).finish(),
         }
     }
@@ -666,6 +675,24 @@ impl Endpoint {
     /// One token request (two when a Basic client authentication that form-urlencoding changes
     /// is refused: then `client_secret_post`, kept if it works).
     pub(crate) async fn request(&self, grant: &Grant, params: &Params) -> Result<Issued, TokenError> {
+        #[cfg(feature = "oauth2-browser")]
+        if let Grant::Implicit(flow) = grant {
+            // No token endpoint: the token comes back through the browser.
+            let got = flow
+                .implicit(&self.client_id, &params.scopes)
+                .await
+                .map_err(|e| TokenError { kind: TokenErrorKind::Authorization(e.to_string()) })?;
+            let token = got.get(&params.token_field).cloned().unwrap_or_default();
+            if token.is_empty() {
+                return Err(TokenError { kind: TokenErrorKind::MissingToken { field: params.token_field.clone() } });
+            }
+            return Ok(Issued {
+                token: Secret::new(token),
+                expires_in: got.get("expires_in").and_then(|s| s.trim().parse::<f64>().ok()).map(|f| f as i64),
+                refresh_in: None,
+                refresh_token: None,
+            });
+        }
         use std::sync::atomic::Ordering;
         let Some(post) = &self.post_fallback else {
             return self.request_with(&self.client, grant, params).await;
@@ -763,6 +790,8 @@ impl Endpoint {
                 }
                 answer
             }
+            #[cfg(feature = "oauth2-browser")]
+            Grant::Implicit(_) => return Err(TokenError::config("the implicit grant makes no token request")),
             Grant::DeviceCode(flow) => {
                 let device_url = oauth2::DeviceAuthorizationUrl::new(flow.device_url.clone())
                     .map_err(|e| TokenError::config(format!("invalid device authorization URL: {e}")))?;

@@ -56,6 +56,10 @@ pub struct CodeFlow {
     pub(crate) auth_params: Vec<(String, String)>,
     /// The issuer, to check the `iss` authorization response parameter and the id_token.
     pub(crate) issuer: Option<String>,
+    /// The implicit grant's `response_type` (`token`, `id_token`, `id_token token`).
+    pub(crate) response_type: String,
+    /// `response_mode=form_post` (the server posts the answer to the listener).
+    pub(crate) form_post: bool,
 }
 
 impl std::fmt::Debug for CodeFlow {
@@ -81,7 +85,105 @@ impl CodeFlow {
             pkce: Pkce::S256,
             auth_params: Vec::new(),
             issuer: None,
+            response_type: "code".into(),
+            form_post: false,
         }
+    }
+
+    /// Binds the listener and builds the browser URL with the parameters every flow sends.
+    async fn prepare(
+        &self,
+        client_id: &str,
+        scopes: &[String],
+        response_type: &str,
+    ) -> Result<(tokio::net::TcpListener, String, String, String, oauth2::url::Url), Failure> {
+        let listener = bind(&self.ports).await?;
+        let port = listener.local_addr().map_err(|e| Failure::Listen(e.to_string()))?.port();
+        let path = if self.path.starts_with('/') { self.path.clone() } else { format!("/{}", self.path) };
+        let redirect_uri = format!("http://127.0.0.1:{port}{path}");
+        let state = random_token();
+        let mut url = oauth2::url::Url::parse(&self.auth_url)
+            .map_err(|e| Failure::Listen(format!("invalid authorization URL: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", response_type);
+            q.append_pair("client_id", client_id);
+            q.append_pair("redirect_uri", &redirect_uri);
+            if !scopes.is_empty() {
+                q.append_pair("scope", &scopes.join(" "));
+            }
+            q.append_pair("state", &state);
+        }
+        Ok((listener, path, redirect_uri, state, url))
+    }
+
+    /// Opens the browser (off the runtime), waits for the outcome, and always stops the
+    /// listener.
+    async fn run<T>(
+        &self,
+        url: &oauth2::url::Url,
+        result: oneshot::Receiver<Result<T, Failure>>,
+        stop: oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<()>,
+    ) -> Result<T, Failure> {
+        let (browser, shown) = (Arc::clone(&self.browser), url.to_string());
+        let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
+            .await
+            .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
+        if let Err(e) = opened {
+            tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
+            eprintln!("Open this URL in a browser to authorise the application:\n{url}");
+        }
+        let outcome = match tokio::time::timeout(self.timeout, result).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Failure::NoCode),
+            Err(_) => Err(Failure::Timeout(self.timeout)),
+        };
+        let _ = stop.send(());
+        let _ = server.await;
+        outcome
+    }
+
+    /// Runs one implicit authorisation: the answer's fields (`access_token`, `id_token`,
+    /// `expires_in`…), checked (state, error, the id_token's nonce).
+    pub(crate) async fn implicit(
+        &self,
+        client_id: &str,
+        scopes: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, Failure> {
+        let (listener, path, _redirect, state, mut url) = self.prepare(client_id, scopes, &self.response_type).await?;
+        let nonce = random_token();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("nonce", &nonce);
+            if self.form_post {
+                q.append_pair("response_mode", "form_post");
+            }
+            for (k, v) in &self.auth_params {
+                q.append_pair(k, v);
+            }
+        }
+        let (done, result) = oneshot::channel();
+        let (unused, _) = oneshot::channel();
+        let waiting = Arc::new(Waiting {
+            state,
+            issuer: self.issuer.clone(),
+            done: Mutex::new(Some(unused)),
+            implicit: Some(ImplicitWait { nonce, client_id: client_id.to_owned(), done: Mutex::new(Some(done)) }),
+        });
+        let app = axum::Router::new()
+            .route(&path, axum::routing::get(implicit_get).post(implicit_post))
+            .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
+            .with_state(waiting);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        self.run(&url, result, stop, server).await
     }
 }
 
@@ -106,8 +208,10 @@ pub(crate) enum Failure {
     Timeout(Duration),
     /// No loopback port could be bound.
     Listen(String),
-    /// A callback without a code.
+    /// A callback without a code (or, for the implicit grant, without a token).
     NoCode,
+    /// The implicit grant's id_token failed its checks.
+    IdToken(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -131,7 +235,8 @@ impl std::fmt::Display for Failure {
                 write!(f, "no authorization response within {} s (the browser never came back)", d.as_secs())
             }
             Failure::Listen(e) => write!(f, "no loopback port for the redirect listener: {e}"),
-            Failure::NoCode => f.write_str("the authorization response has no code"),
+            Failure::NoCode => f.write_str("the authorization response has no code or token"),
+            Failure::IdToken(e) => f.write_str(e),
         }
     }
 }
@@ -175,6 +280,65 @@ struct Waiting {
     state: String,
     issuer: Option<String>,
     done: Mutex<Option<oneshot::Sender<Result<String, Failure>>>>,
+    /// For the implicit grant: the fields of the answer, and the nonce an id_token must carry.
+    implicit: Option<ImplicitWait>,
+}
+
+/// The fields of an implicit grant's answer.
+type Fields = std::collections::HashMap<String, String>;
+
+struct ImplicitWait {
+    nonce: String,
+    client_id: String,
+    done: Mutex<Option<oneshot::Sender<Result<Fields, Failure>>>>,
+}
+
+/// The page that sends a fragment's parameters back to the listener (the browser never sends a
+/// fragment to a server). It echoes nothing.
+const FRAGMENT_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Completing sign-in</title></head><body><p id=\"m\">Completing sign-in…</p><script>fetch(location.pathname,{method:'POST',headers:{'content-type':'application/x-www-form-urlencoded'},body:location.hash.substring(1)}).then(function(r){return r.text()}).then(function(t){document.open();document.write(t);document.close()})</script></body></html>";
+
+async fn implicit_get(
+    State(w): State<Arc<Waiting>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> (StatusCode, Html<String>) {
+    if q.contains_key("state") || q.contains_key("error") {
+        return implicit_answer(&w, q);
+    }
+    (StatusCode::OK, Html(FRAGMENT_PAGE.to_owned()))
+}
+
+async fn implicit_post(
+    State(w): State<Arc<Waiting>>,
+    axum::Form(q): axum::Form<std::collections::HashMap<String, String>>,
+) -> (StatusCode, Html<String>) {
+    implicit_answer(&w, q)
+}
+
+fn implicit_answer(w: &Waiting, q: std::collections::HashMap<String, String>) -> (StatusCode, Html<String>) {
+    let Some(implicit) = &w.implicit else {
+        return (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener."));
+    };
+    let outcome = judge(w, &q).or_else(|e| match e {
+        Failure::NoCode => Ok(String::new()), // no code in the implicit grant
+        other => Err(other),
+    });
+    let outcome = outcome.and_then(|_| {
+        if !q.contains_key("access_token") && !q.contains_key("id_token") {
+            return Err(Failure::NoCode);
+        }
+        if let Some(id_token) = q.get("id_token") {
+            check_id_token(id_token, &implicit.nonce, &implicit.client_id).map_err(Failure::IdToken)?;
+        }
+        Ok(q)
+    });
+    let (status, reply) = match &outcome {
+        Ok(_) => (StatusCode::OK, page("Authentication succeeded", "You can close this window.")),
+        Err(e) => (StatusCode::BAD_REQUEST, page("Authentication failed", &e.to_string())),
+    };
+    if let Some(done) = implicit.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = done.send(outcome);
+    }
+    (status, reply)
 }
 
 async fn callback(
@@ -226,11 +390,7 @@ impl CodeFlow {
     /// Runs one authorisation: listener, browser, callback, checks. `client_id` and `scopes`
     /// go into the browser URL; the client secret never does.
     pub(crate) async fn authorize(&self, client_id: &str, scopes: &[String]) -> Result<Granted, Failure> {
-        let listener = bind(&self.ports).await?;
-        let port = listener.local_addr().map_err(|e| Failure::Listen(e.to_string()))?.port();
-        let path = if self.path.starts_with('/') { self.path.clone() } else { format!("/{}", self.path) };
-        let redirect_uri = format!("http://127.0.0.1:{port}{path}");
-        let state = random_token();
+        let (listener, path, redirect_uri, state, mut url) = self.prepare(client_id, scopes, "code").await?;
         let (challenge, verifier) = match self.pkce {
             Pkce::S256 => PkceCodeChallenge::new_random_sha256(),
             Pkce::Plain => {
@@ -239,17 +399,8 @@ impl CodeFlow {
             }
         };
         let nonce = scopes.iter().any(|s| s == "openid").then(random_token);
-        let mut url = oauth2::url::Url::parse(&self.auth_url)
-            .map_err(|e| Failure::Listen(format!("invalid authorization URL: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code");
-            q.append_pair("client_id", client_id);
-            q.append_pair("redirect_uri", &redirect_uri);
-            if !scopes.is_empty() {
-                q.append_pair("scope", &scopes.join(" "));
-            }
-            q.append_pair("state", &state);
             q.append_pair("code_challenge", challenge.as_str());
             q.append_pair("code_challenge_method", challenge.method().as_str());
             if let Some(nonce) = &nonce {
@@ -260,7 +411,8 @@ impl CodeFlow {
             }
         }
         let (done, result) = oneshot::channel();
-        let waiting = Arc::new(Waiting { state, issuer: self.issuer.clone(), done: Mutex::new(Some(done)) });
+        let waiting =
+            Arc::new(Waiting { state, issuer: self.issuer.clone(), done: Mutex::new(Some(done)), implicit: None });
         let app = axum::Router::new()
             .route(&path, axum::routing::get(callback))
             .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
@@ -273,25 +425,8 @@ impl CodeFlow {
                 })
                 .await;
         });
-        tracing::info!(port, "waiting for the authorization response on the loopback listener");
-        // A browser command may run in the foreground (a text browser): off the runtime.
-        let (browser, shown) = (Arc::clone(&self.browser), url.to_string());
-        let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
-            .await
-            .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
-        if let Err(e) = opened {
-            tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
-            eprintln!("Open this URL in a browser to authorise the application:\n{url}");
-        }
-        let outcome = match tokio::time::timeout(self.timeout, result).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Failure::NoCode),
-            Err(_) => Err(Failure::Timeout(self.timeout)),
-        };
-        // The listener always shuts down and frees its port.
-        let _ = stop.send(());
-        let _ = server.await;
-        let code = outcome?;
+        tracing::info!("waiting for the authorization response on the loopback listener");
+        let code = self.run(&url, result, stop, server).await?;
         Ok(Granted { code, verifier, redirect_uri, nonce })
     }
 }

@@ -125,6 +125,18 @@ use crate::error::{BoxError, ConfigError, Error};
 use crate::layer::AuthLayer;
 use crate::secret::Secret;
 
+/// What the implicit grant asks for (`response_type`).
+#[cfg(feature = "oauth2-browser")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImplicitResponse {
+    /// `token`: an access token.
+    AccessToken,
+    /// `id_token`: an OpenID Connect id_token, sent as the token.
+    IdToken,
+    /// `id_token token`: both; the access token is sent.
+    IdTokenAndAccessToken,
+}
+
 /// Builds a [`TokenProvider`]: made by [`TokenProvider::client_credentials`],
 /// [`TokenProvider::password`] and [`TokenProvider::refresh_token`].
 #[derive(Debug)]
@@ -139,6 +151,8 @@ pub struct ProviderBuilder {
     issuer: Option<String>,
     #[cfg(feature = "oauth2-browser")]
     flow: Option<interactive::CodeFlow>,
+    #[cfg(feature = "oauth2-browser")]
+    implicit: bool,
     grant: Grant,
     params: Params,
     timing: Timing,
@@ -195,6 +209,37 @@ impl TokenProvider {
         builder.auth = ClientAuth::None;
         builder.flow = Some(flow);
         // A request waits for the user (the flow has its own timeout, 60 s by default).
+        builder.timing.wait_timeout = Duration::from_secs(180);
+        builder
+    }
+
+    /// The implicit grant (RFC 6749 §4.2, OpenID Connect): the token comes back through the
+    /// browser, in the URL fragment (a page of the listener posts it back) or by `form_post`.
+    /// **Discouraged** by RFC 9700 (tokens in the browser's history, no refresh token): here
+    /// because existing servers require it. Each new token asks the user again, when a request
+    /// needs it (never in the background). A `nonce` is sent and an id_token checked against it
+    /// (`nonce`, `aud`, `exp`). Feature `oauth2-browser`.
+    #[cfg(feature = "oauth2-browser")]
+    pub fn implicit(
+        authorization_url: impl Into<String>,
+        client_id: impl Into<String>,
+        response: ImplicitResponse,
+    ) -> ProviderBuilder {
+        let auth_url = authorization_url.into();
+        let mut flow = interactive::CodeFlow::new(auth_url.clone(), Arc::new(SystemBrowser));
+        flow.response_type = match response {
+            ImplicitResponse::AccessToken => "token",
+            ImplicitResponse::IdToken => "id_token",
+            ImplicitResponse::IdTokenAndAccessToken => "id_token token",
+        }
+        .into();
+        let mut builder = ProviderBuilder::new(auth_url, client_id.into(), None, Grant::ClientCredentials);
+        builder.auth = ClientAuth::None;
+        builder.implicit = true;
+        if response == ImplicitResponse::IdToken {
+            builder.params.token_field = "id_token".into();
+        }
+        builder.flow = Some(flow);
         builder.timing.wait_timeout = Duration::from_secs(180);
         builder
     }
@@ -289,6 +334,8 @@ impl ProviderBuilder {
             issuer: None,
             #[cfg(feature = "oauth2-browser")]
             flow: None,
+            #[cfg(feature = "oauth2-browser")]
+            implicit: false,
             grant,
             params: Params { token_field: "access_token".into(), ..Params::default() },
             timing: Timing {
@@ -395,6 +442,16 @@ impl ProviderBuilder {
     pub fn auth_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         if let Some(flow) = &mut self.flow {
             flow.auth_params.push((name.into(), value.into()));
+        }
+        self
+    }
+
+    /// The implicit grant's answer by `response_mode=form_post` (the server's page posts it to
+    /// the listener) instead of the URL fragment.
+    #[cfg(feature = "oauth2-browser")]
+    pub fn form_post(mut self) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.form_post = true;
         }
         self
     }
@@ -531,7 +588,8 @@ impl ProviderBuilder {
         #[cfg(feature = "oauth2-browser")]
         if let Some(mut flow) = self.flow.take() {
             flow.issuer = self.issuer.clone();
-            self.grant = Grant::AuthorizationCode(Arc::new(flow));
+            self.grant =
+                if self.implicit { Grant::Implicit(Arc::new(flow)) } else { Grant::AuthorizationCode(Arc::new(flow)) };
         }
         let endpoint = Endpoint::new(
             &self.url,

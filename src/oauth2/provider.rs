@@ -333,8 +333,12 @@ impl Shared {
         let control = self.lock();
         let token = self.slot.load();
         let usable = token.as_ref().is_some_and(|t| t.is_usable(now));
+        // A grant that needs the user for every token (no refresh token to use) is not renewed
+        // in the background: the user is asked when a request needs a token, not out of nowhere.
+        let silent_renewal = !self.grant.is_interactive() || control.refresh_token.is_some();
         let due = match token.as_ref() {
-            Some(t) if usable => Some(t.refresh_at),
+            Some(t) if usable && silent_renewal => Some(t.refresh_at),
+            Some(_) if usable => None,
             _ if control.demand => Some(now),
             _ => None,
         };
