@@ -104,6 +104,10 @@ options:
       --pkce                   PKCE S256 (the default with --oauth2-auth-code; kept for curl-like
                                scripts)
       --redirect-port PORT     the listener's port (default 5000; 0 for any free port)
+      --oauth2-implicit AUTH_URL
+                               OAuth2 implicit grant (discouraged; for servers that need it):
+                               the access token comes back through the browser (with
+                               --client-id)
       --oauth2-device DEVICE_AUTH_URL
                                OAuth2 device code: shows a URL and a code, then polls (with
                                --oauth2-token-url, --client-id)
@@ -225,6 +229,7 @@ struct OAuthOpts {
     auth_code_url: Option<String>,
     redirect_port: Option<u16>,
     device_url: Option<String>,
+    implicit_url: Option<String>,
 }
 
 /// How `--user` or `--proxy-user` is sent.
@@ -352,6 +357,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--pkce" => "--pkce",
             "--redirect-port" => "--redirect-port",
             "--oauth2-device" => "--oauth2-device",
+            "--oauth2-implicit" => "--oauth2-implicit",
             "-v" | "--verbose" => "--verbose",
             "-h" | "--help" => "--help",
             // Only the name: what follows `=` could be a secret.
@@ -494,6 +500,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--token-cache" => oauth.get_or_insert_with(OAuthOpts::default).token_cache = Some(value),
             "--oauth2-auth-code" => oauth.get_or_insert_with(OAuthOpts::default).auth_code_url = Some(value),
             "--oauth2-device" => oauth.get_or_insert_with(OAuthOpts::default).device_url = Some(value),
+            "--oauth2-implicit" => oauth.get_or_insert_with(OAuthOpts::default).implicit_url = Some(value),
             "--redirect-port" => {
                 let port = value.parse().map_err(|_| format!("{canonical}: expected a port number (0 for any)"))?;
                 oauth.get_or_insert_with(OAuthOpts::default).redirect_port = Some(port);
@@ -515,6 +522,13 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     if let Some(o) = &mut oauth {
         if (o.auth_code_url.is_some() || o.device_url.is_some()) && o.token_url.is_none() {
             return Err("--oauth2-auth-code and --oauth2-device need --oauth2-token-url".into());
+        }
+        if let Some(implicit) = &o.implicit_url
+            && o.token_url.is_none()
+            && o.issuer.is_none()
+        {
+            // The implicit grant has no token endpoint.
+            o.token_url = Some(implicit.clone());
         }
         if o.token_url.is_some() == o.issuer.is_some() {
             return Err("OAuth2 options need exactly one of --oauth2-token-url and --oauth2-issuer".into());
@@ -972,6 +986,15 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
         #[cfg(not(feature = "oauth2-browser"))]
         (Some(_), _, _) => {
             return Err("--oauth2-auth-code: this fetch was built without the oauth2-browser feature".into());
+        }
+        #[cfg(feature = "oauth2-browser")]
+        (None, _, _) if o.implicit_url.is_some() => {
+            let auth = o.implicit_url.clone().unwrap_or_default();
+            let b = TokenProvider::implicit(auth, &client_id, tower_auth::oauth2::ImplicitResponse::AccessToken);
+            match o.redirect_port {
+                Some(port) => b.redirect_port(port),
+                None => b,
+            }
         }
         (None, Some(device), _) => TokenProvider::device_code(device, &url, &client_id),
         (None, None, grant) => match grant {
