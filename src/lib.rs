@@ -66,6 +66,7 @@
 //! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
 //! | any scheme behind one type | [`BoxAuthenticator`] | [`AuthLayer::new`] | done |
 //! | OAuth2 for services: client credentials, password, refresh; a token refreshed in the background, shared lock-free | [`oauth2::OAuth2`], [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done |
+//! | OAuth2 for people: authorization code with PKCE, implicit, device code; presets | [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done (feature `oauth2-browser` for the browser flows) |
 //!
 //! # How it works
 //!

@@ -62,7 +62,17 @@
 //! refresh token ([`TokenProvider::refresh_token`]). A refresh token the server returns is used
 //! for the next token (one writer: a rotated refresh token is never used twice); a password grant
 //! whose refresh token is refused logs in again. Scopes, `audience`, `resource` (RFC 8707,
-//! repeatable) and extra parameters are sent as given.
+//! repeatable) and extra parameters are sent as given. `private_key_jwt`
+//! ([`ProviderBuilder::private_key_jwt`]) and discovery ([`ProviderBuilder::discover`]) are
+//! built in.
+//!
+//! For people rather than services (feature `oauth2-browser`): the authorization code grant with
+//! PKCE through the user's browser and a loopback listener
+//! (`TokenProvider::authorization_code`), the implicit grant (`TokenProvider::implicit`,
+//! discouraged), and the device grant ([`TokenProvider::device_code`], any feature). They run in
+//! the provider's one task, so a burst of requests asks the user once; [`presets`] has Okta,
+//! Microsoft Entra ID and WakaTime. `testing::idp::FakeIdp`, `testing::BrowserMock` and
+//! `testing::token` test all of it without a real server.
 //!
 //! # Written here, and why
 //!
