@@ -210,7 +210,7 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
     }
 }
 
-fn provider(browser: &TestBrowser, _: &TokenEndpoint) -> tower_auth::oauth2::ProviderBuilder {
+fn provider(browser: &TestBrowser) -> tower_auth::oauth2::ProviderBuilder {
     TokenProvider::authorization_code("https://idp.test/authorize?audience=api", "https://idp.test/token", "app")
         .browser(browser.clone())
         .redirect_port(0)
@@ -224,7 +224,7 @@ fn provider(browser: &TestBrowser, _: &TokenEndpoint) -> tower_auth::oauth2::Pro
 async fn authorization_code_with_pkce_one_tab_for_fifty_requests() {
     let browser = TestBrowser::new(Reply::Approve);
     let endpoint = TokenEndpoint::new(&browser);
-    let p = provider(&browser, &endpoint)
+    let p = provider(&browser)
         .client_secret("app-s3cret")
         .auth_param("prompt", "consent")
         .param("token_extra", "1")
@@ -288,7 +288,7 @@ async fn refresh_without_the_browser_and_back_to_it_after_invalid_grant() {
     let browser = TestBrowser::new(Reply::Approve);
     let endpoint = TokenEndpoint::new(&browser);
     endpoint.expires_in.store(2, Ordering::SeqCst); // replaced in the background from about 0.7 s
-    let p = provider(&browser, &endpoint).build(endpoint.clone()).unwrap();
+    let p = provider(&browser).build(endpoint.clone()).unwrap();
     p.token().await.unwrap();
     eventually("a refresh", || endpoint.count() >= 2).await;
     assert_eq!(browser.opened(), 1, "refreshed without the browser");
@@ -312,7 +312,7 @@ async fn a_wrong_state_a_denial_or_no_answer_are_typed_errors_and_the_listener_s
     ] {
         let browser = TestBrowser::new(reply);
         let endpoint = TokenEndpoint::new(&browser);
-        let p = provider(&browser, &endpoint).build(endpoint.clone()).unwrap();
+        let p = provider(&browser).build(endpoint.clone()).unwrap();
         let err = p.token().await.unwrap_err();
         let cause = std::error::Error::source(&err).unwrap().to_string();
         assert!(cause.contains(expect), "{cause}");
@@ -334,7 +334,7 @@ async fn a_wrong_state_a_denial_or_no_answer_are_typed_errors_and_the_listener_s
 async fn a_stray_request_to_the_listener_gets_404_and_the_flow_goes_on() {
     let browser = TestBrowser::new(Reply::StrayFirst);
     let endpoint = TokenEndpoint::new(&browser);
-    let p = provider(&browser, &endpoint).build(endpoint.clone()).unwrap();
+    let p = provider(&browser).build(endpoint.clone()).unwrap();
     p.token().await.unwrap();
     let pages = browser.pages(2).await;
     assert_eq!(pages[0].0, 404);
@@ -345,14 +345,14 @@ async fn a_stray_request_to_the_listener_gets_404_and_the_flow_goes_on() {
 async fn the_openid_nonce_is_checked_against_the_id_token() {
     let browser = TestBrowser::new(Reply::Approve);
     let endpoint = TokenEndpoint::new(&browser);
-    let p = provider(&browser, &endpoint).scope("openid").build(endpoint.clone()).unwrap();
+    let p = provider(&browser).scope("openid").build(endpoint.clone()).unwrap();
     p.token().await.unwrap();
     assert!(query(&browser.opened.lock().unwrap()[0]).contains_key("nonce"));
 
     let browser = TestBrowser::new(Reply::Approve);
     let endpoint = TokenEndpoint::new(&browser);
     endpoint.wrong_nonce.store(true, Ordering::SeqCst);
-    let p = provider(&browser, &endpoint).scope("openid").build(endpoint.clone()).unwrap();
+    let p = provider(&browser).scope("openid").build(endpoint.clone()).unwrap();
     let err = p.token().await.unwrap_err();
     let cause = std::error::Error::source(&err).unwrap().to_string();
     assert!(cause.contains("nonce"), "{cause}");

@@ -516,8 +516,28 @@ where
     }
 }
 
-/// Erases a tower service into the transport of token (and metadata) requests.
-pub(crate) fn transport<S, RB>(service: S) -> Arc<dyn Send1>
+/// A tower service that token (and metadata) requests can go through: any `Clone` service from
+/// `Request<Full<Bytes>>` to `Response<B>` whose futures are `Send` — a hyper-util
+/// `Client<_, Full<Bytes>>`, usually without the auth layer and without a redirect follower.
+/// Implemented for every such service; the bounds live here once.
+pub trait TokenClient: Clone + Send + Sync + 'static {
+    /// The service, erased for the provider.
+    #[doc(hidden)]
+    fn into_transport(self) -> Transport;
+}
+
+/// A [`TokenClient`], erased.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Transport(pub(crate) Arc<dyn Send1>);
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Transport")
+    }
+}
+
+impl<S, RB> TokenClient for S
 where
     S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -526,7 +546,9 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
-    Arc::new(ServiceTransport(service))
+    fn into_transport(self) -> Transport {
+        Transport(Arc::new(ServiceTransport(self)))
+    }
 }
 
 /// The token endpoint of one client configuration.
@@ -613,23 +635,15 @@ impl std::error::Error for Elapsed {}
 
 impl Endpoint {
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new<S, RB>(
+    pub(crate) fn new(
         url: &str,
         client_id: &str,
         secret: Option<&Secret>,
         auth: ClientAuth,
         assertion: Option<Assertion>,
-        service: S,
+        transport: Transport,
         timeout: Duration,
-    ) -> Result<Self, TokenError>
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> Result<Self, TokenError> {
         let token_url =
             TokenUrl::new(url.to_owned()).map_err(|e| TokenError::config(format!("invalid token URL {url:?}: {e}")))?;
         let mut client = oauth2::Client::new(ClientId::new(client_id.to_owned()))
@@ -665,7 +679,7 @@ impl Endpoint {
             post_fallback,
             use_post: std::sync::atomic::AtomicBool::new(false),
             assertion: if auth == ClientAuth::PrivateKeyJwt { assertion } else { None },
-            transport: transport(service),
+            transport: transport.0,
             timeout,
             url: url.to_owned(),
             client_id: client_id.to_owned(),

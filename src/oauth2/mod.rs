@@ -108,18 +108,15 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, Request, Response, StatusCode};
-use http_body::Body;
-use http_body_util::Full;
-use tower_service::Service;
+use http::{HeaderName, StatusCode};
 
 pub use self::browser::{Browser, PrintUrl, SystemBrowser};
 pub use self::discovery::Metadata;
 use self::endpoint::{Assertion, Endpoint, Params};
 pub use self::endpoint::{
-    ClientAuth, DeviceFlow, DeviceInstructions, DevicePrompt, Grant, JwtAlgorithm, PrivateKey, TokenError,
+    ClientAuth, DeviceFlow, DeviceInstructions, DevicePrompt, Grant, JwtAlgorithm, PrivateKey, TokenClient, TokenError,
+    Transport,
 };
 #[cfg(unix)]
 pub use self::file_store::{FileStore, FileStoreError};
@@ -131,7 +128,7 @@ pub use self::store::{CacheKey, Lease, MemoryStore, StoreFuture, StoredToken, To
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
 use crate::combine::BoxWait;
 use crate::engine::{BodyMode, Once, Replay};
-use crate::error::{BoxError, ConfigError, Error};
+use crate::error::{ConfigError, Error};
 use crate::layer::AuthLayer;
 use crate::secret::Secret;
 
@@ -299,17 +296,9 @@ impl ProviderBuilder {
     ///
     /// A [`ConfigError`] naming what failed: the metadata could not be fetched or parsed, names
     /// another issuer, or supports none of the configured methods.
-    pub async fn discover<S, RB>(mut self, service: S) -> Result<TokenProvider, ConfigError>
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
-    {
+    pub async fn discover(mut self, service: impl TokenClient) -> Result<TokenProvider, ConfigError> {
         let issuer = self.url.clone();
-        let metadata = discovery::metadata(&issuer, &endpoint::transport(service.clone()), self.timeout).await?;
+        let metadata = discovery::metadata(&issuer, &service.clone().into_transport().0, self.timeout).await?;
         self.url = metadata.token_endpoint.clone();
         self.issuer = Some(metadata.issuer.clone());
         let methods = metadata.auth_methods();
@@ -583,15 +572,7 @@ impl ProviderBuilder {
     ///
     /// A [`ConfigError`] for a token URL that is not a URL, or a missing client secret.
     #[cfg_attr(not(feature = "oauth2-browser"), allow(unused_mut))]
-    pub fn build<S, RB>(mut self, service: S) -> Result<TokenProvider, ConfigError>
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
-    {
+    pub fn build(mut self, service: impl TokenClient) -> Result<TokenProvider, ConfigError> {
         let audience =
             self.assertion_audience.clone().or_else(|| self.issuer.clone()).unwrap_or_else(|| self.url.clone());
         let assertion = self.private_key.clone().map(|key| Assertion { key, audience });
@@ -607,7 +588,7 @@ impl ProviderBuilder {
             self.secret.as_ref(),
             self.auth,
             assertion,
-            service,
+            service.into_transport(),
             self.timeout,
         )
         .map_err(|e| ConfigError::new(e.to_string()))?;
