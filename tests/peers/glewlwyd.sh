@@ -44,8 +44,9 @@
 # database and set-up included, takes 0.4 to 1 s:
 #   - scope `scope1` (no password required for it);
 #   - OIDC plugin instance `oidc` (module "oidc", allow-non-oidc, so the plain
-#     OAuth2 grants work): client credentials, resource owner password and
-#     refresh token grants enabled (code, implicit and device grants off);
+#     OAuth2 grants work): client credentials, resource owner password,
+#     refresh token, authorization code (PKCE allowed, S256 only) and implicit
+#     (`token`, `id_token`) grants enabled (device grant off);
 #     access tokens are HS256 JWTs (typ "at+jwt") lasting 60 s; refresh tokens
 #     last 3600 s, no rolling, not one-time use (a refresh token can be used
 #     again and again until it expires); issuer
@@ -55,13 +56,24 @@
 #     http://127.0.0.1:PORT/api/oidc-short;
 #   - confidential client `tower-client`, secret `tower-secret-0123` (client
 #     secret stored as is), scope scope1, grants client_credentials,
-#     password, refresh_token, token_endpoint_auth_method
-#     client_secret_basic and client_secret_post;
+#     password, refresh_token, code, token, id_token, token_endpoint_auth_method
+#     client_secret_basic and client_secret_post, redirect URIs
+#     http://127.0.0.1:P/ for P in REDIRECT_PORTS (47123 to 47126; Glewlwyd
+#     compares redirect_uri as an exact string, no RFC 8252 port wildcard);
+#   - public client `tower-public` (no secret), scopes scope1 and openid,
+#     grants code, refresh_token, token, id_token, the same redirect URIs;
 #   - confidential client `tower.odd~client`, secret `s3:cr+t/%&=x`, scope
 #     scope1, client_credentials only, basic and post (see the Basic quirk
 #     below);
-#   - user `alice`, password `s3cret`, scope scope1 (so the password grant
-#     with client tower-client and scope scope1 works).
+#   - user `alice`, password `s3cret`, scopes scope1 and openid (so the
+#     password grant with client tower-client and scope scope1 works).
+# The login and consent web app (/usr/share/glewlwyd/webapp, copied to
+# DIR/webapp, see copy_webapp) is served at / (login.html): an unauthenticated
+# GET {AUTH_URL}?response_type=code&… answers 302 to login.html; after the
+# login (#username, #password), the consent page (the first time a user meets
+# a client: a #grant-<scope> checkbox per scope, "Grant access") and a
+# "Continue" button, Glewlwyd redirects to the redirect URI with code and
+# state (no `iss` parameter). tests/peers/chromium/login.cjs drives it.
 #
 # Env lines printed by `start` (PORT is the free port picked):
 #   TOWER_AUTH_GLEWLWYD_URL=http://127.0.0.1:PORT
@@ -79,6 +91,9 @@
 #   TOWER_AUTH_GLEWLWYD_SCOPE=scope1
 #   TOWER_AUTH_GLEWLWYD_USERNAME=alice
 #   TOWER_AUTH_GLEWLWYD_PASSWORD=s3cret
+#   TOWER_AUTH_GLEWLWYD_AUTH_URL=http://127.0.0.1:PORT/api/oidc/auth
+#   TOWER_AUTH_GLEWLWYD_PUBLIC_CLIENT_ID=tower-public
+#   TOWER_AUTH_GLEWLWYD_REDIRECT_PORTS=47123,47124,47125,47126
 #
 # What Glewlwyd 2.7.5 answers on POST {TOKEN_URL} (form body), checked by
 # hand and by tests/peers_glewlwyd.rs. Errors are NOT always RFC 6749 §5.2:
@@ -142,6 +157,12 @@ readonly SCOPE=scope1
 readonly USERNAME=alice
 readonly PASSWORD=s3cret
 readonly TOKEN_LIFETIME=60
+readonly PUBLIC_CLIENT_ID=tower-public
+# The loopback redirect URIs registered for the interactive grants. Glewlwyd
+# compares redirect_uri as an exact string (no RFC 8252 §7.3 port wildcard),
+# so the tests listen on one of these fixed ports (the crate's fallback ports
+# take the next one when a port is busy).
+readonly REDIRECT_PORTS="47123 47124 47125 47126"
 readonly SHORT_TOKEN_LIFETIME=5
 
 die() {
@@ -257,6 +278,23 @@ bind_address="127.0.0.1"
 external_url="http://127.0.0.1:$port"
 login_url="login.html"
 api_prefix="api"
+# The login and consent web app (for the interactive grants, driven by
+# headless Chromium in the tests), served by Glewlwyd itself at / from a
+# dereferenced copy (see copy_webapp).
+static_files_path="$DIR/webapp/"
+static_files_mime_types = (
+  { extension = ".html"  mime_type = "text/html" },
+  { extension = ".css"   mime_type = "text/css" },
+  { extension = ".js"    mime_type = "application/javascript" },
+  { extension = ".json"  mime_type = "application/json" },
+  { extension = ".png"   mime_type = "image/png" },
+  { extension = ".jpg"   mime_type = "image/jpeg" },
+  { extension = ".svg"   mime_type = "image/svg+xml" },
+  { extension = ".ttf"   mime_type = "font/ttf" },
+  { extension = ".woff"  mime_type = "font/woff" },
+  { extension = ".woff2" mime_type = "font/woff2" },
+  { extension = ".ico"   mime_type = "image/x-icon" }
+)
 allow_origin="*"
 allow_methods="GET, POST, PUT, DELETE, OPTIONS"
 allow_headers="Origin, X-Requested-With, Content-Type, Accept, Bearer, Authorization, DPoP"
@@ -308,10 +346,42 @@ oidc_plugin_json() { # $1 name, $2 access token lifetime, $3 signing key
  "iss":"$BASE/api/$1","jwt-type":"sha","jwt-key-size":"256","key":"$3",
  "access-token-duration":$2,"refresh-token-duration":3600,"code-duration":600,
  "refresh-token-rolling":false,"allow-non-oidc":true,
- "auth-type-code-enabled":false,"auth-type-token-enabled":false,"auth-type-none-enabled":false,
- "auth-type-device-enabled":false,"auth-type-password-enabled":true,
- "auth-type-client-enabled":true,"auth-type-refresh-enabled":true,"scope":[]}}
+ "auth-type-code-enabled":true,"auth-type-token-enabled":true,"auth-type-id-token-enabled":true,
+ "auth-type-none-enabled":false,"auth-type-device-enabled":false,"auth-type-password-enabled":true,
+ "auth-type-client-enabled":true,"auth-type-refresh-enabled":true,
+ "pkce-allowed":true,"pkce-method-plain-allowed":false,"scope":[]}}
 EOF
+}
+
+# Glewlwyd's static-file handler answers 404 for a symlink that leaves the
+# webapp root, and Debian's /usr/share/glewlwyd/webapp is mostly symlinks
+# (js/ to libjs-*, fonts/, config.json), so it serves a dereferenced copy
+# (4.5 MB, instant). On Debian's install /etc/glewlwyd/config-2.7.json (the
+# target of webapp/config.json) is a directory holding config.json, and
+# Glewlwyd never answers a request for a directory: the real file goes in.
+copy_webapp() {
+    local src=/usr/share/glewlwyd/webapp
+    [ -f "$src/login.html" ] || die "$src/login.html not found: install Glewlwyd with
+    $INSTALL_HINT"
+    rm -rf "$DIR/webapp"
+    cp -rL "$src" "$DIR/webapp" || die "could not copy $src to $DIR/webapp"
+    if [ -d "$DIR/webapp/config.json" ]; then
+        rm -rf "$DIR/webapp/config.json"
+        if [ -f /etc/glewlwyd/config-2.7.json/config.json ]; then
+            cp /etc/glewlwyd/config-2.7.json/config.json "$DIR/webapp/config.json"
+        else
+            printf '{"GlewlwydUrl":"./","LoginUrl":"login.html","lang":["en"],"defaultLang":"en"}\n' >"$DIR/webapp/config.json"
+        fi
+    fi
+}
+
+# The registered redirect URIs, as a JSON array.
+redirect_uris_json() {
+    local port out=
+    for port in $REDIRECT_PORTS; do
+        out="$out\"http://127.0.0.1:$port/\","
+    done
+    printf '[%s]' "${out%,}"
 }
 
 random_key() {
@@ -328,11 +398,13 @@ configure() {
     [ "$status" = 200 ] || die "Glewlwyd admin login (admin/password, from Debian's initial schema) answered ${status:-nothing}"
     chmod 600 "$DIR/run/admin.cookies"
     admin_post scope/ "{\"name\":\"$SCOPE\",\"display_name\":\"$SCOPE\",\"description\":\"tower-auth test scope\",\"password_required\":false,\"password_max_age\":0,\"scheme\":{}}"
+    # (Debian's initial schema already has the `openid` scope.)
     admin_post mod/plugin/ "$(oidc_plugin_json oidc "$TOKEN_LIFETIME" "$(random_key)")"
     admin_post mod/plugin/ "$(oidc_plugin_json oidc-short "$SHORT_TOKEN_LIFETIME" "$(random_key)")"
-    admin_post client/ "{\"client_id\":\"$CLIENT_ID\",\"name\":\"tower-auth test client\",\"confidential\":true,\"client_secret\":\"$CLIENT_SECRET\",\"enabled\":true,\"scope\":[\"$SCOPE\"],\"authorization_type\":[\"client_credentials\",\"password\",\"refresh_token\"],\"token_endpoint_auth_method\":[\"client_secret_basic\",\"client_secret_post\"],\"redirect_uri\":[]}"
+    admin_post client/ "{\"client_id\":\"$CLIENT_ID\",\"name\":\"tower-auth test client\",\"confidential\":true,\"client_secret\":\"$CLIENT_SECRET\",\"enabled\":true,\"scope\":[\"$SCOPE\"],\"authorization_type\":[\"client_credentials\",\"password\",\"refresh_token\",\"code\",\"token\",\"id_token\"],\"token_endpoint_auth_method\":[\"client_secret_basic\",\"client_secret_post\"],\"redirect_uri\":$(redirect_uris_json)}"
+    admin_post client/ "{\"client_id\":\"$PUBLIC_CLIENT_ID\",\"name\":\"tower-auth public client\",\"confidential\":false,\"enabled\":true,\"scope\":[\"$SCOPE\",\"openid\"],\"authorization_type\":[\"code\",\"refresh_token\",\"token\",\"id_token\"],\"redirect_uri\":$(redirect_uris_json)}"
     admin_post client/ "{\"client_id\":\"$ODD_CLIENT_ID\",\"name\":\"tower-auth odd client\",\"confidential\":true,\"client_secret\":\"$ODD_CLIENT_SECRET\",\"enabled\":true,\"scope\":[\"$SCOPE\"],\"authorization_type\":[\"client_credentials\"],\"token_endpoint_auth_method\":[\"client_secret_basic\",\"client_secret_post\"],\"redirect_uri\":[]}"
-    admin_post user/ "{\"username\":\"$USERNAME\",\"name\":\"Alice\",\"password\":\"$PASSWORD\",\"enabled\":true,\"scope\":[\"$SCOPE\"]}"
+    admin_post user/ "{\"username\":\"$USERNAME\",\"name\":\"Alice\",\"password\":\"$PASSWORD\",\"enabled\":true,\"scope\":[\"$SCOPE\",\"openid\"]}"
     # Log the admin session out; the cookie file goes.
     http -o /dev/null -b "$DIR/run/admin.cookies" -X DELETE "$BASE/api/auth/" >/dev/null 2>&1 || true
     rm -f "$DIR/run/admin.cookies"
@@ -372,6 +444,7 @@ do_start() {
         rm -f "$DIR/glewlwyd.db"
         (umask 077 && zcat "$INIT_SQL" | sqlite3 "$DIR/glewlwyd.db") ||
             die "could not create $DIR/glewlwyd.db from $INIT_SQL"
+        copy_webapp
         port=$(pick_port)
         BASE="http://127.0.0.1:$port"
         write_config "$port"
@@ -435,6 +508,9 @@ do_start() {
             printf 'TOWER_AUTH_GLEWLWYD_SCOPE=%s\n' "$SCOPE"
             printf 'TOWER_AUTH_GLEWLWYD_USERNAME=%s\n' "$USERNAME"
             printf 'TOWER_AUTH_GLEWLWYD_PASSWORD=%s\n' "$PASSWORD"
+            printf 'TOWER_AUTH_GLEWLWYD_AUTH_URL=%s/api/oidc/auth\n' "$BASE"
+            printf 'TOWER_AUTH_GLEWLWYD_PUBLIC_CLIENT_ID=%s\n' "$PUBLIC_CLIENT_ID"
+            printf 'TOWER_AUTH_GLEWLWYD_REDIRECT_PORTS=%s\n' "${REDIRECT_PORTS// /,}"
         )
         mv -f "$tmp_env" "$DIR/env"
 

@@ -91,7 +91,7 @@ pub fn curl() -> Option<PathBuf> {
 
 /// The env vars printed by `tests/peers/glewlwyd.sh start`, in order.
 #[allow(dead_code, unreachable_pub)]
-pub const GLEWLWYD_VARS: [&str; 15] = [
+pub const GLEWLWYD_VARS: [&str; 18] = [
     "TOWER_AUTH_GLEWLWYD_URL",
     "TOWER_AUTH_GLEWLWYD_ISSUER",
     "TOWER_AUTH_GLEWLWYD_DISCOVERY_URL",
@@ -107,6 +107,9 @@ pub const GLEWLWYD_VARS: [&str; 15] = [
     "TOWER_AUTH_GLEWLWYD_SCOPE",
     "TOWER_AUTH_GLEWLWYD_USERNAME",
     "TOWER_AUTH_GLEWLWYD_PASSWORD",
+    "TOWER_AUTH_GLEWLWYD_AUTH_URL",
+    "TOWER_AUTH_GLEWLWYD_PUBLIC_CLIENT_ID",
+    "TOWER_AUTH_GLEWLWYD_REDIRECT_PORTS",
 ];
 
 /// A running Glewlwyd peer (OAuth2 / OpenID Connect server, two OIDC plugin
@@ -148,6 +151,15 @@ pub struct Glewlwyd {
     pub username: String,
     /// Its password.
     pub password: String,
+    /// Authorization endpoint of the `oidc` instance (`{issuer}/auth`): code (PKCE S256
+    /// allowed), implicit `token` and `id_token`; login and consent pages of Glewlwyd's web app.
+    pub auth_url: String,
+    /// Public client (no secret): code, refresh_token, token, id_token; scopes `scope1` and
+    /// `openid`.
+    pub public_client_id: String,
+    /// The loopback ports whose `http://127.0.0.1:PORT/` is registered as a redirect URI of both
+    /// `client_id` and `public_client_id` (Glewlwyd compares redirect URIs exactly).
+    pub redirect_ports: Vec<u16>,
 }
 
 /// The Glewlwyd peer: from the `TOWER_AUTH_GLEWLWYD_*` env vars if set,
@@ -229,7 +241,7 @@ fn find_glewlwyd() -> Result<Glewlwyd, String> {
 /// Parses the `KEY=VALUE` lines printed by `glewlwyd.sh start`.
 #[allow(dead_code)]
 fn parse_glewlwyd_env(text: &str) -> Result<Glewlwyd, String> {
-    let mut values: [Option<String>; 15] = Default::default();
+    let mut values: [Option<String>; 18] = Default::default();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let (key, value) = line.split_once('=').ok_or_else(|| "a line is not KEY=VALUE".to_owned())?;
         let index = GLEWLWYD_VARS.iter().position(|name| *name == key).ok_or_else(|| format!("unknown key {key:?}"))?;
@@ -268,7 +280,85 @@ fn parse_glewlwyd_env(text: &str) -> Result<Glewlwyd, String> {
         scope: take("TOWER_AUTH_GLEWLWYD_SCOPE")?,
         username: take("TOWER_AUTH_GLEWLWYD_USERNAME")?,
         password: take("TOWER_AUTH_GLEWLWYD_PASSWORD")?,
+        auth_url: take("TOWER_AUTH_GLEWLWYD_AUTH_URL")?,
+        public_client_id: take("TOWER_AUTH_GLEWLWYD_PUBLIC_CLIENT_ID")?,
+        redirect_ports: {
+            let ports = take("TOWER_AUTH_GLEWLWYD_REDIRECT_PORTS")?;
+            ports
+                .split(',')
+                .map(|p| p.trim().parse::<u16>().map_err(|_| format!("bad redirect port in {ports:?}")))
+                .collect::<Result<Vec<u16>, String>>()?
+        },
     })
+}
+
+/// Env var holding the `node_modules` directory with puppeteer-core, printed by
+/// `tests/peers/chromium.sh install DIR`.
+#[allow(dead_code, unreachable_pub)]
+pub const CHROMIUM_NODE_PATH_VAR: &str = "TOWER_AUTH_CHROMIUM_NODE_PATH";
+
+/// Headless Chromium driven by puppeteer-core (`tests/peers/chromium/login.cjs`).
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chromium {
+    /// The `node_modules` directory holding puppeteer-core (for `NODE_PATH`).
+    pub node_path: PathBuf,
+    /// `tests/peers/chromium/login.cjs`, absolute.
+    pub login_script: PathBuf,
+}
+
+/// Headless Chromium with puppeteer-core: from `TOWER_AUTH_CHROMIUM_NODE_PATH` if set, otherwise
+/// installed (once per process, idempotent) with `tests/peers/chromium.sh install
+/// target/peers/chromium`.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when it cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn chromium() -> Option<&'static Chromium> {
+    static CHROMIUM: OnceLock<Result<Chromium, String>> = OnceLock::new();
+    match CHROMIUM.get_or_init(find_chromium) {
+        Ok(chromium) => Some(chromium),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn find_chromium() -> Result<Chromium, String> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let login_script = manifest_dir.join("tests/peers/chromium/login.cjs");
+    let check = |node_path: PathBuf| -> Result<Chromium, String> {
+        if node_path.join("puppeteer-core/package.json").is_file() {
+            Ok(Chromium { node_path, login_script: login_script.clone() })
+        } else {
+            Err(format!("Chromium peer unavailable: no puppeteer-core in {}", node_path.display()))
+        }
+    };
+    if let Some(dir) = std::env::var_os(CHROMIUM_NODE_PATH_VAR).filter(|v| !v.is_empty()) {
+        return check(PathBuf::from(dir));
+    }
+    let script = "tests/peers/chromium.sh";
+    let dir = "target/peers/chromium";
+    let fix = format!(
+        "to fix: `apt-get install chromium` and Node.js with npm, then check `bash {script} install {dir}` \
+         by hand in {}",
+        manifest_dir.display()
+    );
+    let output = Command::new("bash")
+        .args([script, "install", dir])
+        .current_dir(manifest_dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("Chromium peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "Chromium peer unavailable: `{script} install {dir}` failed ({}):\n{}{fix}",
+            output.status,
+            with_newline(String::from_utf8_lossy(&output.stderr).trim_end()),
+        ));
+    }
+    let line = stdout.lines().find_map(|l| l.strip_prefix(&format!("{CHROMIUM_NODE_PATH_VAR}=")));
+    check(PathBuf::from(line.ok_or_else(|| format!("`{script}` printed no {CHROMIUM_NODE_PATH_VAR}= line"))?))
 }
 
 /// True when the `CI` env var is set, non-empty and not `false`/`0`.
