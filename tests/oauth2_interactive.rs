@@ -52,6 +52,8 @@ struct TestBrowser {
     pages: Arc<Mutex<Vec<(u16, String)>>>,
     /// The code the "server" hands out; the token endpoint expects it with this URL's challenge.
     challenges: Arc<Mutex<HashMap<String, (String, String)>>>,
+    /// The address "localhost" resolves to for this browser (`[::1]`, `127.0.0.1`).
+    localhost_is: Arc<Mutex<Option<&'static str>>>,
 }
 
 impl TestBrowser {
@@ -61,6 +63,7 @@ impl TestBrowser {
             opened: Default::default(),
             pages: Default::default(),
             challenges: Default::default(),
+            localhost_is: Default::default(),
         }
     }
     fn opened(&self) -> usize {
@@ -92,7 +95,10 @@ impl Browser for TestBrowser {
             .lock()
             .unwrap()
             .insert(code.clone(), (q["code_challenge"].clone(), q.get("nonce").cloned().unwrap_or_default()));
-        let redirect = q["redirect_uri"].clone();
+        let mut redirect = q["redirect_uri"].clone();
+        if let Some(address) = *self.localhost_is.lock().unwrap() {
+            redirect = redirect.replace("//localhost:", &format!("//{address}:"));
+        }
         let state = q["state"].clone();
         let pages = self.pages.clone();
         tokio::spawn(async move {
@@ -321,7 +327,9 @@ async fn a_wrong_state_a_denial_or_no_answer_are_typed_errors_and_the_listener_s
             // The page echoes the server's description, escaped.
             let (status, page) = browser.pages(1).await[0].clone();
             assert_eq!(status, 400);
-            assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"), "{page}");
+            assert!(page.contains("&lt;script&gt;") && !page.contains("<script>alert"), "{page}");
+            // The failure page closes itself after 10 s (the default display time).
+            assert!(page.contains("window.close()},10000)"), "{page}");
         }
         // No second authorisation by itself: interactive failures are not retried in the
         // background.
@@ -533,4 +541,78 @@ mod implicit {
         assert!(cause.contains("nonce"), "{cause}");
         assert!(p.current().is_none());
     }
+}
+
+#[tokio::test]
+async fn localhost_redirects_bind_both_loopback_addresses_and_ipv6_alone_names_it() {
+    use tower_auth::oauth2::RedirectHost;
+    // `localhost`: the URI says localhost; the browser may resolve it to either address.
+    for address in ["[::1]", "127.0.0.1"] {
+        let browser = TestBrowser::new(Reply::Approve);
+        *browser.localhost_is.lock().unwrap() = Some(address);
+        let endpoint = TokenEndpoint::new(&browser);
+        let p = provider(&browser).redirect_host(RedirectHost::Localhost).build(endpoint.clone()).unwrap();
+        p.token().await.unwrap();
+        let q = query(&browser.opened.lock().unwrap()[0]);
+        assert!(q["redirect_uri"].starts_with("http://localhost:") && q["redirect_uri"].ends_with("/cb"), "{q:?}");
+        assert_eq!(endpoint.requests.lock().unwrap()[0]["redirect_uri"], q["redirect_uri"]);
+        assert_eq!(browser.pages(1).await[0].0, 200, "reached through {address}");
+        // Both sides are closed afterwards.
+        let port: u16 = q["redirect_uri"]["http://localhost:".len()..].trim_end_matches("/cb").parse().unwrap();
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("127.0.0.1 side freed");
+        std::net::TcpListener::bind(("::1", port)).expect("::1 side freed");
+    }
+    // A port whose ::1 side another program holds is not used (that program would get the code).
+    let squatter = std::net::TcpListener::bind(("::1", 0)).unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let browser = TestBrowser::new(Reply::Approve);
+    *browser.localhost_is.lock().unwrap() = Some("[::1]");
+    let endpoint = TokenEndpoint::new(&browser);
+    let p = provider(&browser)
+        .redirect_host(RedirectHost::Localhost)
+        .redirect_port(taken)
+        .fallback_ports([0])
+        .build(endpoint.clone())
+        .unwrap();
+    p.token().await.unwrap();
+    let q = query(&browser.opened.lock().unwrap()[0]);
+    assert!(!q["redirect_uri"].contains(&format!(":{taken}/")), "skipped the squatted port: {q:?}");
+    // IPv6 only: the URI names [::1].
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    let p = provider(&browser).redirect_host(RedirectHost::Ipv6).build(endpoint.clone()).unwrap();
+    p.token().await.unwrap();
+    let q = query(&browser.opened.lock().unwrap()[0]);
+    assert!(q["redirect_uri"].starts_with("http://[::1]:"), "{q:?}");
+}
+
+#[tokio::test]
+async fn display_settings_set_the_pages_and_their_display_times_and_escape_what_they_echo() {
+    use tower_auth::oauth2::DisplaySettings;
+    // The defaults: the success page closes itself after 2 s.
+    let browser = TestBrowser::new(Reply::Approve);
+    provider(&browser).build(TokenEndpoint::new(&browser)).unwrap().token().await.unwrap();
+    let (_, page) = browser.pages(1).await[0].clone();
+    assert!(page.contains("Authentication succeeded") && page.contains("window.close()},2000)"), "{page}");
+    // Templates, a success page that stays open, a failure page that closes at once.
+    let display = DisplaySettings::default()
+        .success_display_time(None)
+        .failure_display_time(Some(Duration::from_millis(1)))
+        .success_template("<html><body><h2>OK: {title}</h2><p>{message}</p></body></html>")
+        .failure_template("<html><body><h2>{title}</h2><pre>{message}</pre><i>{close_after_ms} ms</i></body></html>");
+    let browser = TestBrowser::new(Reply::Approve);
+    provider(&browser).display(display.clone()).build(TokenEndpoint::new(&browser)).unwrap().token().await.unwrap();
+    let (_, page) = browser.pages(1).await[0].clone();
+    assert_eq!(
+        page,
+        "<html><body><h2>OK: Authentication succeeded</h2><p>You can close this window.</p></body></html>"
+    );
+    let browser = TestBrowser::new(Reply::Deny);
+    let p = provider(&browser).display(display).build(TokenEndpoint::new(&browser)).unwrap();
+    p.token().await.unwrap_err();
+    let (status, page) = browser.pages(1).await[0].clone();
+    assert_eq!(status, 400);
+    assert!(page.starts_with("<html><body><h2>Authentication failed</h2><pre>"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !page.contains("<script>alert"), "{page}");
+    assert!(page.contains("<i>1 ms</i><script>setTimeout(function(){window.close()},1)</script></body>"), "{page}");
 }

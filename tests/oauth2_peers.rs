@@ -306,3 +306,31 @@ async fn device_code_denied_is_a_typed_error_and_not_retried_by_itself() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(idp.device_authorizations().len(), 1, "no new prompt by itself");
 }
+
+#[tokio::test]
+async fn device_code_polling_backs_off_after_a_time_out_and_a_server_error_and_goes_on() {
+    let idp = FakeIdp::start().await.unwrap();
+    idp.set_device_interval(1);
+    let approver = idp.handle();
+    let provider = TokenProvider::device_code(idp.device_authorization_url(), idp.token_url(), "tv-app")
+        .timeout(Duration::from_millis(300))
+        .device_prompt(move |i| {
+            // The user approves at once; the token endpoint is what fails: the first poll never
+            // gets an answer (a connection time-out), the second gets a 500 page.
+            assert!(approver.approve_device(&i.user_code));
+            approver.fail_next(1, idp::Fault::Hang);
+            approver.fail_next(1, idp::Fault::ServerError);
+        })
+        .build(http())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let token = provider.token().await.expect("polling went on after the failures");
+    let elapsed = started.elapsed();
+    assert!(token.header_value().to_str().unwrap().starts_with("Bearer "));
+    let polls = idp.requests().iter().filter(|r| r.grant == idp::Grant::DeviceCode).count();
+    assert_eq!(polls, 3, "a hung poll, a failed poll, then the token");
+    // Backed off: 0.3 s (time-out) + 2 s + 4 s, where the server's interval alone would be 2.3 s.
+    assert!(elapsed >= Duration::from_secs(6), "the interval doubled after each failure: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    idp.release_hung();
+}

@@ -622,6 +622,33 @@ impl<'c> AsyncHttpClient<'c> for Call<'_> {
     }
 }
 
+/// The token endpoint as the device grant's polling loop sees it: a 5xx or 429 answer is an
+/// error of the connection's kind, so that the `oauth2` crate's loop backs off (it doubles the
+/// interval after a failed request, RFC 8628 §3.5) and polls on, instead of ending the attempt
+/// on an answer that is not OAuth2. Time-outs and connection errors are already such errors.
+struct PollCall<'a>(&'a Call<'a>);
+
+impl<'c> AsyncHttpClient<'c> for PollCall<'_> {
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, CallError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            match self.0.call(request).await {
+                Ok(res) if res.status().is_server_error() || res.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    tracing::warn!(status = %res.status(), "the token endpoint failed while polling for the device's token; polling on, less often");
+                    Err(CallError(format!("the token endpoint answered {}", res.status()).into()))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "polling for the device's token failed; polling on, less often");
+                    Err(e)
+                }
+                ok => ok,
+            }
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Elapsed(Duration);
 
@@ -826,9 +853,12 @@ impl Endpoint {
                     expires_in: details.expires_in(),
                 });
                 tracing::info!(verification_uri = %details.verification_uri().as_str(), "waiting for the user to authorise this device");
+                // Failed polls double the interval up to a minute (the crate's default ceiling,
+                // 10 s, is below some servers' own interval, which then answer slow_down).
                 let polled = device_client
                     .exchange_device_access_token(&details)
-                    .request_async(&call, tokio::time::sleep, None)
+                    .set_max_backoff_interval(details.interval().max(Duration::from_secs(60)))
+                    .request_async(&PollCall(&call), tokio::time::sleep, None)
                     .await;
                 match polled {
                     Ok(answer) => Ok(answer),

@@ -7,8 +7,12 @@
 //!   `openid`, checked against the id_token (its `nonce`, `aud` and `exp`; the id_token's
 //!   signature is not verified here: it came over the token endpoint's TLS); the `iss`
 //!   authorization response parameter (RFC 9207) checked when the issuer is known.
-//! - The `redirect_uri` names exactly what the listener binds (`http://127.0.0.1:PORT/PATH`); the
-//!   port is configurable (default 5000, as requests_auth), 0 for any free port, with fallbacks.
+//! - The `redirect_uri` names exactly what the listener binds: `http://127.0.0.1:PORT/PATH` by
+//!   default, `http://[::1]:PORT/PATH`, or `http://localhost:PORT/PATH` with both loopback
+//!   addresses bound on the same port ([`RedirectHost`]). The port is configurable (default 5000,
+//!   as requests_auth), 0 for any free port, with fallbacks.
+//! - The pages the browser is left on say how it ended and close themselves after a while
+//!   ([`DisplaySettings`], requests_auth's counterpart), from your templates if you like.
 //! - Extra parameters go where they belong: [`auth_param`](super::ProviderBuilder::auth_param)
 //!   into the browser URL, [`param`](super::ProviderBuilder::param) into the token request; the
 //!   client secret never goes into the browser URL.
@@ -23,7 +27,7 @@
 //! Written here: the listener and the checks (the `oauth2` crate builds PKCE values and exchanges
 //! the code; it has no listener).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +46,119 @@ pub(crate) enum Pkce {
     Plain,
 }
 
+/// Which loopback address the redirect listener binds, and so the host its `redirect_uri` names.
+///
+/// requests_auth's `redirect_uri_domain` lets any name go into the redirect URI while its
+/// listener binds every interface; here the URI names exactly what is bound, and only loopback
+/// addresses are offered (RFC 8252 §7.3, §8.3): a listener on another interface would take
+/// authorization codes from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RedirectHost {
+    /// `http://127.0.0.1:PORT/…`, bound on 127.0.0.1 (the default; what RFC 8252 §8.3
+    /// recommends).
+    #[default]
+    Ipv4,
+    /// `http://[::1]:PORT/…`, bound on ::1.
+    Ipv6,
+    /// `http://localhost:PORT/…` (for servers that register only `localhost`), bound on 127.0.0.1
+    /// and on ::1 with the same port, so the browser reaches the listener whichever address it
+    /// resolves `localhost` to. A port whose ::1 side another program holds is skipped like a
+    /// busy port (that program would otherwise receive the code); on a machine without IPv6 the
+    /// listener binds 127.0.0.1 only.
+    Localhost,
+}
+
+/// The pages the listener leaves the browser on: how long they stay before closing themselves
+/// (`window.close()`, which browsers honour for tabs a program opened), and their HTML, like
+/// requests_auth's `DisplaySettings`.
+///
+/// A template is a whole HTML page in which `{title}`, `{message}` and `{close_after_ms}` are
+/// replaced (the first two HTML-escaped); a closing script goes before `</body>` when a display
+/// time is set.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_auth::oauth2::DisplaySettings;
+///
+/// let display = DisplaySettings::default()
+///     .success_display_time(Some(Duration::from_millis(500)))
+///     .failure_display_time(None) // stays open
+///     .success_template("<html><body><h1>{title}</h1><p>{message}</p><p>Back to the terminal!</p></body></html>");
+/// # let _ = display;
+/// ```
+#[derive(Debug, Clone)]
+pub struct DisplaySettings {
+    success_display_time: Option<Duration>,
+    failure_display_time: Option<Duration>,
+    success_template: Option<String>,
+    failure_template: Option<String>,
+}
+
+impl Default for DisplaySettings {
+    /// Success pages close after 2 s, failure pages after 10 s (time to read what went wrong),
+    /// with the crate's plain pages.
+    fn default() -> Self {
+        DisplaySettings {
+            success_display_time: Some(Duration::from_secs(2)),
+            failure_display_time: Some(Duration::from_secs(10)),
+            success_template: None,
+            failure_template: None,
+        }
+    }
+}
+
+impl DisplaySettings {
+    /// How long the success page stays before closing itself (`None`: it stays).
+    pub fn success_display_time(mut self, time: Option<Duration>) -> Self {
+        self.success_display_time = time;
+        self
+    }
+
+    /// How long the failure page stays before closing itself (`None`: it stays).
+    pub fn failure_display_time(mut self, time: Option<Duration>) -> Self {
+        self.failure_display_time = time;
+        self
+    }
+
+    /// The success page's HTML (placeholders `{title}`, `{message}`, `{close_after_ms}`).
+    pub fn success_template(mut self, html: impl Into<String>) -> Self {
+        self.success_template = Some(html.into());
+        self
+    }
+
+    /// The failure page's HTML (placeholders `{title}`, `{message}`, `{close_after_ms}`).
+    pub fn failure_template(mut self, html: impl Into<String>) -> Self {
+        self.failure_template = Some(html.into());
+        self
+    }
+
+    /// The page for an outcome; `message` is HTML-escaped wherever it goes.
+    fn render(&self, success: bool, message: &str) -> Html<String> {
+        let (title, time, template) = if success {
+            ("Authentication succeeded", self.success_display_time, &self.success_template)
+        } else {
+            ("Authentication failed", self.failure_display_time, &self.failure_template)
+        };
+        let close_after_ms = time.map_or(0, |t| t.as_millis());
+        let mut html = match template {
+            Some(template) => template
+                .replace("{title}", &escape_html(title))
+                .replace("{message}", &escape_html(message))
+                .replace("{close_after_ms}", &close_after_ms.to_string()),
+            None => page(title, message).0,
+        };
+        if time.is_some() {
+            let script = format!("<script>setTimeout(function(){{window.close()}},{close_after_ms})</script>");
+            match html.rfind("</body>") {
+                Some(at) => html.insert_str(at, &script),
+                None => html.push_str(&script),
+            }
+        }
+        Html(html)
+    }
+}
+
 /// The configuration of an authorization code flow, made and set through
 /// [`TokenProvider::authorization_code`](super::TokenProvider::authorization_code) and the
 /// builder's `redirect_port`, `browser`, `auth_param`… methods.
@@ -50,6 +167,8 @@ pub struct CodeFlow {
     pub(crate) auth_url: String,
     pub(crate) browser: Arc<dyn Browser>,
     pub(crate) ports: Vec<u16>,
+    pub(crate) host: RedirectHost,
+    pub(crate) display: DisplaySettings,
     pub(crate) path: String,
     pub(crate) timeout: Duration,
     pub(crate) pkce: Pkce,
@@ -67,6 +186,7 @@ impl std::fmt::Debug for CodeFlow {
         f.debug_struct("CodeFlow")
             .field("auth_url", &self.auth_url)
             .field("ports", &self.ports)
+            .field("host", &self.host)
             .field("path", &self.path)
             .field("timeout", &self.timeout)
             .field("pkce", &self.pkce)
@@ -80,6 +200,8 @@ impl CodeFlow {
             auth_url,
             browser,
             ports: vec![5000],
+            host: RedirectHost::Ipv4,
+            display: DisplaySettings::default(),
             path: "/".into(),
             timeout: Duration::from_secs(60),
             pkce: Pkce::S256,
@@ -96,11 +218,15 @@ impl CodeFlow {
         client_id: &str,
         scopes: &[String],
         response_type: &str,
-    ) -> Result<(tokio::net::TcpListener, String, String, String, oauth2::url::Url), Failure> {
-        let listener = bind(&self.ports).await?;
-        let port = listener.local_addr().map_err(|e| Failure::Listen(e.to_string()))?.port();
+    ) -> Result<(Vec<tokio::net::TcpListener>, String, String, String, oauth2::url::Url), Failure> {
+        let (listeners, port) = bind(&self.ports, self.host).await?;
         let path = if self.path.starts_with('/') { self.path.clone() } else { format!("/{}", self.path) };
-        let redirect_uri = format!("http://127.0.0.1:{port}{path}");
+        let host = match self.host {
+            RedirectHost::Ipv4 => "127.0.0.1",
+            RedirectHost::Ipv6 => "[::1]",
+            RedirectHost::Localhost => "localhost",
+        };
+        let redirect_uri = format!("http://{host}:{port}{path}");
         let state = random_token();
         let mut url = oauth2::url::Url::parse(&self.auth_url)
             .map_err(|e| Failure::Listen(format!("invalid authorization URL: {e}")))?;
@@ -114,7 +240,7 @@ impl CodeFlow {
             }
             q.append_pair("state", &state);
         }
-        Ok((listener, path, redirect_uri, state, url))
+        Ok((listeners, path, redirect_uri, state, url))
     }
 
     /// Opens the browser (off the runtime), waits for the outcome, and always stops the
@@ -123,8 +249,7 @@ impl CodeFlow {
         &self,
         url: &oauth2::url::Url,
         result: oneshot::Receiver<Result<T, Failure>>,
-        stop: oneshot::Sender<()>,
-        server: tokio::task::JoinHandle<()>,
+        server: Server,
     ) -> Result<T, Failure> {
         let (browser, shown) = (Arc::clone(&self.browser), url.to_string());
         let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
@@ -139,8 +264,7 @@ impl CodeFlow {
             Ok(Err(_)) => Err(Failure::NoCode),
             Err(_) => Err(Failure::Timeout(self.timeout)),
         };
-        let _ = stop.send(());
-        let _ = server.await;
+        server.stop().await;
         outcome
     }
 
@@ -151,7 +275,7 @@ impl CodeFlow {
         client_id: &str,
         scopes: &[String],
     ) -> Result<std::collections::HashMap<String, String>, Failure> {
-        let (listener, path, _redirect, state, mut url) = self.prepare(client_id, scopes, &self.response_type).await?;
+        let (listeners, path, _redirect, state, mut url) = self.prepare(client_id, scopes, &self.response_type).await?;
         let nonce = random_token();
         {
             let mut q = url.query_pairs_mut();
@@ -168,22 +292,16 @@ impl CodeFlow {
         let waiting = Arc::new(Waiting {
             state,
             issuer: self.issuer.clone(),
+            display: self.display.clone(),
             done: Mutex::new(Some(unused)),
             implicit: Some(ImplicitWait { nonce, client_id: client_id.to_owned(), done: Mutex::new(Some(done)) }),
         });
         let app = axum::Router::new()
             .route(&path, axum::routing::get(implicit_get).post(implicit_post))
-            .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
+            .fallback(not_found)
             .with_state(waiting);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        self.run(&url, result, stop, server).await
+        let server = Server::spawn(listeners, app);
+        self.run(&url, result, server).await
     }
 }
 
@@ -279,6 +397,7 @@ fn page(title: &str, text: &str) -> Html<String> {
 struct Waiting {
     state: String,
     issuer: Option<String>,
+    display: DisplaySettings,
     done: Mutex<Option<oneshot::Sender<Result<String, Failure>>>>,
     /// For the implicit grant: the fields of the answer, and the nonce an id_token must carry.
     implicit: Option<ImplicitWait>,
@@ -316,7 +435,7 @@ async fn implicit_post(
 
 fn implicit_answer(w: &Waiting, q: std::collections::HashMap<String, String>) -> (StatusCode, Html<String>) {
     let Some(implicit) = &w.implicit else {
-        return (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener."));
+        return not_found_page();
     };
     let outcome = judge(w, &q).or_else(|e| match e {
         Failure::NoCode => Ok(String::new()), // no code in the implicit grant
@@ -331,10 +450,7 @@ fn implicit_answer(w: &Waiting, q: std::collections::HashMap<String, String>) ->
         }
         Ok(q)
     });
-    let (status, reply) = match &outcome {
-        Ok(_) => (StatusCode::OK, page("Authentication succeeded", "You can close this window.")),
-        Err(e) => (StatusCode::BAD_REQUEST, page("Authentication failed", &e.to_string())),
-    };
+    let (status, reply) = w.reply(outcome.as_ref().map(|_| ()));
     if let Some(done) = implicit.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
         let _ = done.send(outcome);
     }
@@ -346,14 +462,66 @@ async fn callback(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> (StatusCode, Html<String>) {
     let outcome = judge(&w, &q);
-    let (status, reply) = match &outcome {
-        Ok(_) => (StatusCode::OK, page("Authentication succeeded", "You can close this window.")),
-        Err(e) => (StatusCode::BAD_REQUEST, page("Authentication failed", &e.to_string())),
-    };
+    let (status, reply) = w.reply(outcome.as_ref().map(|_| ()));
     if let Some(done) = w.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
         let _ = done.send(outcome);
     }
     (status, reply)
+}
+
+impl Waiting {
+    /// The page for an outcome, as the display settings say.
+    fn reply(&self, outcome: Result<(), &Failure>) -> (StatusCode, Html<String>) {
+        match outcome {
+            Ok(()) => (StatusCode::OK, self.display.render(true, "You can close this window.")),
+            Err(e) => (StatusCode::BAD_REQUEST, self.display.render(false, &e.to_string())),
+        }
+    }
+}
+
+/// Anything but the redirect path (a favicon, a port scanner): 404, and the listener keeps
+/// waiting.
+async fn not_found() -> (StatusCode, Html<String>) {
+    not_found_page()
+}
+
+fn not_found_page() -> (StatusCode, Html<String>) {
+    (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener."))
+}
+
+/// The listener's servers (one per bound address), stopped together.
+struct Server {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    fn spawn(listeners: Vec<tokio::net::TcpListener>, app: axum::Router) -> Server {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                let (app, mut stopped) = (app.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        })
+                        .await;
+                })
+            })
+            .collect();
+        drop(stopped);
+        Server { stop, tasks }
+    }
+
+    /// Stops every server and waits until their ports are free.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 fn judge(w: &Waiting, q: &std::collections::HashMap<String, String>) -> Result<String, Failure> {
@@ -375,12 +543,53 @@ fn judge(w: &Waiting, q: &std::collections::HashMap<String, String>) -> Result<S
     q.get("code").filter(|c| !c.is_empty()).cloned().ok_or(Failure::NoCode)
 }
 
-async fn bind(ports: &[u16]) -> Result<tokio::net::TcpListener, Failure> {
+/// Binds the first usable port of `ports` on the loopback address(es) `host` names; the
+/// listeners and the port.
+async fn bind(ports: &[u16], host: RedirectHost) -> Result<(Vec<tokio::net::TcpListener>, u16), Failure> {
+    use tokio::net::TcpListener;
+    let v4 = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let port_of = |l: &TcpListener| l.local_addr().map(|a| a.port()).map_err(|e| Failure::Listen(e.to_string()));
     let mut last = String::from("no port configured");
     for &port in ports {
-        match tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = format!("127.0.0.1:{port}: {e}"),
+        match host {
+            RedirectHost::Ipv4 | RedirectHost::Ipv6 => {
+                let addr = if host == RedirectHost::Ipv4 { v4(port) } else { v6(port) };
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => {
+                        let port = port_of(&listener)?;
+                        return Ok((vec![listener], port));
+                    }
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
+            }
+            RedirectHost::Localhost => {
+                // An ephemeral port is picked on 127.0.0.1 and then taken on ::1 too; a few
+                // tries, as the ::1 side of a fresh port may be someone else's.
+                for _ in 0..if port == 0 { 8 } else { 1 } {
+                    let first = match TcpListener::bind(v4(port)).await {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            last = format!("{}: {e}", v4(port));
+                            break;
+                        }
+                    };
+                    let chosen = port_of(&first)?;
+                    match TcpListener::bind(v6(chosen)).await {
+                        Ok(second) => return Ok((vec![first, second], chosen)),
+                        // No IPv6 on this machine: localhost can only be 127.0.0.1.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+                            ) || e.raw_os_error() == Some(97) =>
+                        {
+                            return Ok((vec![first], chosen));
+                        }
+                        Err(e) => last = format!("{}: {e}", v6(chosen)),
+                    }
+                }
+            }
         }
     }
     Err(Failure::Listen(last))
@@ -390,7 +599,7 @@ impl CodeFlow {
     /// Runs one authorisation: listener, browser, callback, checks. `client_id` and `scopes`
     /// go into the browser URL; the client secret never does.
     pub(crate) async fn authorize(&self, client_id: &str, scopes: &[String]) -> Result<Granted, Failure> {
-        let (listener, path, redirect_uri, state, mut url) = self.prepare(client_id, scopes, "code").await?;
+        let (listeners, path, redirect_uri, state, mut url) = self.prepare(client_id, scopes, "code").await?;
         let (challenge, verifier) = match self.pkce {
             Pkce::S256 => PkceCodeChallenge::new_random_sha256(),
             Pkce::Plain => {
@@ -411,22 +620,18 @@ impl CodeFlow {
             }
         }
         let (done, result) = oneshot::channel();
-        let waiting =
-            Arc::new(Waiting { state, issuer: self.issuer.clone(), done: Mutex::new(Some(done)), implicit: None });
-        let app = axum::Router::new()
-            .route(&path, axum::routing::get(callback))
-            .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
-            .with_state(waiting);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+        let waiting = Arc::new(Waiting {
+            state,
+            issuer: self.issuer.clone(),
+            display: self.display.clone(),
+            done: Mutex::new(Some(done)),
+            implicit: None,
         });
-        tracing::info!("waiting for the authorization response on the loopback listener");
-        let code = self.run(&url, result, stop, server).await?;
+        let app =
+            axum::Router::new().route(&path, axum::routing::get(callback)).fallback(not_found).with_state(waiting);
+        let server = Server::spawn(listeners, app);
+        tracing::info!(redirect_uri = %redirect_uri, "waiting for the authorization response on the loopback listener");
+        let code = self.run(&url, result, server).await?;
         Ok(Granted { code, verifier, redirect_uri, nonce })
     }
 }

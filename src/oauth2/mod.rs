@@ -121,7 +121,7 @@ pub use self::endpoint::{
 #[cfg(unix)]
 pub use self::file_store::{FileStore, FileStoreError};
 #[cfg(feature = "oauth2-browser")]
-pub use self::interactive::CodeFlow;
+pub use self::interactive::{CodeFlow, DisplaySettings, RedirectHost};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
 pub use self::store::{CacheKey, Lease, MemoryStore, StoreFuture, StoredToken, TokenStore};
@@ -413,6 +413,27 @@ impl ProviderBuilder {
     pub fn fallback_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
         if let Some(flow) = &mut self.flow {
             flow.ports.extend(ports);
+        }
+        self
+    }
+
+    /// Which loopback address the listener binds and its redirect URI names (default
+    /// [`RedirectHost::Ipv4`], `http://127.0.0.1:PORT/`; [`RedirectHost::Localhost`] for servers
+    /// that register only `http://localhost…`, binding 127.0.0.1 and ::1). The counterpart of
+    /// requests_auth's `redirect_uri_domain`, limited to loopback addresses.
+    #[cfg(feature = "oauth2-browser")]
+    pub fn redirect_host(mut self, host: RedirectHost) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.host = host;
+        }
+        self
+    }
+
+    /// The pages the browser is left on (display times, templates): see [`DisplaySettings`].
+    #[cfg(feature = "oauth2-browser")]
+    pub fn display(mut self, display: DisplaySettings) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.display = display;
         }
         self
     }
