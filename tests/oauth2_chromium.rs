@@ -293,3 +293,48 @@ async fn a_user_who_cannot_sign_in_is_a_typed_timeout_never_a_token() {
     let result = &browser.results().await[0];
     assert_eq!(result["ok"], false, "the driver never reached the listener: {result}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_expired_token_is_refreshed_by_glewlwyd_without_the_browser() {
+    let Some((glewlwyd, chromium)) = peers() else { return };
+    // The `oidc-short` instance: access tokens last 5 s.
+    let auth_url = format!("{}/auth", glewlwyd.short_issuer);
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("tokens.json")).unwrap();
+    let provider = |browser: &HeadlessChromium, client: Counting<Http>| {
+        on_registered_ports(
+            TokenProvider::authorization_code(&auth_url, &glewlwyd.short_token_url, &glewlwyd.client_id)
+                .client_secret(&glewlwyd.client_secret)
+                .scope(&glewlwyd.scope)
+                .browser(browser.clone())
+                .store(store.clone()),
+            glewlwyd,
+        )
+        .build(client)
+        .unwrap()
+    };
+    let browser = HeadlessChromium::new(chromium, glewlwyd);
+    let (client, token_requests) = token_client();
+    {
+        let first = provider(&browser, client);
+        first.token().await.unwrap();
+    } // the process ends
+    assert_eq!((browser.opened(), token_requests.load(Ordering::SeqCst)), (1, 1));
+    assert_reached_listener(&browser.results().await[0], "Authentication succeeded");
+    tokio::time::sleep(Duration::from_secs(glewlwyd.short_token_lifetime) + Duration::from_millis(500)).await;
+
+    let browser2 = HeadlessChromium::new(chromium, glewlwyd);
+    let (client2, token_requests2) = token_client();
+    let second = provider(&browser2, client2);
+    // userinfo of the instance that issued the token.
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::oauth2(second.clone()))
+        .service(Client::builder(TokioExecutor::new()).build_http::<tower_auth::ReplayBody<Full<Bytes>>>());
+    let res = svc
+        .oneshot(Request::get(format!("{}/userinfo", glewlwyd.short_issuer)).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(browser2.opened(), 0, "the cached refresh token was used, not the browser");
+    assert_eq!(token_requests2.load(Ordering::SeqCst), 1, "one refresh_token request");
+}

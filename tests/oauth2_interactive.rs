@@ -432,6 +432,28 @@ mod fake_idp {
             assert_eq!(idp.token_requests(), 0);
         }
     }
+
+    #[tokio::test]
+    async fn a_server_whose_metadata_promises_iss_must_send_it() {
+        let idp = FakeIdp::start().await.unwrap();
+        idp.add_public_client("app");
+        idp.set_send_iss(true); // the metadata says authorization_response_iss_parameter_supported
+        let browser = BrowserMock::new();
+        let p = TokenProvider::authorization_code(idp.authorize_url(), idp.issuer(), "app")
+            .browser(browser.clone())
+            .redirect_port(0)
+            .discover(http())
+            .await
+            .unwrap();
+        // A response without iss (a mix-up attack's, or a misconfigured server's) is refused.
+        idp.set_send_iss(false);
+        let err = p.token().await.unwrap_err();
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("has no iss"), "{cause}");
+        browser.wait_until_done(1).await;
+        browser.assert_failure();
+        assert_eq!(idp.token_requests(), 0);
+    }
 }
 
 // --------------------------------------------------------------------------- implicit --
@@ -615,4 +637,26 @@ async fn display_settings_set_the_pages_and_their_display_times_and_escape_what_
     assert!(page.starts_with("<html><body><h2>Authentication failed</h2><pre>"), "{page}");
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !page.contains("<script>alert"), "{page}");
     assert!(page.contains("<i>1 ms</i><script>setTimeout(function(){window.close()},1)</script></body>"), "{page}");
+}
+
+#[tokio::test]
+async fn after_a_restart_an_expired_token_is_refreshed_from_the_file_cache_without_the_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tower_auth::oauth2::FileStore::new(dir.path().join("tokens.json")).unwrap();
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    endpoint.expires_in.store(1, Ordering::SeqCst);
+    {
+        let p = provider(&browser).store(store.clone()).build(endpoint.clone()).unwrap();
+        p.token().await.unwrap();
+    } // the process ends
+    assert_eq!((browser.opened(), endpoint.count()), (1, 1));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the access token has expired
+    let later = TestBrowser::new(Reply::Approve);
+    let endpoint2 = TokenEndpoint::new(&later);
+    let p = provider(&later).store(store).build(endpoint2.clone()).unwrap();
+    p.token().await.unwrap();
+    assert_eq!(later.opened(), 0, "no browser: the cached refresh token was used");
+    let form = endpoint2.requests.lock().unwrap()[0].clone();
+    assert_eq!((form["grant_type"].as_str(), form["refresh_token"].as_str()), ("refresh_token", "rt-1"));
 }

@@ -25,6 +25,10 @@ pub struct Metadata {
     /// The grant types the server supports, if it says.
     #[serde(default)]
     pub grant_types_supported: Option<Vec<String>>,
+    /// Whether the server puts `iss` into authorization responses (RFC 9207); when it says so,
+    /// a response without it is refused.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 impl Metadata {

@@ -175,6 +175,8 @@ pub struct CodeFlow {
     pub(crate) auth_params: Vec<(String, String)>,
     /// The issuer, to check the `iss` authorization response parameter and the id_token.
     pub(crate) issuer: Option<String>,
+    /// Refuse a response without `iss` (the server's metadata says it sends one).
+    pub(crate) require_iss: bool,
     /// The implicit grant's `response_type` (`token`, `id_token`, `id_token token`).
     pub(crate) response_type: String,
     /// `response_mode=form_post` (the server posts the answer to the listener).
@@ -207,6 +209,7 @@ impl CodeFlow {
             pkce: Pkce::S256,
             auth_params: Vec::new(),
             issuer: None,
+            require_iss: false,
             response_type: "code".into(),
             form_post: false,
         }
@@ -292,6 +295,7 @@ impl CodeFlow {
         let waiting = Arc::new(Waiting {
             state,
             issuer: self.issuer.clone(),
+            require_iss: self.require_iss,
             display: self.display.clone(),
             done: Mutex::new(Some(unused)),
             implicit: Some(ImplicitWait { nonce, client_id: client_id.to_owned(), done: Mutex::new(Some(done)) }),
@@ -322,6 +326,8 @@ pub(crate) enum Failure {
     State,
     /// The callback's `iss` was not the issuer's (RFC 9207).
     Issuer(String),
+    /// The callback had no `iss` from a server whose metadata says it sends one (RFC 9207).
+    NoIssuer,
     /// No callback within the timeout.
     Timeout(Duration),
     /// No loopback port could be bound.
@@ -348,6 +354,9 @@ impl std::fmt::Display for Failure {
             Failure::Issuer(iss) => write!(
                 f,
                 "the authorization response came from issuer {iss:?}, not the configured one (refused, RFC 9207)"
+            ),
+            Failure::NoIssuer => f.write_str(
+                "the authorization response has no iss, which this server's metadata says it sends (refused, RFC 9207)",
             ),
             Failure::Timeout(d) => {
                 write!(f, "no authorization response within {} s (the browser never came back)", d.as_secs())
@@ -397,6 +406,7 @@ fn page(title: &str, text: &str) -> Html<String> {
 struct Waiting {
     state: String,
     issuer: Option<String>,
+    require_iss: bool,
     display: DisplaySettings,
     done: Mutex<Option<oneshot::Sender<Result<String, Failure>>>>,
     /// For the implicit grant: the fields of the answer, and the nonce an id_token must carry.
@@ -535,6 +545,9 @@ fn judge(w: &Waiting, q: &std::collections::HashMap<String, String>) -> Result<S
     if !state_ok {
         return Err(Failure::State);
     }
+    if w.require_iss && !q.contains_key("iss") {
+        return Err(Failure::NoIssuer);
+    }
     if let (Some(expected), Some(iss)) = (&w.issuer, q.get("iss"))
         && iss.trim_end_matches('/') != expected.trim_end_matches('/')
     {
@@ -623,6 +636,7 @@ impl CodeFlow {
         let waiting = Arc::new(Waiting {
             state,
             issuer: self.issuer.clone(),
+            require_iss: self.require_iss,
             display: self.display.clone(),
             done: Mutex::new(Some(done)),
             implicit: None,

@@ -301,6 +301,10 @@ impl ProviderBuilder {
         let metadata = discovery::metadata(&issuer, &service.clone().into_transport().0, self.timeout).await?;
         self.url = metadata.token_endpoint.clone();
         self.issuer = Some(metadata.issuer.clone());
+        #[cfg(feature = "oauth2-browser")]
+        if let (true, Some(flow)) = (metadata.authorization_response_iss_parameter_supported, &mut self.flow) {
+            flow.require_iss = true;
+        }
         let methods = metadata.auth_methods();
         let supported = |m: &str| methods.iter().any(|s| s == m);
         if !self.auth_set {
@@ -425,6 +429,18 @@ impl ProviderBuilder {
     pub fn redirect_host(mut self, host: RedirectHost) -> Self {
         if let Some(flow) = &mut self.flow {
             flow.host = host;
+        }
+        self
+    }
+
+    /// Refuse authorization responses without `iss` (RFC 9207 §2.4), for a server known to send
+    /// it. [`discover`](ProviderBuilder::discover) sets this when the metadata says
+    /// `authorization_response_iss_parameter_supported`; the `iss` is compared with the
+    /// [`issuer`](ProviderBuilder::issuer) (or the discovered one).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn require_iss(mut self) -> Self {
+        if let Some(flow) = &mut self.flow {
+            flow.require_iss = true;
         }
         self
     }
