@@ -118,3 +118,44 @@ async fn authorization_code_presets_build_their_providers_authorization_urls() {
         assert!(url.contains("code_challenge_method=S256") && !url.contains("s3cret"), "{url}");
     }
 }
+
+#[tokio::test]
+async fn implicit_presets_ask_for_a_token_or_an_id_token_with_a_nonce() {
+    let okta = Okta::new("dev-123.okta.com");
+    let entra = EntraId::new("common");
+    for (builder, prefix, response_type, scope) in [
+        (
+            okta.implicit("app"),
+            "https://dev-123.okta.com/oauth2/default/v1/authorize?",
+            "token",
+            "openid+profile+email",
+        ),
+        (
+            okta.implicit_id_token("app"),
+            "https://dev-123.okta.com/oauth2/default/v1/authorize?",
+            "id_token",
+            "openid+profile+email",
+        ),
+        (entra.implicit("app"), "https://login.microsoftonline.com/common/oauth2/v2.0/authorize?", "token", "openid"),
+        (
+            entra.implicit_id_token("app"),
+            "https://login.microsoftonline.com/common/oauth2/v2.0/authorize?",
+            "id_token",
+            "openid",
+        ),
+    ] {
+        let browser = BrowserMock::never_returns();
+        let p = builder
+            .browser(browser.clone())
+            .redirect_port(0)
+            .authorization_timeout(Duration::from_millis(200))
+            .build(Recorder::default())
+            .unwrap();
+        assert!(p.token().await.is_err(), "nobody comes back");
+        let url = browser.opened()[0].clone();
+        assert!(url.starts_with(prefix), "{url}");
+        assert!(url.contains(&format!("response_type={response_type}&")), "{url}");
+        assert!(url.contains(&format!("scope={scope}&")), "{url}");
+        assert!(url.contains("nonce=") && url.contains("client_id=app"), "{url}");
+    }
+}

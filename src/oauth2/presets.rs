@@ -10,6 +10,8 @@
 //! # let _ = builder;
 //! ```
 
+#[cfg(feature = "oauth2-browser")]
+use super::ImplicitResponse;
 use super::{ClientAuth, ProviderBuilder, TokenProvider};
 
 /// Okta: an org's authorization server (`default` unless
@@ -71,6 +73,24 @@ impl Okta {
             .scope("openid")
             .issuer(self.issuer())
     }
+
+    /// Implicit grant for an access token (discouraged, RFC 9700; for apps Okta configured that
+    /// way), scopes `openid profile email` as requests_auth (feature `oauth2-browser`).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn implicit(&self, client_id: &str) -> ProviderBuilder {
+        TokenProvider::implicit(self.authorize_url(), client_id, ImplicitResponse::AccessToken)
+            .scope("openid profile email")
+            .issuer(self.issuer())
+    }
+
+    /// Implicit grant for an id_token, sent as the token (its nonce, audience and expiry
+    /// checked), scopes `openid profile email` (feature `oauth2-browser`).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn implicit_id_token(&self, client_id: &str) -> ProviderBuilder {
+        TokenProvider::implicit(self.authorize_url(), client_id, ImplicitResponse::IdToken)
+            .scope("openid profile email")
+            .issuer(self.issuer())
+    }
 }
 
 /// Microsoft Entra ID (Azure AD), v2 endpoints of a tenant (`common`, `organizations`, a domain or
@@ -115,6 +135,20 @@ impl EntraId {
     pub fn authorization_code(&self, client_id: &str) -> ProviderBuilder {
         TokenProvider::authorization_code(self.authorize_url(), self.token_url(), client_id)
             .scope("openid offline_access")
+    }
+
+    /// Implicit grant for an access token (discouraged, RFC 9700; for app registrations that
+    /// allow it), scope `openid` (feature `oauth2-browser`).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn implicit(&self, client_id: &str) -> ProviderBuilder {
+        TokenProvider::implicit(self.authorize_url(), client_id, ImplicitResponse::AccessToken).scope("openid")
+    }
+
+    /// Implicit grant for an id_token, sent as the token (its nonce, audience and expiry checked),
+    /// scope `openid` (feature `oauth2-browser`).
+    #[cfg(feature = "oauth2-browser")]
+    pub fn implicit_id_token(&self, client_id: &str) -> ProviderBuilder {
+        TokenProvider::implicit(self.authorize_url(), client_id, ImplicitResponse::IdToken).scope("openid")
     }
 }
 
