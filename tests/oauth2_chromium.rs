@@ -338,3 +338,40 @@ async fn after_a_restart_the_expired_token_is_refreshed_by_glewlwyd_without_the_
     assert_eq!(browser2.opened(), 0, "the cached refresh token was used, not the browser");
     assert_eq!(token_requests2.load(Ordering::SeqCst), 1, "one refresh_token request");
 }
+
+/// `fetch --oauth2-auth-code` with the system browser: the `webbrowser` crate runs what `BROWSER`
+/// names, here the same headless Chromium driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_opens_the_browser_named_by_browser_and_fifty_requests_share_one_token() {
+    let Some((glewlwyd, chromium)) = peers() else { return };
+    let fetch = support::example::example_bin("fetch");
+    let browser = format!("env NODE_PATH={} node {}", chromium.node_path.display(), chromium.login_script.display());
+    let port = glewlwyd.redirect_ports[glewlwyd.redirect_ports.len() - 1].to_string();
+    let args = [
+        "--oauth2-auth-code",
+        &glewlwyd.auth_url,
+        "--oauth2-token-url",
+        &glewlwyd.token_url,
+        "--client-id",
+        &glewlwyd.client_id,
+        "--client-secret",
+        &glewlwyd.client_secret,
+        "--scope",
+        &glewlwyd.scope,
+        "--redirect-port",
+        &port,
+        "-n",
+        "50",
+        "-c",
+        "50",
+        &format!("{}/userinfo", glewlwyd.issuer),
+    ];
+    let out = tokio::process::Command::new(fetch).args(args).env("BROWSER", browser).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary = stderr.lines().last().unwrap_or_default();
+    assert!(out.status.success(), "{stderr}");
+    assert!(summary.starts_with("summary requests=50 ok=50 statuses=200:50 "), "{summary}");
+    assert!(summary.contains(" token_requests=1 "), "one code exchange for 50 requests: {summary}");
+    assert!(!stderr.contains(&glewlwyd.client_secret), "{stderr}");
+    eprintln!("fetch through Chromium: {summary}");
+}
