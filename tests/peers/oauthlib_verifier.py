@@ -24,6 +24,9 @@ Credentials (the tests know them):
   consumer key  tower-consumer-key-0001, secret  consumer-s3cret/+&=~é  (HMAC, PLAINTEXT)
                 RSA methods: the public key given with --rsa-public-key
   access token  tower-access-token-0001, secret  access-s3cret&/+ %
+  and, with secrets that need no percent-encoding (see PLAIN_* below):
+  consumer key  tower-consumer-key-0002, secret  consumer-secret-0002
+  access token  tower-access-token-0002, secret  access-secret-0002
 Validator rules, as real providers: keys, tokens and verifiers 8 to 128 characters of
 letters, digits, '-' and '_'; nonces 8 to 128 letters and digits, each used once per
 consumer, token and timestamp; timestamps within 600 s; every signature method allowed.
@@ -49,6 +52,15 @@ CONSUMER_KEY = "tower-consumer-key-0001"
 CONSUMER_SECRET = "consumer-s3cret/+&=~\u00e9"
 ACCESS_TOKEN = "tower-access-token-0001"
 ACCESS_SECRET = "access-s3cret&/+ %"
+# Secrets that need no percent-encoding: oauthlib 3.2.2 percent-decodes oauth_* values read
+# from the query or a form body twice (urldecode, then utils.unescape in collect_parameters),
+# so a PLAINTEXT signature over secrets with reserved characters cannot be verified there,
+# even one made by oauthlib's own Client.
+PLAIN_CONSUMER_KEY = "tower-consumer-key-0002"
+PLAIN_CONSUMER_SECRET = "consumer-secret-0002"
+PLAIN_ACCESS_TOKEN = "tower-access-token-0002"
+PLAIN_ACCESS_SECRET = "access-secret-0002"
+CONSUMERS = {CONSUMER_KEY: CONSUMER_SECRET, PLAIN_CONSUMER_KEY: PLAIN_CONSUMER_SECRET}
 SAFE = set(string.ascii_letters + string.digits + "-_")
 
 
@@ -59,7 +71,7 @@ class Validator(RequestValidator):
         self.lock = threading.Lock()
         self.nonces = set()
         self.request_tokens = {}  # token -> {secret, callback, verifier}
-        self.access_tokens = {ACCESS_TOKEN: ACCESS_SECRET}
+        self.access_tokens = {ACCESS_TOKEN: ACCESS_SECRET, PLAIN_ACCESS_TOKEN: PLAIN_ACCESS_SECRET}
 
     # Format rules, as real providers (Twitter's nonces are 42 characters).
     safe_characters = SAFE
@@ -83,13 +95,13 @@ class Validator(RequestValidator):
     dummy_access_token = "dummy-access-000000"
 
     def get_client_secret(self, client_key, request):
-        return CONSUMER_SECRET if client_key == CONSUMER_KEY else "dummy-secret"
+        return CONSUMERS.get(client_key, "dummy-secret")
 
     def get_rsa_key(self, client_key, request):
         return self.rsa_public_key
 
     def validate_client_key(self, client_key, request):
-        return client_key == CONSUMER_KEY
+        return client_key in CONSUMERS
 
     def validate_timestamp_and_nonce(self, client_key, timestamp, nonce, request,
                                      request_token=None, access_token=None):
