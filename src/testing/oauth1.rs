@@ -18,7 +18,8 @@ use crate::secret::Secret;
 
 /// Checks OAuth 1.0a signatures made with a consumer key and secret (and a token and its
 /// secret, if set). RSA signatures are not checked here (there is no public key to give it):
-/// the crate's tests check those against `oauthlib`.
+/// the crate's tests check those against `oauthlib`. The base string URI is the request URI
+/// if it is absolute, else `http://` and the `Host` header (a server sees the path only).
 ///
 /// ```
 /// use tower_auth::testing::{OAuth1Check, RequireLayer};
@@ -107,7 +108,15 @@ impl OAuth1Check {
                 return Err("wrong oauth_body_hash".into());
             }
         }
-        let uri = base_uri(&req.uri).ok_or("the request URI is not absolute")?;
+        // A server sees the path only: the origin comes from `Host` (plain http, as TestServer).
+        let uri = match base_uri(&req.uri) {
+            Some(uri) => uri,
+            None => {
+                let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).ok_or("no Host")?;
+                let full: http::Uri = format!("http://{host}{}", req.uri.path()).parse().map_err(|_| "bad Host")?;
+                base_uri(&full).ok_or("bad Host")?
+            }
+        };
         let normalized = normalize(
             params.iter().filter(|(n, _)| n != b"oauth_signature").map(|(n, v)| (n.as_slice(), v.as_slice())),
         );
