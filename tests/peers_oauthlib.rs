@@ -242,3 +242,117 @@ async fn a_body_over_the_limit_fails_closed_before_anything_is_sent() {
     let source = std::error::Error::source(&err).unwrap().to_string();
     assert!(source.contains("body_limit"), "{source}");
 }
+
+/// The three-legged dance against oauthlib's RequestTokenEndpoint, AuthorizationEndpoint (the
+/// user approving at once) and AccessTokenEndpoint: the browser mock follows the authorization
+/// URL to our loopback listener; the access token then signs requests oauthlib accepts.
+#[tokio::test]
+async fn three_legged_dance_through_the_browser_mock() {
+    use std::sync::Arc;
+    use tower_auth::oauth1::{Endpoints, OAuth1Session};
+    use tower_auth::testing::BrowserMock;
+    let Some(base) = oauthlib() else { return };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let endpoints =
+        Endpoints::new(format!("{base}/request_token"), format!("{base}/authorize"), format!("{base}/access_token"));
+    for method in [SignatureMethod::HmacSha256, SignatureMethod::RsaSha1, SignatureMethod::Plaintext] {
+        let mut session = OAuth1Session::new(KEY, SECRET).method(method);
+        if method.is_rsa() {
+            session = session.rsa_key_pem(RSA_KEY);
+        }
+        let browser = BrowserMock::new();
+        let access = session.authorize(client.clone(), &endpoints, Arc::new(browser.clone())).await.unwrap();
+        browser.assert_success();
+        assert_eq!(browser.opened().len(), 1);
+        assert!(browser.opened()[0].starts_with(&format!("{base}/authorize?oauth_token=")));
+        assert!(!format!("{access:?}").contains(access.secret().expose()));
+        // The new access token works, and only with its secret.
+        let oauth = session.signer(&access).build().unwrap();
+        let (status, answer) = send(oauth, get(format!("{base}/3legged/after-dance?x=1"))).await;
+        assert_eq!(status, 200, "{method}: {answer}");
+        let wrong = OAuth1::builder(KEY, SECRET).token(access.token.clone(), "not-it").build().unwrap();
+        assert_eq!(send(wrong, get(format!("{base}/3legged/after-dance"))).await.0, 401);
+    }
+}
+
+/// The dance without a browser: callback `oob`, the verifier taken from the provider's page (as
+/// a user would type it); a verifier used twice and a callback for another token are refused.
+#[tokio::test]
+async fn three_legged_dance_out_of_band_and_refusals() {
+    use tower_auth::oauth1::{DanceError, OAuth1Session, RequestToken};
+    let Some(base) = oauthlib() else { return };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let session = OAuth1Session::new(KEY, SECRET).method(SignatureMethod::HmacSha512);
+    let request = session.fetch_request_token(client.clone(), &format!("{base}/request_token"), "oob").await.unwrap();
+    let url = session.authorization_url(&format!("{base}/authorize"), &request).unwrap();
+    // oauthlib answers `oob` with the verifier in the page's body (form-encoded).
+    let page = client.clone().oneshot(Request::get(url).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = String::from_utf8(page.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let verifier = session.parse_authorization_response(&page, &request).unwrap();
+    let other = RequestToken::new("some-other-token-000", "x");
+    assert!(matches!(session.parse_authorization_response(&page, &other), Err(DanceError::TokenMismatch)));
+    let access =
+        session.fetch_access_token(client.clone(), &format!("{base}/access_token"), &request, &verifier).await.unwrap();
+    let (status, _) = send(session.signer(&access).build().unwrap(), get(format!("{base}/3legged/oob"))).await;
+    assert_eq!(status, 200);
+    // The request token was spent: the same verifier again is refused.
+    let again = session.fetch_access_token(client.clone(), &format!("{base}/access_token"), &request, &verifier).await;
+    assert!(matches!(again, Err(DanceError::Status { status, .. }) if status == 401), "{again:?}");
+    // A wrong consumer secret is refused at the first step.
+    let wrong = OAuth1Session::new(KEY, "nope");
+    let err = wrong.fetch_request_token(client, &format!("{base}/request_token"), "oob").await.unwrap_err();
+    assert!(matches!(err, DanceError::Status { .. }), "{err}");
+}
+
+/// A browser that follows the provider's redirect but comes back to the listener with another
+/// `oauth_token` (a forged callback): the listener answers 400 and the dance fails, typed; a
+/// stray request first gets a 404 and does not end the wait.
+#[derive(Clone, Default)]
+struct ForgingBrowser(std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>);
+
+impl ForgingBrowser {
+    /// A blocking HTTP/1.1 GET on 127.0.0.1: the status and the whole answer.
+    fn get(url: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        (answer[9..12].parse().unwrap(), answer)
+    }
+}
+
+impl tower_auth::oauth2::Browser for ForgingBrowser {
+    fn open(&self, url: &str) -> Result<(), tower_auth::BoxError> {
+        let (_, answer) = Self::get(url);
+        let location = answer.lines().find_map(|l| l.strip_prefix("Location: ")).unwrap().trim().to_owned();
+        let callback = location.split('?').next().unwrap();
+        let stray = Self::get(&callback.replace("/callback", "/favicon.ico"));
+        let forged = location.replace("oauth_token=", "oauth_token=forged");
+        let reply = Self::get(&forged);
+        self.0.lock().unwrap().extend([(stray.0, stray.1), (reply.0, reply.1)]);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_callback_for_another_request_token_is_refused() {
+    use tower_auth::oauth1::{DanceError, Endpoints, OAuth1Session};
+    let Some(base) = oauthlib() else { return };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let endpoints =
+        Endpoints::new(format!("{base}/request_token"), format!("{base}/authorize"), format!("{base}/access_token"));
+    let browser = ForgingBrowser::default();
+    let err = OAuth1Session::new(KEY, SECRET)
+        .authorize(client, &endpoints, std::sync::Arc::new(browser.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DanceError::TokenMismatch), "{err}");
+    let pages = browser.0.lock().unwrap().clone();
+    assert_eq!(pages[0].0, 404, "{}", pages[0].1);
+    assert_eq!(pages[1].0, 400, "{}", pages[1].1);
+    assert!(pages[1].1.contains("another request token"), "{}", pages[1].1);
+}

@@ -15,6 +15,8 @@
 //!   ([`OAuth1Builder::body_hash`]): SHA-1, SHA-256 or SHA-512, as the signature method.
 //! - Where the parameters go ([`Placement`]): the `Authorization: OAuth …` header (the default,
 //!   with `realm`), the query, or the form body.
+//! - The three-legged dance (request token, authorisation, access token): [`OAuth1Session`],
+//!   through the user's browser and a loopback listener with the `oauth2-browser` feature.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -78,8 +80,12 @@
 //! types rather than a request a layer sees. The cryptography comes from `hmac`, `sha1`, `sha2`
 //! and `rsa`.
 
+mod session;
 pub(crate) mod signature;
 
+#[cfg(feature = "oauth2-browser")]
+pub use session::Endpoints;
+pub use session::{AccessToken, DanceError, OAuth1Session, RequestToken};
 pub use signature::{SignatureMethod, percent_encode};
 
 use std::fmt;

@@ -247,7 +247,7 @@ fn random_token() -> String {
 }
 
 /// Equality that takes the same time wherever the first difference is.
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -267,7 +267,7 @@ pub(crate) fn escape_html(text: &str) -> String {
     out
 }
 
-fn page(title: &str, text: &str) -> Html<String> {
+pub(crate) fn page(title: &str, text: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title></head><body><h1>{}</h1><p>{}</p></body></html>",
         escape_html(title),
@@ -375,7 +375,7 @@ fn judge(w: &Waiting, q: &std::collections::HashMap<String, String>) -> Result<S
     q.get("code").filter(|c| !c.is_empty()).cloned().ok_or(Failure::NoCode)
 }
 
-async fn bind(ports: &[u16]) -> Result<tokio::net::TcpListener, Failure> {
+pub(crate) async fn bind(ports: &[u16]) -> Result<tokio::net::TcpListener, Failure> {
     let mut last = String::from("no port configured");
     for &port in ports {
         match tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await {

@@ -15,7 +15,8 @@ What it serves (every answer is JSON):
            "query": "...", "body": "..."} or 401 {"accepted": false, "reason"}.
   POST /request_token   oauthlib RequestTokenEndpoint (oauth_callback required)
   GET  /authorize?oauth_token=T   oauthlib AuthorizationEndpoint, the user approving at once:
-                       302 to the callback with oauth_token and oauth_verifier
+                       302 to the callback with oauth_token and oauth_verifier, or for
+                       callback `oob` 200 with them form-encoded in the body
   POST /access_token    oauthlib AccessTokenEndpoint; the new access token is accepted by
                         /3legged/ afterwards
   GET  /health          200
@@ -223,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
                     uri, self.command, body, headers, realms=[])
             except OAuth1Error as e:
                 return self.reply(400, {"accepted": False, "reason": e.description})
-            return self.reply(s, None, h)
+            return self.token_reply(h, b, s)
         if path.startswith("/2legged/"):
             ok, req = SignatureOnlyEndpoint(v).validate_request(uri, self.command, body, headers)
         elif path.startswith("/3legged/"):
