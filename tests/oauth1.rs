@@ -2,8 +2,7 @@
 //! socket: the body buffered when it must be signed, parameters put into the body, the
 //! `Once` mode's fail-closed errors, and no secret in logs, `Debug` or errors.
 
-use std::io;
-use std::sync::{Arc, Mutex};
+mod support;
 
 use axum::Router;
 use axum::routing::any;
@@ -151,46 +150,32 @@ async fn once_mode_keeps_the_body_type_and_fails_closed() {
     assert_eq!(stats.requests(), 2);
 }
 
-#[tokio::test]
-async fn no_secret_in_logs_debug_or_errors() {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let (server, _) = server().await;
-    let rsa = include_str!("data/test-rsa-key.pem");
-    let mut texts = Vec::new();
-    for method in SignatureMethod::ALL {
-        let mut b = oauth(method).verifier("verifier-s3cret");
-        if method.is_rsa() {
-            b = b.rsa_key_pem(rsa);
-        }
-        let o = b.build().unwrap();
-        texts.push(format!("{o:?}"));
-        let _ = send(o.clone(), form(server.url("/log"), "a=1")).await;
-        let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
-        let svc = ServiceBuilder::new().layer(AuthLayer::new(o).body_limit(1)).service(client);
-        let err = svc.oneshot(form(server.url("/log"), "a=123")).await.unwrap_err();
-        texts.push(format!("{err:?} {err}"));
-    }
-    texts.push(String::from_utf8(buf.0.lock().unwrap().clone()).unwrap());
-    let all = texts.join("\n");
-    assert!(all.contains("OAuth1"), "the log and Debug texts were captured");
+#[test]
+fn no_secret_in_logs_debug_or_errors() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (texts, logs) = support::captured(|| {
+        rt.block_on(async {
+            let (server, _) = server().await;
+            let rsa = include_str!("data/test-rsa-key.pem");
+            let mut texts = Vec::new();
+            for method in SignatureMethod::ALL {
+                let mut b = oauth(method).verifier("verifier-s3cret");
+                if method.is_rsa() {
+                    b = b.rsa_key_pem(rsa);
+                }
+                let o = b.build().unwrap();
+                texts.push(format!("{o:?}"));
+                let _ = send(o.clone(), form(server.url("/log"), "a=1")).await;
+                let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+                let svc = ServiceBuilder::new().layer(AuthLayer::new(o).body_limit(1)).service(client);
+                let err = svc.oneshot(form(server.url("/log"), "a=123")).await.unwrap_err();
+                texts.push(format!("{err:?} {err}"));
+            }
+            texts
+        })
+    });
+    let all = texts.join("\n") + &logs;
+    assert!(all.contains("OAuth1") && logs.contains("OAuth1"), "the log and Debug texts were captured");
     for secret in ["s3cret", "BEGIN PRIVATE KEY", "MIIEv"] {
         assert!(!all.contains(secret), "{secret} in {all}");
     }

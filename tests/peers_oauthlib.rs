@@ -256,10 +256,7 @@ async fn three_legged_dance_through_the_browser_mock() {
     let endpoints =
         Endpoints::new(format!("{base}/request_token"), format!("{base}/authorize"), format!("{base}/access_token"));
     for method in [SignatureMethod::HmacSha256, SignatureMethod::RsaSha1, SignatureMethod::Plaintext] {
-        let mut session = OAuth1Session::new(KEY, SECRET).method(method);
-        if method.is_rsa() {
-            session = session.rsa_key_pem(RSA_KEY);
-        }
+        let session = OAuth1Session::new(scheme(method, false));
         let browser = BrowserMock::new();
         let access = session.authorize(client.clone(), &endpoints, Arc::new(browser.clone())).await.unwrap();
         browser.assert_success();
@@ -282,7 +279,7 @@ async fn three_legged_dance_out_of_band_and_refusals() {
     use tower_auth::oauth1::{DanceError, OAuth1Session, RequestToken};
     let Some(base) = oauthlib() else { return };
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let session = OAuth1Session::new(KEY, SECRET).method(SignatureMethod::HmacSha512);
+    let session = OAuth1Session::new(scheme(SignatureMethod::HmacSha512, false));
     let request = session.fetch_request_token(client.clone(), &format!("{base}/request_token"), "oob").await.unwrap();
     let url = session.authorization_url(&format!("{base}/authorize"), &request).unwrap();
     // oauthlib answers `oob` with the verifier in the page's body (form-encoded).
@@ -300,7 +297,7 @@ async fn three_legged_dance_out_of_band_and_refusals() {
     let again = session.fetch_access_token(client.clone(), &format!("{base}/access_token"), &request, &verifier).await;
     assert!(matches!(again, Err(DanceError::Status { status, .. }) if status == 401), "{again:?}");
     // A wrong consumer secret is refused at the first step.
-    let wrong = OAuth1Session::new(KEY, "nope");
+    let wrong = OAuth1Session::new(OAuth1::builder(KEY, "nope"));
     let err = wrong.fetch_request_token(client, &format!("{base}/request_token"), "oob").await.unwrap_err();
     assert!(matches!(err, DanceError::Status { .. }), "{err}");
 }
@@ -346,7 +343,7 @@ async fn a_callback_for_another_request_token_is_refused() {
     let endpoints =
         Endpoints::new(format!("{base}/request_token"), format!("{base}/authorize"), format!("{base}/access_token"));
     let browser = ForgingBrowser::default();
-    let err = OAuth1Session::new(KEY, SECRET)
+    let err = OAuth1Session::new(OAuth1::builder(KEY, SECRET))
         .authorize(client, &endpoints, std::sync::Arc::new(browser.clone()))
         .await
         .unwrap_err();

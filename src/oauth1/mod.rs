@@ -264,6 +264,7 @@ impl<M> OAuth1<M> {
 }
 
 /// Builds an [`OAuth1`] scheme; made by [`OAuth1::builder`].
+#[derive(Clone)]
 pub struct OAuth1Builder {
     consumer_key: String,
     consumer_secret: Secret,
@@ -515,15 +516,7 @@ impl Signer {
                     value.push_str(realm);
                     value.push_str("\", ");
                 }
-                for (i, (name, v)) in oauth.iter().enumerate() {
-                    if i > 0 {
-                        value.push_str(", ");
-                    }
-                    value.push_str(name);
-                    value.push_str("=\"");
-                    signature::encode_into(v.as_bytes(), &mut value);
-                    value.push('"');
-                }
+                render(&oauth, ", ", true, &mut value);
                 let value = HeaderValue::try_from(value).map_err(|_| Error::scheme(SignError::Render))?;
                 req.set_credential(&AUTHORIZATION, &value);
             }
@@ -562,15 +555,24 @@ impl Signer {
 /// `name=value&…`, percent-encoded (§3.5.2, §3.5.3).
 fn encoded_pairs(pairs: &[(&'static str, String)]) -> String {
     let mut out = String::new();
+    render(pairs, "&", false, &mut out);
+    out
+}
+
+/// Appends the pairs, values percent-encoded (and quoted for the header, §3.5.1), separated by
+/// `sep`.
+fn render(pairs: &[(&'static str, String)], sep: &str, quoted: bool, out: &mut String) {
     for (i, (name, value)) in pairs.iter().enumerate() {
         if i > 0 {
-            out.push('&');
+            out.push_str(sep);
         }
         out.push_str(name);
-        out.push('=');
-        signature::encode_into(value.as_bytes(), &mut out);
+        out.push_str(if quoted { "=\"" } else { "=" });
+        signature::encode_into(value.as_bytes(), out);
+        if quoted {
+            out.push('"');
+        }
     }
-    out
 }
 
 impl<M: BodyMode> Authenticator for OAuth1<M> {

@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, Full};
 use tower_service::Service;
 
 use super::signature::form_decode;
-use super::{OAuth1, OAuth1Builder, SignatureMethod};
+use super::{OAuth1, OAuth1Builder};
 use crate::authenticator::{AuthRequest, Authenticator, BodyView};
 use crate::error::{BoxError, ConfigError};
 use crate::secret::Secret;
@@ -169,7 +169,7 @@ impl std::error::Error for DanceError {
 /// use tower_auth::oauth1::OAuth1Session;
 ///
 /// let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
-/// let session = OAuth1Session::new("app-key", "app-secret");
+/// let session = OAuth1Session::new(tower_auth::oauth1::OAuth1::builder("app-key", "app-secret"));
 /// let request = session.fetch_request_token(client.clone(), "https://api.example/oauth/request_token", "oob").await?;
 /// println!("Open {} and type the PIN:", session.authorization_url("https://api.example/oauth/authorize", &request)?);
 /// let mut pin = String::new();
@@ -180,42 +180,19 @@ impl std::error::Error for DanceError {
 /// ```
 #[derive(Debug, Clone)]
 pub struct OAuth1Session {
-    consumer_key: String,
-    consumer_secret: Secret,
-    method: SignatureMethod,
-    rsa_pem: Option<Secret>,
+    consumer: OAuth1Builder,
 }
 
 impl OAuth1Session {
-    /// A session for this consumer, signing with HMAC-SHA1 (see [`method`](Self::method)).
-    pub fn new(consumer_key: impl Into<String>, consumer_secret: impl Into<String>) -> Self {
-        OAuth1Session {
-            consumer_key: consumer_key.into(),
-            consumer_secret: Secret::new(consumer_secret.into()),
-            method: SignatureMethod::HmacSha1,
-            rsa_pem: None,
-        }
-    }
-
-    /// The signature method of every step (and of [`signer`](Self::signer)).
-    pub fn method(mut self, method: SignatureMethod) -> Self {
-        self.method = method;
-        self
-    }
-
-    /// The RSA private key of the RSA methods (PEM).
-    pub fn rsa_key_pem(mut self, pem: impl Into<String>) -> Self {
-        self.rsa_pem = Some(Secret::new(pem.into()));
-        self
+    /// A session for the consumer of this builder: its key, secret, method and RSA key sign
+    /// every step (its token, callback and verifier are set by the steps).
+    pub fn new(consumer: OAuth1Builder) -> Self {
+        OAuth1Session { consumer }
     }
 
     /// A builder signing as this consumer (no token yet).
     fn consumer(&self) -> OAuth1Builder {
-        let b = OAuth1::builder(self.consumer_key.clone(), self.consumer_secret.expose()).method(self.method);
-        match &self.rsa_pem {
-            Some(pem) => b.rsa_key_pem(pem.expose()),
-            None => b,
-        }
+        self.consumer.clone()
     }
 
     /// The builder of the scheme for API requests with the access token (set the placement,
@@ -397,7 +374,7 @@ mod browser {
 
     use super::*;
     use crate::oauth2::Browser;
-    use crate::oauth2::interactive::{bind, page};
+    use crate::oauth2::interactive::{bind, page, serve, show_and_wait};
 
     /// The URLs and listener settings of [`OAuth1Session::authorize`].
     #[derive(Debug, Clone)]
@@ -488,29 +465,12 @@ mod browser {
                     (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth1 callback listener."))
                 })
                 .with_state(waiting);
-            let (stop, stopped) = oneshot::channel::<()>();
-            let server = tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            let shown = url.clone();
-            let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
-                .await
-                .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
-            if let Err(e) = opened {
-                tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
-                eprintln!("Open this URL in a browser to authorise the application:\n{url}");
-            }
-            let outcome = match tokio::time::timeout(endpoints.timeout, result).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err(DanceError::Listen("the listener stopped".into())),
-                Err(_) => Err(DanceError::Timeout(endpoints.timeout)),
+            let listening = serve(listener, app);
+            let outcome = match show_and_wait(browser, &url, endpoints.timeout, result, listening).await {
+                Some(Some(outcome)) => outcome,
+                Some(None) => Err(DanceError::Listen("the listener stopped".into())),
+                None => Err(DanceError::Timeout(endpoints.timeout)),
             };
-            let _ = stop.send(());
-            let _ = server.await;
             let verifier = outcome?;
             self.fetch_access_token(client, &endpoints.access_token_url, &token, &verifier).await
         }
@@ -526,7 +486,7 @@ mod tests {
 
     #[test]
     fn authorization_url_and_response() {
-        let s = OAuth1Session::new("k", "s");
+        let s = OAuth1Session::new(OAuth1::builder("k", "s"));
         let t = RequestToken::new("req tok", "req-s3cret");
         assert_eq!(
             s.authorization_url("https://a.example/auth", &t).unwrap(),

@@ -123,25 +123,13 @@ impl CodeFlow {
         &self,
         url: &oauth2::url::Url,
         result: oneshot::Receiver<Result<T, Failure>>,
-        stop: oneshot::Sender<()>,
-        server: tokio::task::JoinHandle<()>,
+        listening: Listening,
     ) -> Result<T, Failure> {
-        let (browser, shown) = (Arc::clone(&self.browser), url.to_string());
-        let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
-            .await
-            .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
-        if let Err(e) = opened {
-            tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
-            eprintln!("Open this URL in a browser to authorise the application:\n{url}");
+        match show_and_wait(Arc::clone(&self.browser), url.as_str(), self.timeout, result, listening).await {
+            Some(Some(outcome)) => outcome,
+            Some(None) => Err(Failure::NoCode),
+            None => Err(Failure::Timeout(self.timeout)),
         }
-        let outcome = match tokio::time::timeout(self.timeout, result).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Failure::NoCode),
-            Err(_) => Err(Failure::Timeout(self.timeout)),
-        };
-        let _ = stop.send(());
-        let _ = server.await;
-        outcome
     }
 
     /// Runs one implicit authorisation: the answer's fields (`access_token`, `id_token`,
@@ -175,16 +163,48 @@ impl CodeFlow {
             .route(&path, axum::routing::get(implicit_get).post(implicit_post))
             .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
             .with_state(waiting);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        self.run(&url, result, stop, server).await
+        self.run(&url, result, serve(listener, app)).await
     }
+}
+
+/// A loopback listener serving in the background, and how to stop it.
+pub(crate) type Listening = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// Serves `app` on `listener` until told to stop.
+pub(crate) fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> Listening {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (stop, server)
+}
+
+/// Opens `url` in `browser` (off the runtime; printed on stderr if it cannot be opened), waits
+/// at most `timeout` for the listener's outcome, and always stops the listener. `None` when the
+/// time ran out, `Some(None)` when the listener went away without an outcome.
+pub(crate) async fn show_and_wait<T>(
+    browser: Arc<dyn Browser>,
+    url: &str,
+    timeout: Duration,
+    result: oneshot::Receiver<T>,
+    (stop, server): Listening,
+) -> Option<Option<T>> {
+    let shown = url.to_owned();
+    let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
+        .await
+        .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
+    if let Err(e) = opened {
+        tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
+        eprintln!("Open this URL in a browser to authorise the application:\n{url}");
+    }
+    let outcome = tokio::time::timeout(timeout, result).await.ok().map(Result::ok);
+    let _ = stop.send(());
+    let _ = server.await;
+    outcome
 }
 
 /// What the authorisation gave, ready to be exchanged.
@@ -417,16 +437,8 @@ impl CodeFlow {
             .route(&path, axum::routing::get(callback))
             .fallback(|| async { (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener.")) })
             .with_state(waiting);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
         tracing::info!("waiting for the authorization response on the loopback listener");
-        let code = self.run(&url, result, stop, server).await?;
+        let code = self.run(&url, result, serve(listener, app)).await?;
         Ok(Granted { code, verifier, redirect_uri, nonce })
     }
 }

@@ -36,3 +36,29 @@ impl<S: Service<R>, R> Service<R> for Counting<S> {
         self.inner.call(req)
     }
 }
+
+/// Everything `tracing` logs at every level while `f` runs, as text: for tests that check no
+/// secret reaches a log line.
+pub fn captured<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (out, logs)
+}

@@ -198,27 +198,7 @@ fn find_glewlwyd() -> Result<Glewlwyd, String> {
          a running instance",
         manifest = manifest_dir.display(),
     );
-    let pid = std::process::id().to_string();
-    release_at_exit(manifest_dir, script, dir, &pid)
-        .map_err(|e| format!("Glewlwyd peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
-    let output = Command::new("bash")
-        .arg(script)
-        .arg("acquire")
-        .arg(dir)
-        .arg(&pid)
-        .current_dir(manifest_dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("Glewlwyd peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        return Err(format!(
-            "Glewlwyd peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
-            status = output.status,
-            stderr = with_newline(stderr.trim_end()),
-        ));
-    }
+    let (pid, stdout, stderr) = acquire("Glewlwyd", manifest_dir, script, dir, &fix)?;
     // The lines hold secrets: on a parse error, name the keys, not the values.
     parse_glewlwyd_env(&stdout).map_err(|e| {
         let keys: Vec<&str> = stdout.lines().map(|l| l.split_once('=').map_or(l, |(k, _)| k)).collect();
@@ -309,27 +289,7 @@ fn find_oauthlib() -> Result<String, String> {
          `{script} start {dir}` by hand in {manifest}, or set {OAUTHLIB_URL_VAR} to a running instance",
         manifest = manifest_dir.display(),
     );
-    let pid = std::process::id().to_string();
-    release_at_exit(manifest_dir, script, dir, &pid)
-        .map_err(|e| format!("oauthlib peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
-    let output = Command::new("bash")
-        .arg(script)
-        .arg("acquire")
-        .arg(dir)
-        .arg(&pid)
-        .current_dir(manifest_dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("oauthlib peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        return Err(format!(
-            "oauthlib peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
-            status = output.status,
-            stderr = with_newline(stderr.trim_end()),
-        ));
-    }
+    let (_, stdout, _) = acquire("oauthlib", manifest_dir, script, dir, &fix)?;
     stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("TOWER_AUTH_OAUTHLIB_URL="))
@@ -393,11 +353,31 @@ fn find_apache() -> Result<Apache, String> {
          {APACHE_PROXY_BASIC_URL_VAR} and {APACHE_PROXY_DIGEST_URL_VAR} to a running instance",
         manifest = manifest_dir.display(),
     );
+    let (pid, stdout, stderr) = acquire("Apache", manifest_dir, script, dir, &fix)?;
+    parse_env_lines(&stdout).map_err(|e| {
+        format!(
+            "Apache peer unavailable: `{script} acquire {dir} {pid}` printed unexpected output ({e}):\n\
+             stdout:\n{stdout}stderr:\n{stderr}{fix}"
+        )
+    })
+}
+
+/// Runs `SCRIPT acquire DIR PID` for this process, after starting the watcher that releases
+/// the peer when the process exits: this process's id, and the script's stdout and stderr.
+/// An error names the peer and says how to fix it.
+#[allow(dead_code)]
+fn acquire(
+    peer: &str,
+    manifest_dir: &Path,
+    script: &str,
+    dir: &str,
+    fix: &str,
+) -> Result<(String, String, String), String> {
     let pid = std::process::id().to_string();
     // The watcher first, so that whatever `acquire` registers is released even if this process
     // dies while `acquire` runs.
     release_at_exit(manifest_dir, script, dir, &pid)
-        .map_err(|e| format!("Apache peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
+        .map_err(|e| format!("{peer} peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
     let output = Command::new("bash")
         .arg(script)
         .arg("acquire")
@@ -406,22 +386,17 @@ fn find_apache() -> Result<Apache, String> {
         .current_dir(manifest_dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("Apache peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .map_err(|e| format!("{peer} peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
         return Err(format!(
-            "Apache peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
+            "{peer} peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
             status = output.status,
             stderr = with_newline(stderr.trim_end()),
         ));
     }
-    parse_env_lines(&stdout).map_err(|e| {
-        format!(
-            "Apache peer unavailable: `{script} acquire {dir} {pid}` printed unexpected output ({e}):\n\
-             stdout:\n{stdout}stderr:\n{stderr}{fix}"
-        )
-    })
+    Ok((pid, stdout, stderr))
 }
 
 /// Starts `apache.sh release-on-eof DIR PID` with its stdin a pipe whose
