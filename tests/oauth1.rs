@@ -171,6 +171,11 @@ async fn no_secret_in_logs_debug_or_errors() {
     }
     let logs = logs.text();
     assert!(logs.contains("OAuth1: request signed") && logs.contains("OAuth1Check: rejected"), "{logs}");
+    assert!(
+        logs.contains(
+            "sending OAuth1 PLAINTEXT signatures (the consumer and token secrets themselves) over plain http"
+        )
+    );
     let all = texts.join("\n") + &logs;
     for secret in ["s3cret", "BEGIN PRIVATE KEY", "MIIEv"] {
         assert!(!all.contains(secret), "{secret} in {all}");

@@ -69,7 +69,8 @@
 //! The consumer secret, the token secret and the RSA key are never printed (`Debug` says
 //! `[redacted]`), logged or put in an error; the `Authorization` header is marked sensitive. As
 //! everywhere in the crate, a request that already carries an `Authorization` header keeps it.
-//! `PLAINTEXT` sends the secrets themselves: use it over TLS only.
+//! `PLAINTEXT` sends the secrets themselves: use it over TLS only (over plain `http://` a
+//! warning is logged, once per scheme).
 //!
 //! # What is hand-written, and why
 //!
@@ -99,7 +100,7 @@ use http::{HeaderValue, Uri};
 use rand::Rng as _;
 
 use self::signature::RsaSigner;
-use crate::authenticator::{AuthRequest, Authenticator, Authorize, BodyView, NoWait};
+use crate::authenticator::{AuthRequest, Authenticator, Authorize, BodyView, NoWait, PlainHttpWarning};
 use crate::engine::{BodyMode, Once, Replay};
 use crate::error::{ConfigError, Error};
 use crate::secret::Secret;
@@ -197,6 +198,8 @@ struct Signer {
     body_hash: bool,
     nonce_length: usize,
     clock: Clock,
+    /// PLAINTEXT over plain `http://` sends the secrets in clear: warned once.
+    plain_http: PlainHttpWarning,
 }
 
 /// OAuth 1.0a request signing, a scheme for [`AuthLayer`](crate::AuthLayer). Made by
@@ -426,6 +429,7 @@ impl OAuth1Builder {
             body_hash: self.body_hash,
             nonce_length: self.nonce_length,
             clock,
+            plain_http: PlainHttpWarning::default(),
         };
         Ok(OAuth1 { signer: Arc::new(signer), mode: PhantomData })
     }
@@ -470,6 +474,9 @@ impl Signer {
             req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
         }
         let form = form || self.placement == Placement::Body;
+        if self.method == SignatureMethod::Plaintext {
+            self.plain_http.check(req.uri(), "OAuth1 PLAINTEXT signatures (the consumer and token secrets themselves)");
+        }
 
         // The protocol parameters (§3.4.1.3.1), oauth_signature excepted.
         let mut oauth: Vec<(&'static str, String)> = Vec::with_capacity(9);
