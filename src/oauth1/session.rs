@@ -160,7 +160,26 @@ impl std::error::Error for DanceError {
     }
 }
 
-/// The consumer's side of the three-legged dance; see the [module](self) documentation.
+/// The consumer's side of the three-legged dance (RFC 5849 §2), requests-oauthlib's
+/// `OAuth1Session`: a temporary (request) token, the user's authorisation, the access token.
+///
+/// ```text
+/// fetch_request_token(client, REQUEST_TOKEN_URL, callback)  POST, signed with oauth_callback
+/// authorization_url(AUTHORIZE_URL, &request_token)          the user approves there
+/// parse_authorization_response(redirect, &request_token)    oauth_token checked, the verifier
+/// fetch_access_token(client, ACCESS_TOKEN_URL, &request_token, verifier)
+/// signer(&access_token)                                      an OAuth1Builder for the API
+/// ```
+///
+/// With the `oauth2-browser` feature, `authorize` runs the whole dance through the user's
+/// browser ([`Browser`](crate::oauth2::Browser)) and the interactive OAuth2 grants' loopback
+/// listener (127.0.0.1 only, pages HTML-escaped, 404 for stray requests); the callback's
+/// `oauth_token` must be the request token's (compared in constant time), as OAuth2's `state`.
+/// Without a browser, show the user [`authorization_url`](OAuth1Session::authorization_url)
+/// with callback `oob` and take the verifier (PIN) they type, as below.
+///
+/// Token requests go through a tower service you give (a hyper-util client, without this
+/// crate's layer), taking `Request<Full<Bytes>>`.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
