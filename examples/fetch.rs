@@ -111,6 +111,16 @@ options:
       --oauth2-device DEVICE_AUTH_URL
                                OAuth2 device code: shows a URL and a code, then polls (with
                                --oauth2-token-url, --client-id)
+      --oauth1 CONSUMER_KEY:CONSUMER_SECRET[:TOKEN:TOKEN_SECRET]
+                               sign every request with OAuth 1.0a (RFC 5849); with the
+                               options below (not with --user, --bearer, --digest, --auth-for
+                               or OAuth2)
+      --oauth1-method METHOD   HMAC-SHA1 (default), HMAC-SHA256, HMAC-SHA512, RSA-SHA1,
+                               RSA-SHA256, RSA-SHA512 or PLAINTEXT
+      --oauth1-key PEM_FILE    the RSA private key of the RSA methods (PKCS#8 or PKCS#1)
+      --oauth1-realm REALM     the realm of the Authorization header
+      --oauth1-body-hash       add oauth_body_hash to bodies that are not forms
+      --oauth1-in PLACE        where the parameters go: header (default), query or body
       --rate R                 at most R requests per second across all workers (a run can
                                then span token expiries)
   -L, --location               follow redirects; credentials go only where they belong
@@ -207,6 +217,8 @@ struct Creds {
     key_queries: Vec<String>,
     /// `--oauth2-token-url` / `--oauth2-issuer` and friends.
     oauth2: Option<OAuthOpts>,
+    /// `--oauth1` and friends.
+    oauth1: Option<tower_auth::oauth1::OAuth1>,
 }
 
 /// The OAuth2 options; the provider is built when the run starts (discovery is a request).
@@ -269,6 +281,41 @@ impl Authenticator for Statics {
     }
 }
 
+/// The OAuth1 scheme of the `--oauth1*` options (in the order given) and whether its parameters
+/// go in the query. Errors name the option, never a secret.
+fn oauth1_scheme(opts: &[(&'static str, String)]) -> Result<(tower_auth::oauth1::OAuth1, bool), String> {
+    use tower_auth::oauth1::{OAuth1, Placement, SignatureMethod};
+    let creds = opts.iter().rev().find(|(o, _)| *o == "--oauth1").map(|(_, v)| v.as_str());
+    let creds =
+        creds.ok_or("the --oauth1-* options need --oauth1 CONSUMER_KEY:CONSUMER_SECRET[:TOKEN:TOKEN_SECRET]")?;
+    let parts: Vec<&str> = creds.split(':').collect();
+    let mut b = match parts[..] {
+        [key, secret] => OAuth1::builder(key, secret),
+        [key, secret, token, token_secret] => OAuth1::builder(key, secret).token(token, token_secret),
+        _ => return Err("--oauth1: expected CONSUMER_KEY:CONSUMER_SECRET[:TOKEN:TOKEN_SECRET]".into()),
+    };
+    let mut query = false;
+    for (option, value) in opts {
+        b = match *option {
+            "--oauth1-method" => b.method(value.parse::<SignatureMethod>().map_err(|e| config(option, e))?),
+            "--oauth1-key" => {
+                let pem =
+                    std::fs::read_to_string(value).map_err(|e| format!("{option}: cannot read {value:?}: {e}"))?;
+                b.rsa_key_pem(pem)
+            }
+            "--oauth1-realm" => b.realm(value),
+            "--oauth1-body-hash" => b.body_hash(true),
+            "--oauth1-in" => {
+                let placement = value.parse::<Placement>().map_err(|e| config(option, e))?;
+                query = placement == Placement::Query;
+                b.placement(placement)
+            }
+            _ => b,
+        };
+    }
+    Ok((b.build().map_err(|e| config("--oauth1", e))?, query))
+}
+
 /// Parses the arguments: `None` for `--help`. An error is the message after `fetch: `; it never
 /// contains a secret.
 fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
@@ -291,6 +338,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut netrc_from: Option<Box<NetrcAuth>> = None;
     let mut oauth: Option<OAuthOpts> = None;
     let mut rate: Option<f64> = None;
+    let mut oauth1: Vec<(&'static str, String)> = Vec::new();
 
     let mut args = args.into_iter();
     let mut only_positional = false;
@@ -358,6 +406,12 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--redirect-port" => "--redirect-port",
             "--oauth2-device" => "--oauth2-device",
             "--oauth2-implicit" => "--oauth2-implicit",
+            "--oauth1" => "--oauth1",
+            "--oauth1-method" => "--oauth1-method",
+            "--oauth1-key" => "--oauth1-key",
+            "--oauth1-realm" => "--oauth1-realm",
+            "--oauth1-body-hash" => "--oauth1-body-hash",
+            "--oauth1-in" => "--oauth1-in",
             "-v" | "--verbose" => "--verbose",
             "-h" | "--help" => "--help",
             // Only the name: what follows `=` could be a secret.
@@ -375,6 +429,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 | "--location"
                 | "--verbose"
                 | "--pkce"
+                | "--oauth1-body-hash"
                 | "--help"
         );
         if flag {
@@ -393,6 +448,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 "--pkce" => {
                     oauth.get_or_insert_with(OAuthOpts::default);
                 }
+                "--oauth1-body-hash" => oauth1.push((canonical, String::new())),
                 "--netrc" => {
                     let netrc = NetrcAuth::from_default_location().map_err(|e| config(canonical, e))?;
                     netrc_from = Some(Box::new(netrc));
@@ -513,6 +569,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 }
                 rate = Some(r);
             }
+            o if o.starts_with("--oauth1") => oauth1.push((o, value)),
             "--count" => count = positive(canonical, &value)?,
             "--concurrency" => concurrency = positive(canonical, &value)?,
             other => return Err(format!("{other}: this option is not handled (a bug in fetch: please report it)")),
@@ -551,6 +608,17 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         if authz_from == "--bearer" {
             return Err("--bearer and OAuth2 both set Authorization: give one".into());
         }
+    }
+    if !oauth1.is_empty() {
+        if oauth.is_some() || !authz_from.is_empty() || user.is_some() || creds.routes.is_some() {
+            return Err("--oauth1 signs alone: not with --user, --bearer, --auth-for or OAuth2".into());
+        }
+        let (scheme, query) = oauth1_scheme(&oauth1)?;
+        if query {
+            // PLAINTEXT's signature is the secrets: never in a log line.
+            creds.key_queries.push("oauth_signature".into());
+        }
+        creds.oauth1 = Some(scheme);
     }
     creds.oauth2 = oauth;
     if let Some((u, p)) = user {
@@ -899,6 +967,10 @@ fn build_with<C: Connect + Clone + Send + Sync + 'static>(
     connector: C,
 ) -> Svc {
     let statics = Statics(creds.statics);
+    if let Some(oauth1) = creds.oauth1 {
+        // Signed last of all: OAuth1 signs the query an API key may have added.
+        return finish(AllOf::new(statics, oauth1), count, connector);
+    }
     if let Some(oauth) = oauth {
         // The OAuth2 token first, then everything else, erased to one type.
         let rest = match (creds.routes, creds.digest, creds.proxy_digest) {

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_auth::digest::{Algorithm, Qop};
-use tower_auth::testing::{DigestCheck, RequireLayer, Stats, TestServer};
+use tower_auth::testing::{DigestCheck, OAuth1Check, RequireLayer, Stats, TestServer};
 use tower_auth::{AllOf, ApiKey, AuthLayer, Basic, Bearer, HeaderCredential};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
@@ -86,6 +86,7 @@ async fn main() -> Result<(), BoxError> {
     let sha512 = digest_check(&[Algorithm::Sha512_256, Algorithm::Sha256, Algorithm::Md5], Qop::Auth);
     let auth_int = digest_check(&[Algorithm::Sha256], Qop::AuthInt);
     let stale = RequireLayer::new(DigestCheck::new("tour").user("alice", "s3cret").stale_after(2));
+    let oauth1 = RequireLayer::new(OAuth1Check::new("tour-app", "app-s3cret").token("tour-user", "user-s3cret"));
 
     let ok = || async { "ok" };
     let app = Router::new()
@@ -100,6 +101,7 @@ async fn main() -> Result<(), BoxError> {
         .route("/digest-sha512-256", post(ok).route_layer(sha512.clone()))
         .route("/digest-auth-int", post(ok).route_layer(auth_int.clone()))
         .route("/digest-stale", post(ok).route_layer(stale.clone()))
+        .route("/oauth1", post(ok).route_layer(oauth1.clone()))
         .route("/health", get(ok));
     let server = TestServer::start(app).await?;
 
@@ -126,6 +128,21 @@ async fn main() -> Result<(), BoxError> {
         1
     );
     case!(rows, server, &bearer.stats(), "Bearer", "/bearer", AuthLayer::bearer("t0ken")?, StatusCode::OK, 1);
+    let oauth1_signer = tower_auth::oauth1::OAuth1::builder("tour-app", "app-s3cret")
+        .token("tour-user", "user-s3cret")
+        .method(tower_auth::oauth1::SignatureMethod::HmacSha256)
+        .body_hash(true)
+        .build()?;
+    case!(
+        rows,
+        server,
+        &oauth1.stats(),
+        "OAuth1 HMAC-SHA256, body hash",
+        "/oauth1",
+        AuthLayer::new(oauth1_signer),
+        StatusCode::OK,
+        1
+    );
     case!(rows, server, &key.stats(), "API key (header)", "/api-key", AuthLayer::api_key("k3y")?, StatusCode::OK, 1);
     case!(
         rows,

@@ -285,6 +285,10 @@ pub struct AuthRequest<'a> {
     parts: &'a mut Parts,
     body: BodyView<'a>,
     attempt: u32,
+    /// Whether the engine can send a replacement body ([`AuthRequest::replace_body`]).
+    replaceable: bool,
+    /// The body to send instead of the caller's, set by the scheme.
+    replacement: Option<Bytes>,
 }
 
 /// The request body as a scheme can see it.
@@ -311,7 +315,13 @@ impl<'a> AuthRequest<'a> {
     /// assert_eq!(parts.headers["authorization"], "Basic YWxpY2U6czNjcmV0");
     /// ```
     pub fn new(parts: &'a mut Parts, body: BodyView<'a>, attempt: u32) -> Self {
-        AuthRequest { parts, body, attempt }
+        AuthRequest { parts, body, attempt, replaceable: true, replacement: None }
+    }
+
+    /// A request whose body the engine can replace only for schemes that replay (their body is
+    /// a [`ReplayBody`](crate::ReplayBody), which can carry bytes of the scheme's own).
+    pub(crate) fn engine(parts: &'a mut Parts, body: BodyView<'a>, attempt: u32, replaceable: bool) -> Self {
+        AuthRequest { parts, body, attempt, replaceable, replacement: None }
     }
 
     /// The request method.
@@ -357,6 +367,46 @@ impl<'a> AuthRequest<'a> {
     /// 0 for the first exchange, 1 for the first retry, and so on.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// Sends `body` instead of the caller's body on this exchange (OAuth 1.0a's parameters in
+    /// a form body), and sets `Content-Length` to its length. The caller's body must be one the
+    /// scheme has read whole ([`BodyView::Buffered`] or [`BodyView::Empty`]): the replacement
+    /// usually extends it.
+    ///
+    /// Only schemes of a replaying mode ([`Replay`](crate::Replay), [`Flow`](crate::engine::Flow))
+    /// can replace the body: the wrapped service then receives a
+    /// [`ReplayBody`](crate::ReplayBody) holding these bytes. For a [`Once`] scheme (whose
+    /// wrapped service takes the caller's own body type) nothing changes and this returns
+    /// `false`: the scheme must then fail rather than send a request without what it decided.
+    /// A retry authorises the caller's request anew, so the scheme replaces the body again.
+    ///
+    /// ```
+    /// use tower_auth::{AuthRequest, BodyView};
+    ///
+    /// let (mut parts, ()) = http::Request::post("https://example.com/").body(()).unwrap().into_parts();
+    /// let mut req = AuthRequest::new(&mut parts, BodyView::Empty, 0);
+    /// assert!(req.replace_body(bytes::Bytes::from_static(b"a=1")));
+    /// assert_eq!(req.replaced_body().unwrap(), "a=1");
+    /// assert_eq!(parts.headers["content-length"], "3");
+    /// ```
+    pub fn replace_body(&mut self, body: Bytes) -> bool {
+        if !self.replaceable {
+            return false;
+        }
+        self.parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        self.replacement = Some(body);
+        true
+    }
+
+    /// The body set by [`replace_body`](AuthRequest::replace_body), if any.
+    pub fn replaced_body(&self) -> Option<&Bytes> {
+        self.replacement.as_ref()
+    }
+
+    /// Takes the replacement body (the engine, once the scheme is done).
+    pub(crate) fn take_replacement(&mut self) -> Option<Bytes> {
+        self.replacement.take()
     }
 }
 

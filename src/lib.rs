@@ -65,6 +65,7 @@
 //! | netrc (opt-in) | [`NetrcAuth`] | [`AuthLayer::netrc`] | done |
 //! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
 //! | any scheme behind one type | [`BoxAuthenticator`] | [`AuthLayer::new`] | done |
+//! | OAuth 1.0a request signing (RFC 5849): HMAC-SHA1/256/512, RSA-SHA1/256/512, PLAINTEXT, body hash; header, query or form body | [`oauth1::OAuth1`], [`oauth1::OAuth1Session`] (three-legged dance) | [`AuthLayer::new`] | done (feature `oauth1`) |
 //! | OAuth2 for services: client credentials, password, refresh; a token refreshed in the background, shared lock-free | [`oauth2::OAuth2`], [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done |
 //! | OAuth2 for people: authorization code with PKCE, implicit, device code; presets | [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done (feature `oauth2-browser` for the browser flows) |
 //!
@@ -111,6 +112,9 @@ pub mod digest;
 pub mod engine;
 mod header;
 pub mod netrc;
+#[cfg(feature = "oauth1")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth1")))]
+pub mod oauth1;
 #[cfg(feature = "oauth2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
 pub mod oauth2;

@@ -683,3 +683,61 @@ async fn an_observing_scheme_that_needs_no_request_head_is_shown_method_and_uri_
         assert_eq!(*probe.seen.lock().unwrap(), [("https://api.example/x?q=1".to_owned(), headers)]);
     }
 }
+
+/// `AuthRequest::replace_body`: a replaying scheme sends a body of its own (after reading the
+/// caller's, asked for with `NeedBody`), with its `Content-Length`; a retry starts again from
+/// the caller's body; a `Once` scheme cannot replace it and is told so.
+#[tokio::test]
+async fn a_replaying_scheme_can_replace_the_body_a_once_scheme_cannot() {
+    struct Appends<M>(std::marker::PhantomData<fn() -> M>);
+    impl<M: tower_auth::engine::BodyMode> Authenticator for Appends<M> {
+        type Mode = M;
+        type Error = Infallible;
+        type State = ();
+        type Wait = NoWait<Infallible>;
+        fn authorize(&self, req: &mut AuthRequest<'_>, _: &mut ()) -> Result<Authorize<Self::Wait>, Infallible> {
+            let mut body = match req.body() {
+                BodyView::Buffered(chunks) => chunks.concat(),
+                BodyView::Empty => Vec::new(),
+                BodyView::Unavailable if M::REPLAY => return Ok(Authorize::NeedBody),
+                BodyView::Unavailable => Vec::new(),
+            };
+            body.extend_from_slice(format!("&attempt={}", req.attempt()).as_bytes());
+            let replaced = req.replace_body(Bytes::from(body));
+            req.headers_mut().insert("x-replaced", HeaderValue::from_static(if replaced { "yes" } else { "no" }));
+            Ok(Authorize::Done)
+        }
+        fn on_response(&self, _: &http::request::Parts, res: &http::response::Parts, _: &mut ()) -> Action {
+            if res.status == StatusCode::UNAUTHORIZED { Action::Retry } else { Action::Done }
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let inner = tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+        let record = record.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let first = record.lock().unwrap().is_empty();
+            record.lock().unwrap().push((parts.headers["content-length"].clone(), body));
+            let status = if first { 401 } else { 200 };
+            Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+        }
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(Appends::<Replay>(Default::default()))).service(inner);
+    let res = svc.oneshot(Request::post("http://x/").body(Full::new(Bytes::from_static(b"a=1"))).unwrap()).await;
+    assert_eq!(res.unwrap().status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], (HeaderValue::from_static("13"), Bytes::from_static(b"a=1&attempt=0")));
+    assert_eq!(seen[1], (HeaderValue::from_static("13"), Bytes::from_static(b"a=1&attempt=1")));
+
+    let once = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        assert_eq!(req.headers()["x-replaced"], "no");
+        assert!(!req.headers().contains_key("content-length"));
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Ok::<_, Infallible>(Response::new(String::from_utf8(body.to_vec()).unwrap()))
+    });
+    let svc = ServiceBuilder::new().layer(AuthLayer::new(Appends::<Once>(Default::default()))).service(once);
+    let res = svc.oneshot(Request::post("http://x/").body(Full::new(Bytes::from_static(b"a=1"))).unwrap()).await;
+    assert_eq!(res.unwrap().into_body(), "a=1");
+}

@@ -5,16 +5,18 @@
 
 use std::convert::Infallible;
 use std::fs;
-use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod support;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
+use support::captured;
 use tower_auth::Secret;
 use tower_auth::oauth2::{FileStore, FileStoreError, StoredToken, TokenProvider};
 
@@ -64,31 +66,6 @@ fn assert_no_token(e: &dyn std::fmt::Debug, text: &str) {
         assert!(!text.contains(secret), "{text}");
         assert!(!debug.contains(secret), "{debug}");
     }
-}
-
-/// Log lines written while `f` runs on this thread.
-fn captured<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    (out, logs)
 }
 
 fn tmp() -> (tempfile::TempDir, PathBuf) {

@@ -485,10 +485,15 @@ where
                         Some(chunks) => BodyView::Buffered(chunks),
                         None => BodyView::Unavailable,
                     };
-                    let decision =
-                        ctx.auth.authorize(&mut AuthRequest::new(&mut parts, view, ctx.attempt), &mut ctx.state);
+                    let mut req = AuthRequest::engine(&mut parts, view, ctx.attempt, <A::Mode as BodyMode>::REPLAY);
+                    let decision = ctx.auth.authorize(&mut req, &mut ctx.state);
+                    let replacement = req.take_replacement();
                     match decision {
                         Ok(Authorize::Done) => {
+                            // A body of the scheme's own replaces the caller's on this exchange.
+                            if let Some(body) = replacement.and_then(A::Mode::replaced) {
+                                ctx.next_body = Some(body);
+                            }
                             ctx.pending = Some(parts);
                             State::Ready
                         }

@@ -272,7 +272,7 @@ where
                 true => Some(future::bare_parts(&parts)),
             };
             let view = if body.is_end_stream() { BodyView::Empty } else { BodyView::Unavailable };
-            match self.auth.authorize(&mut AuthRequest::new(&mut parts, view, 0), &mut state) {
+            match self.auth.authorize(&mut AuthRequest::engine(&mut parts, view, 0, false), &mut state) {
                 Ok(Authorize::Done) | Ok(Authorize::NeedBody) => {
                     let (body, _) = A::Mode::first(body, 0);
                     let fut = self.inner.call(Request::from_parts(parts, body));

@@ -56,6 +56,10 @@ pub trait BodyMode: sealed::Sealed + FitsIn<Flow> + Send + Sync + 'static {
         B: http_body::Body + Send + 'static;
     /// A body for another exchange, if this mode replays.
     fn again<B>(replay: &ReplayBody<B>) -> Option<Self::Body<B>>;
+    /// The body a scheme put in place of the caller's
+    /// ([`AuthRequest::replace_body`](crate::AuthRequest::replace_body)), if this mode can carry
+    /// one (the replaying modes).
+    fn replaced<B>(bytes: Bytes) -> Option<Self::Body<B>>;
 }
 
 /// [`BodyMode`] of schemes that never retry: the body passes through unchanged.
@@ -113,6 +117,9 @@ impl BodyMode for Once {
     fn again<B>(_replay: &ReplayBody<B>) -> Option<B> {
         None
     }
+    fn replaced<B>(_: Bytes) -> Option<B> {
+        None
+    }
 }
 
 impl BodyMode for Replay {
@@ -129,6 +136,9 @@ impl BodyMode for Replay {
     }
     fn again<B>(replay: &ReplayBody<B>) -> Option<ReplayBody<B>> {
         Some(replay.clone_for_replay())
+    }
+    fn replaced<B>(bytes: Bytes) -> Option<ReplayBody<B>> {
+        Some(ReplayBody::from_bytes(bytes))
     }
 }
 
@@ -161,6 +171,9 @@ impl BodyMode for Flow {
     }
     fn again<B>(replay: &ReplayBody<B>) -> Option<ReplayBody<B>> {
         Replay::again(replay)
+    }
+    fn replaced<B>(bytes: Bytes) -> Option<ReplayBody<B>> {
+        Replay::replaced(bytes)
     }
 }
 

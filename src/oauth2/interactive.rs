@@ -254,21 +254,11 @@ impl CodeFlow {
         result: oneshot::Receiver<Result<T, Failure>>,
         server: Server,
     ) -> Result<T, Failure> {
-        let (browser, shown) = (Arc::clone(&self.browser), url.to_string());
-        let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
-            .await
-            .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
-        if let Err(e) = opened {
-            tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
-            eprintln!("Open this URL in a browser to authorise the application:\n{url}");
+        match show_and_wait(Arc::clone(&self.browser), url.as_str(), self.timeout, result, server).await {
+            Some(Some(outcome)) => outcome,
+            Some(None) => Err(Failure::NoCode),
+            None => Err(Failure::Timeout(self.timeout)),
         }
-        let outcome = match tokio::time::timeout(self.timeout, result).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Failure::NoCode),
-            Err(_) => Err(Failure::Timeout(self.timeout)),
-        };
-        server.stop().await;
-        outcome
     }
 
     /// Runs one implicit authorisation: the answer's fields (`access_token`, `id_token`,
@@ -374,7 +364,7 @@ fn random_token() -> String {
 }
 
 /// Equality that takes the same time wherever the first difference is.
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -394,7 +384,7 @@ pub(crate) fn escape_html(text: &str) -> String {
     out
 }
 
-fn page(title: &str, text: &str) -> Html<String> {
+pub(crate) fn page(title: &str, text: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title></head><body><h1>{}</h1><p>{}</p></body></html>",
         escape_html(title),
@@ -499,8 +489,37 @@ fn not_found_page() -> (StatusCode, Html<String>) {
     (StatusCode::NOT_FOUND, page("Not found", "This is an OAuth2 redirect listener."))
 }
 
+/// Opens `url` in `browser` (off the runtime; printed on stderr if it cannot be opened), waits
+/// at most `timeout` for the listener's outcome, and always stops the listener. `None` when the
+/// time ran out, `Some(None)` when the listener went away without an outcome. Shared by the
+/// OAuth2 flows and OAuth1's three-legged dance.
+pub(crate) async fn show_and_wait<T>(
+    browser: Arc<dyn Browser>,
+    url: &str,
+    timeout: Duration,
+    result: oneshot::Receiver<T>,
+    server: Server,
+) -> Option<Option<T>> {
+    let shown = url.to_owned();
+    let opened = tokio::task::spawn_blocking(move || browser.open(&shown))
+        .await
+        .unwrap_or_else(|e| Err(format!("the browser opener panicked: {e}").into()));
+    if let Err(e) = opened {
+        tracing::warn!(error = %e, "no browser could be opened; the URL is printed on stderr");
+        eprintln!("Open this URL in a browser to authorise the application:\n{url}");
+    }
+    let outcome = tokio::time::timeout(timeout, result).await.ok().map(Result::ok);
+    server.stop().await;
+    outcome
+}
+
+/// Serves `app` on every listener until the returned [`Server`] is stopped.
+pub(crate) fn serve(listeners: Vec<tokio::net::TcpListener>, app: axum::Router) -> Server {
+    Server::spawn(listeners, app)
+}
+
 /// The listener's servers (one per bound address), stopped together.
-struct Server {
+pub(crate) struct Server {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -558,7 +577,7 @@ fn judge(w: &Waiting, q: &std::collections::HashMap<String, String>) -> Result<S
 
 /// Binds the first usable port of `ports` on the loopback address(es) `host` names; the
 /// listeners and the port.
-async fn bind(ports: &[u16], host: RedirectHost) -> Result<(Vec<tokio::net::TcpListener>, u16), Failure> {
+pub(crate) async fn bind(ports: &[u16], host: RedirectHost) -> Result<(Vec<tokio::net::TcpListener>, u16), Failure> {
     use tokio::net::TcpListener;
     let v4 = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));

@@ -93,7 +93,7 @@ mod endpoint;
 #[cfg(unix)]
 mod file_store;
 #[cfg(feature = "oauth2-browser")]
-mod interactive;
+pub(crate) mod interactive;
 pub mod presets;
 
 /// The wall clock that moves with tokio's clock (for the `testing` helpers).

@@ -48,6 +48,11 @@ mod digest;
 #[cfg(feature = "oauth2")]
 pub use browser::{BrowserMock, ScriptedReply};
 pub use digest::DigestCheck;
+#[cfg(feature = "oauth1")]
+mod oauth1;
+#[cfg(feature = "oauth1")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth1")))]
+pub use oauth1::OAuth1Check;
 pub mod idp;
 #[cfg(feature = "oauth2")]
 pub mod token;

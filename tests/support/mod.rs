@@ -36,3 +36,56 @@ impl<S: Service<R>, R> Service<R> for Counting<S> {
         self.inner.call(req)
     }
 }
+
+/// Log text written by a `tracing_subscriber::fmt` subscriber.
+#[derive(Clone, Default)]
+pub struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+    }
+}
+
+/// Everything `tracing` logs at every level while `f` runs on this thread, as text: for tests
+/// that check no secret reaches a log line.
+pub fn captured<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let buf = LogBuf::default();
+    let out = tracing::subscriber::with_default(buf.subscriber(), f);
+    (out, buf.text())
+}
+
+/// Everything `tracing` logs at every level, on every thread, from the first call on: the
+/// process's global subscriber (a thread's own, as [`captured`] sets, can miss events when
+/// other test threads log at the same time: tracing caches per call site whether anyone
+/// listens).
+pub fn global_logs() -> LogBuf {
+    static GLOBAL: std::sync::OnceLock<LogBuf> = std::sync::OnceLock::new();
+    GLOBAL
+        .get_or_init(|| {
+            let buf = LogBuf::default();
+            tracing::subscriber::set_global_default(buf.subscriber()).expect("no global subscriber yet");
+            buf
+        })
+        .clone()
+}

@@ -18,6 +18,9 @@
 //! What it serves (paths, realms, users `alice`/`s3cret` and `bob`/`hunter2`)
 //! is described at the top of `tests/peers/apache.sh`.
 //!
+//! The oauthlib OAuth 1.0a verifier works the same way with `tests/peers/oauthlib.sh`,
+//! `target/peers/oauthlib` and `TOWER_AUTH_OAUTHLIB_URL`.
+//!
 //! Glewlwyd works the same way with `tests/peers/glewlwyd.sh`,
 //! `target/peers/glewlwyd` and the `TOWER_AUTH_GLEWLWYD_*` env vars (all of
 //! them or none); what it is configured with (clients, user, scope, token
@@ -207,27 +210,7 @@ fn find_glewlwyd() -> Result<Glewlwyd, String> {
          a running instance",
         manifest = manifest_dir.display(),
     );
-    let pid = std::process::id().to_string();
-    release_at_exit(manifest_dir, script, dir, &pid)
-        .map_err(|e| format!("Glewlwyd peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
-    let output = Command::new("bash")
-        .arg(script)
-        .arg("acquire")
-        .arg(dir)
-        .arg(&pid)
-        .current_dir(manifest_dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("Glewlwyd peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        return Err(format!(
-            "Glewlwyd peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
-            status = output.status,
-            stderr = with_newline(stderr.trim_end()),
-        ));
-    }
+    let (pid, stdout, stderr) = acquire("Glewlwyd", manifest_dir, script, dir, &fix)?;
     // The lines hold secrets: on a parse error, name the keys, not the values.
     parse_glewlwyd_env(&stdout).map_err(|e| {
         let keys: Vec<&str> = stdout.lines().map(|l| l.split_once('=').map_or(l, |(k, _)| k)).collect();
@@ -290,6 +273,50 @@ fn parse_glewlwyd_env(text: &str) -> Result<Glewlwyd, String> {
                 .collect::<Result<Vec<u16>, String>>()?
         },
     })
+}
+
+/// Env var holding the oauthlib OAuth 1.0a verifier's URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code, unreachable_pub)]
+pub const OAUTHLIB_URL_VAR: &str = "TOWER_AUTH_OAUTHLIB_URL";
+
+/// The oauthlib OAuth 1.0a verifier (`tests/peers/oauthlib_verifier.py`, Debian's
+/// `python3-oauthlib` behind a small `http.server` front end): its URL, from
+/// `TOWER_AUTH_OAUTHLIB_URL` if set, otherwise acquired (once per process) with
+/// `tests/peers/oauthlib.sh acquire target/peers/oauthlib PID` and released when the process
+/// exits. What it serves and the credentials it knows are described at the top of
+/// `tests/peers/oauthlib_verifier.py`.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when it cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn oauthlib() -> Option<&'static str> {
+    static OAUTHLIB: OnceLock<Result<String, String>> = OnceLock::new();
+    match OAUTHLIB.get_or_init(find_oauthlib) {
+        Ok(url) => Some(url),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn find_oauthlib() -> Result<String, String> {
+    if let Some(url) = std::env::var(OAUTHLIB_URL_VAR).ok().filter(|v| !v.trim().is_empty()) {
+        return Ok(trim_url(&url));
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/oauthlib.sh";
+    let dir = "target/peers/oauthlib";
+    let fix = format!(
+        "to fix: `apt-get install python3-oauthlib python3-jwt python3-cryptography`, then check \
+         `{script} start {dir}` by hand in {manifest}, or set {OAUTHLIB_URL_VAR} to a running instance",
+        manifest = manifest_dir.display(),
+    );
+    let (_, stdout, _) = acquire("oauthlib", manifest_dir, script, dir, &fix)?;
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TOWER_AUTH_OAUTHLIB_URL="))
+        .filter(|url| url.starts_with("http://127.0.0.1:"))
+        .map(trim_url)
+        .ok_or_else(|| format!("oauthlib peer unavailable: `{script} acquire` printed {stdout:?}; {fix}"))
 }
 
 /// Env var holding the `node_modules` directory with puppeteer-core, printed by
@@ -416,11 +443,31 @@ fn find_apache() -> Result<Apache, String> {
          {APACHE_PROXY_BASIC_URL_VAR} and {APACHE_PROXY_DIGEST_URL_VAR} to a running instance",
         manifest = manifest_dir.display(),
     );
+    let (pid, stdout, stderr) = acquire("Apache", manifest_dir, script, dir, &fix)?;
+    parse_env_lines(&stdout).map_err(|e| {
+        format!(
+            "Apache peer unavailable: `{script} acquire {dir} {pid}` printed unexpected output ({e}):\n\
+             stdout:\n{stdout}stderr:\n{stderr}{fix}"
+        )
+    })
+}
+
+/// Runs `SCRIPT acquire DIR PID` for this process, after starting the watcher that releases
+/// the peer when the process exits: this process's id, and the script's stdout and stderr.
+/// An error names the peer and says how to fix it.
+#[allow(dead_code)]
+fn acquire(
+    peer: &str,
+    manifest_dir: &Path,
+    script: &str,
+    dir: &str,
+    fix: &str,
+) -> Result<(String, String, String), String> {
     let pid = std::process::id().to_string();
     // The watcher first, so that whatever `acquire` registers is released even if this process
     // dies while `acquire` runs.
     release_at_exit(manifest_dir, script, dir, &pid)
-        .map_err(|e| format!("Apache peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
+        .map_err(|e| format!("{peer} peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
     let output = Command::new("bash")
         .arg(script)
         .arg("acquire")
@@ -429,22 +476,17 @@ fn find_apache() -> Result<Apache, String> {
         .current_dir(manifest_dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("Apache peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .map_err(|e| format!("{peer} peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
         return Err(format!(
-            "Apache peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
+            "{peer} peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
             status = output.status,
             stderr = with_newline(stderr.trim_end()),
         ));
     }
-    parse_env_lines(&stdout).map_err(|e| {
-        format!(
-            "Apache peer unavailable: `{script} acquire {dir} {pid}` printed unexpected output ({e}):\n\
-             stdout:\n{stdout}stderr:\n{stderr}{fix}"
-        )
-    })
+    Ok((pid, stdout, stderr))
 }
 
 /// Starts `apache.sh release-on-eof DIR PID` with its stdin a pipe whose
