@@ -58,7 +58,7 @@
 #     secret stored as is), scope scope1, grants client_credentials,
 #     password, refresh_token, code, token, id_token, token_endpoint_auth_method
 #     client_secret_basic and client_secret_post, redirect URIs
-#     http://127.0.0.1:P/ for P in REDIRECT_PORTS (47123 to 47126; Glewlwyd
+#     http://127.0.0.1:P/ for P in REDIRECT_PORTS (28123 to 28126; Glewlwyd
 #     compares redirect_uri as an exact string, no RFC 8252 port wildcard);
 #   - public client `tower-public` (no secret), scopes scope1 and openid,
 #     grants code, refresh_token, token, id_token, the same redirect URIs;
@@ -93,7 +93,7 @@
 #   TOWER_AUTH_GLEWLWYD_PASSWORD=s3cret
 #   TOWER_AUTH_GLEWLWYD_AUTH_URL=http://127.0.0.1:PORT/api/oidc/auth
 #   TOWER_AUTH_GLEWLWYD_PUBLIC_CLIENT_ID=tower-public
-#   TOWER_AUTH_GLEWLWYD_REDIRECT_PORTS=47123,47124,47125,47126
+#   TOWER_AUTH_GLEWLWYD_REDIRECT_PORTS=28123,28124,28125,28126
 #
 # What Glewlwyd 2.7.5 answers on POST {TOKEN_URL} (form body), checked by
 # hand and by tests/peers_glewlwyd.rs. Errors are NOT always RFC 6749 §5.2:
@@ -161,8 +161,10 @@ readonly PUBLIC_CLIENT_ID=tower-public
 # The loopback redirect URIs registered for the interactive grants. Glewlwyd
 # compares redirect_uri as an exact string (no RFC 8252 §7.3 port wildcard),
 # so the tests listen on one of these fixed ports (the crate's fallback ports
-# take the next one when a port is busy).
-readonly REDIRECT_PORTS="47123 47124 47125 47126"
+# take the next one when a port is busy). They lie below the kernel's
+# ephemeral range (32768-60999 here), so no outgoing connection's local port
+# can hold one of them (seen in CI with 47126: "Address already in use").
+readonly REDIRECT_PORTS="28123 28124 28125 28126"
 readonly SHORT_TOKEN_LIFETIME=5
 
 die() {
