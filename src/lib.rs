@@ -104,7 +104,11 @@ pub mod challenge;
 pub mod combine;
 #[cfg(feature = "connector")]
 #[cfg_attr(docsrs, doc(cfg(feature = "connector")))]
-pub mod connector;
+pub mod connect;
+/// The first name of [`connect`], kept so that `tower_auth::connector::ForwardProxy` still works.
+#[cfg(feature = "connector")]
+#[cfg_attr(docsrs, doc(cfg(feature = "connector")))]
+pub use connect as connector;
 #[cfg(feature = "digest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
 pub mod digest;
