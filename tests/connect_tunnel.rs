@@ -37,7 +37,11 @@ struct Origin {
 }
 
 async fn origin() -> Origin {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]).unwrap();
+    origin_for(&["localhost", "127.0.0.1"]).await
+}
+
+async fn origin_for(names: &[&str]) -> Origin {
+    let pki = TestPki::new(names).unwrap();
     let leaked = Arc::new(AtomicU64::new(0));
     let seen = Arc::clone(&leaked);
     let app = Router::new().route(
@@ -294,10 +298,11 @@ async fn an_origin_certificate_from_an_unknown_ca_or_for_another_name_fails_insi
         let client: Https = Client::builder(TokioExecutor::new()).build(tls.https(connector).unwrap());
         let err = fetch(&client, &o.server.url("/")).await.unwrap_err();
         assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
-        // The right CA, another name.
+        // The right CA, a certificate for another name (localhost only, asked for 127.0.0.1).
+        let o = origin_for(&["localhost"]).await;
         let connector = ProxyConnector::new(Proxies::all(Proxy::parse(&proxy.url()).unwrap()));
         let client: Https = Client::builder(TokioExecutor::new()).build(self::tls(&o).https(connector).unwrap());
-        let url = format!("https://127.0.0.2:{}/", o.server.addr().port());
+        let url = o.server.url("/");
         let err = fetch(&client, &url).await.unwrap_err();
         assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
     })
