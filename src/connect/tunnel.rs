@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, PROXY_AUTHENTICATE};
+use http::header::{CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -88,6 +88,7 @@ pub(super) async fn connect(
         send.ready()
             .await
             .map_err(|e| err(Kind::Closed, "before the CONNECT").with_exchanges(exchanges).with_source(e))?;
+        let sent_credentials = parts.headers.contains_key(PROXY_AUTHORIZATION);
         exchanges += 1;
         connector.exchanges.fetch_add(1, Ordering::Relaxed);
         let res = send.send_request(Request::from_parts(parts, Empty::new())).await.map_err(|e| {
@@ -118,7 +119,7 @@ pub(super) async fn connect(
                 && challenge::parse_headers(&res_parts.headers, PROXY_AUTHENTICATE).is_empty()
             {
                 "malformed Proxy-Authenticate: no challenge could be parsed".to_owned()
-            } else if exchanges > 1 {
+            } else if sent_credentials {
                 "the proxy refused the credentials".to_owned()
             } else {
                 "no Proxy-Authenticate challenge this scheme can answer".to_owned()
