@@ -422,7 +422,8 @@ async fn https_rows(rows: &mut Vec<Row>) -> Result<(), BoxError> {
     let pki = TestPki::new(&["127.0.0.1"])?;
     let bearer = RequireLayer::bearer("tour", "t0ken");
     let stats = bearer.stats();
-    let server = TlsServer::start(&pki, Router::new().route("/tls", get(|| async { "over TLS" })).route_layer(bearer)).await?;
+    let server =
+        TlsServer::start(&pki, Router::new().route("/tls", get(|| async { "over TLS" })).route_layer(bearer)).await?;
     let tls = TlsConfig::new().roots(Roots::None).add_ca_pem(pki.ca_pem().as_bytes())?;
     let proxy = TestProxy::builder().check(DigestCheck::new("corp").user("alice", "pr0xy").proxy(true)).start().await?;
     let cases = [

@@ -91,8 +91,10 @@ fn no_secret(text: &str) {
 async fn basic_on_connect_pre_emptively_then_tls_inside_the_tunnel() {
     tokio::time::timeout(BOUND, async {
         let o = origin().await;
-        let proxy = TestProxy::builder().check(BasicCheck::new("corp").user("alice", PASS).proxy(true)).start().await.unwrap();
-        let (client, connector) = https_client(&o, Proxy::parse(&proxy.url()).unwrap().auth(Basic::proxy("alice", PASS).unwrap()));
+        let proxy =
+            TestProxy::builder().check(BasicCheck::new("corp").user("alice", PASS).proxy(true)).start().await.unwrap();
+        let (client, connector) =
+            https_client(&o, Proxy::parse(&proxy.url()).unwrap().auth(Basic::proxy("alice", PASS).unwrap()));
         let (status, body) = fetch(&client, &o.server.url("/")).await.unwrap();
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body, "HTTP/2.0 authorization=-", "HTTP/2 by ALPN inside the tunnel");
@@ -138,7 +140,8 @@ async fn a_407_with_connection_close_is_answered_on_a_new_connection() {
             .start()
             .await
             .unwrap();
-        let (client, connector) = https_client(&o, Proxy::parse(&proxy.url()).unwrap().auth(Digest::proxy_guess("alice", PASS).unwrap()));
+        let (client, connector) =
+            https_client(&o, Proxy::parse(&proxy.url()).unwrap().auth(Digest::proxy_guess("alice", PASS).unwrap()));
         let (status, _) = fetch(&client, &o.server.url("/")).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(connector.connect_exchanges(), 2);
@@ -154,7 +157,8 @@ async fn origin_credentials_travel_inside_tls_and_proxy_credentials_stay_with_th
         let o = origin().await;
         let proxy =
             TestProxy::builder().check(DigestCheck::new("corp").user("alice", PASS).proxy(true)).start().await.unwrap();
-        let (client, _) = https_client(&o, Proxy::parse(&proxy.url()).unwrap().auth(Digest::proxy("alice", PASS).unwrap()));
+        let (client, _) =
+            https_client(&o, Proxy::parse(&proxy.url()).unwrap().auth(Digest::proxy("alice", PASS).unwrap()));
         // The origin's layer, and a proxy layer too: it must not add Proxy-Authorization to an
         // https:// request (it travels inside the tunnel).
         let svc = ServiceBuilder::new()
@@ -191,7 +195,10 @@ async fn credentials_from_the_proxy_url_with_at_signs() {
 }
 
 /// The error of a request through a proxy that misbehaves, with the number of CONNECTs sent.
-async fn failure(builder: tower_auth::testing::proxy::TestProxyBuilder, scheme: Option<Digest>) -> (String, u64, TestProxy) {
+async fn failure(
+    builder: tower_auth::testing::proxy::TestProxyBuilder,
+    scheme: Option<Digest>,
+) -> (String, u64, TestProxy) {
     let o = origin().await;
     let proxy = builder.start().await.unwrap();
     let mut p = Proxy::parse(&proxy.url()).unwrap();
@@ -228,7 +235,8 @@ async fn a_proxy_that_answers_407_forever_is_given_up_on() {
 async fn wrong_password_no_credentials_and_malformed_challenges_are_typed() {
     tokio::time::timeout(BOUND, async {
         let check = || DigestCheck::new("corp").user("alice", "other").proxy(true);
-        let (msg, n, _) = failure(TestProxy::builder().check(check()), Some(Digest::proxy("alice", PASS).unwrap())).await;
+        let (msg, n, _) =
+            failure(TestProxy::builder().check(check()), Some(Digest::proxy("alice", PASS).unwrap())).await;
         assert!(msg.contains("the proxy refused the credentials"), "{msg}");
         assert_eq!(n, 2);
         let (msg, n, _) = failure(TestProxy::builder().check(check()), None).await;
@@ -313,13 +321,11 @@ async fn an_origin_certificate_from_an_unknown_ca_or_for_another_name_fails_insi
 #[tokio::test]
 async fn plain_http_targets_go_in_absolute_form_with_the_layer_answering() {
     tokio::time::timeout(BOUND, async {
-        let proxy = TestProxy::builder()
-            .check(DigestCheck::new("corp").user("alice", PASS).proxy(true))
-            .start()
-            .await
-            .unwrap();
+        let proxy =
+            TestProxy::builder().check(DigestCheck::new("corp").user("alice", PASS).proxy(true)).start().await.unwrap();
         let connector = ProxyConnector::new(Proxies::all(Proxy::parse(&proxy.url()).unwrap()));
-        let client = Client::builder(TokioExecutor::new()).build::<_, tower_auth::ReplayBody<Empty<Bytes>>>(connector.clone());
+        let client =
+            Client::builder(TokioExecutor::new()).build::<_, tower_auth::ReplayBody<Empty<Bytes>>>(connector.clone());
         let svc = ServiceBuilder::new().layer(AuthLayer::proxy_digest("alice", PASS).unwrap()).service(client);
         let req = http::Request::get("http://internal.example/x").body(Empty::<Bytes>::new()).unwrap();
         let res = svc.oneshot(req).await.unwrap();

@@ -50,7 +50,11 @@ impl Run {
     fn summary(&self) -> HashMap<String, String> {
         let last = self.stderr.lines().last().unwrap_or_else(|| panic!("empty stderr: {self:?}"));
         assert!(last.starts_with("summary "), "{self:?}");
-        last["summary ".len()..].split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect()
+        last["summary ".len()..]
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
     }
 
     fn assert(&self, code: i32, statuses: &str, round_trips: u64) {
@@ -203,7 +207,8 @@ async fn https_through_a_proxy_with_digest_and_anyauth_on_connect() {
         // Concurrent requests: more tunnels, each pre-authorised (one CONNECT each).
         let proxy = digest_proxy().await;
         let run =
-            fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", &user, mode, "-n", "6", "-c", "3", &o.url()], &[]).await;
+            fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", &user, mode, "-n", "6", "-c", "3", &o.url()], &[])
+                .await;
         let tunnels = proxy.tunnels();
         assert_eq!(proxy.connects(), tunnels + 1, "one 407 in all, then one CONNECT per tunnel: {run:?}");
         run.assert(0, "200:6", 6 + tunnels + 1);
@@ -215,12 +220,18 @@ async fn https_through_a_proxy_with_digest_and_anyauth_on_connect() {
 async fn wrong_proxy_password_and_a_refusing_proxy_are_typed_errors() {
     let o = origin(&["localhost", "127.0.0.1"]).await;
     let proxy = digest_proxy().await;
-    let run = fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", "alice:wrong", "--proxy-digest", &o.url()], &[]).await;
+    let run =
+        fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", "alice:wrong", "--proxy-digest", &o.url()], &[]).await;
     // One request counted by the layer, two CONNECTs by the connector.
     run.assert(1, "err:1", 3);
-    let expected = format!("proxy authentication failed at {} (CONNECT {}, status 407, after 2 exchanges)", proxy.url(), o.server.addr());
+    let expected = format!(
+        "proxy authentication failed at {} (CONNECT {}, status 407, after 2 exchanges)",
+        proxy.url(),
+        o.server.addr()
+    );
     assert!(run.stderr.contains(&expected), "{run:?}");
-    let refusing = TestProxy::builder().misbehave(Misbehaviour::Refuse(http::StatusCode::FORBIDDEN)).start().await.unwrap();
+    let refusing =
+        TestProxy::builder().misbehave(Misbehaviour::Refuse(http::StatusCode::FORBIDDEN)).start().await.unwrap();
     let run = fetch(&["--cacert", o.ca(), "-x", &refusing.url(), &o.url()], &[]).await;
     run.assert(1, "err:1", 2);
     assert!(run.stderr.contains(&format!("tunnel refused by proxy {}", refusing.url())), "{run:?}");
@@ -296,13 +307,19 @@ async fn no_proxy_and_noproxy_send_targets_direct_without_proxy_credentials() {
     let before = proxy.connects();
     let run = fetch(&["--cacert", o.ca(), "--noproxy", "*", &o.url()], &[("HTTPS_PROXY", &env_url)]).await;
     run.assert(0, "200:1", 1);
-    let run = fetch(&["--cacert", o.ca(), "--noproxy", "127.0.0.1", &o.url()], &[("ALL_PROXY", &env_url), ("NO_PROXY", "x")]).await;
+    let run =
+        fetch(&["--cacert", o.ca(), "--noproxy", "127.0.0.1", &o.url()], &[("ALL_PROXY", &env_url), ("NO_PROXY", "x")])
+            .await;
     run.assert(0, "200:1", 1);
     assert_eq!(proxy.connects(), before);
     o.assert_no_leak();
     // A plain-http URL that bypasses the proxy gets no Proxy-Authorization either.
     let direct = support_echo().await;
-    let run = fetch(&["-U", &format!("alice:{PASS}"), &direct.url("/")], &[("HTTP_PROXY", &env_url), ("NO_PROXY", "127.0.0.1")]).await;
+    let run = fetch(
+        &["-U", &format!("alice:{PASS}"), &direct.url("/")],
+        &[("HTTP_PROXY", &env_url), ("NO_PROXY", "127.0.0.1")],
+    )
+    .await;
     run.assert(0, "200:1", 1);
     assert_eq!(run.stdout, "proxy-authorization=-", "{run:?}");
 }

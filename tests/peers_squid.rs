@@ -86,7 +86,8 @@ async fn get(client: &Https, url: &str) -> Result<String, hyper_util::client::le
 async fn library_basic_on_connect_through_squid() {
     let Some(squid) = squid() else { return };
     let o = origin().await;
-    let (client, connector) = https_client(&o, Proxy::parse(&squid.basic_url).unwrap().auth(Basic::proxy(USER, PASS).unwrap()));
+    let (client, connector) =
+        https_client(&o, Proxy::parse(&squid.basic_url).unwrap().auth(Basic::proxy(USER, PASS).unwrap()));
     assert_eq!(get(&client, &o.server.url("/")).await.unwrap(), "HTTP/2.0 authorization=-");
     assert_eq!(connector.connect_exchanges(), 1, "Basic goes with the first CONNECT");
     assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
@@ -125,7 +126,8 @@ async fn library_wrong_password_is_a_typed_error_after_two_connects() {
     assert_eq!((e.exchanges(), connector.connect_exchanges()), (2, 2));
     assert_eq!(e.proxy(), squid.digest_url);
     assert!(!format!("{e} {e:?} {err:?}").contains("wrong-pw"));
-    let (client, _) = https_client(&o, Proxy::parse(&squid.basic_url).unwrap().auth(Basic::proxy(USER, "wrong-pw").unwrap()));
+    let (client, _) =
+        https_client(&o, Proxy::parse(&squid.basic_url).unwrap().auth(Basic::proxy(USER, "wrong-pw").unwrap()));
     let err = get(&client, &o.server.url("/")).await.unwrap_err();
     let e = ProxyError::find(&err).unwrap();
     assert!(e.to_string().contains("the proxy refused the credentials"), "{e}");
@@ -144,13 +146,18 @@ fn fetch_bin() -> &'static PathBuf {
 async fn run(program: PathBuf, args: Vec<String>, env: Vec<(String, String)>) -> (i32, String, String) {
     let mut cmd = Command::new(program);
     cmd.args(args);
-    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"]
+    for var in
+        ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"]
     {
         cmd.env_remove(var);
     }
     cmd.envs(env);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Runs fetch; returns its summary's fields.
@@ -181,7 +188,8 @@ async fn fetch_through_squid_basic_and_digest_on_connect() {
     assert_eq!((code, s["statuses"].as_str(), s["round_trips"].as_str()), (0, "200:5", "6"), "{err}");
     // Digest: 407 then the answer, then 5 requests in the tunnel.
     let (code, s, err) =
-        fetch(&["--cacert", o.ca(), "-x", &squid.digest_url, "-U", &user, "--proxy-digest", "-n", "5", &url], &[]).await;
+        fetch(&["--cacert", o.ca(), "-x", &squid.digest_url, "-U", &user, "--proxy-digest", "-n", "5", &url], &[])
+            .await;
     assert_eq!((code, s["statuses"].as_str(), s["round_trips"].as_str()), (0, "200:5", "7"), "{err}");
     // anyauth against both.
     for proxy in [&squid.basic_url, &squid.digest_url] {
@@ -221,8 +229,13 @@ async fn curl_cross_check_through_the_same_squid() {
     let o = origin().await;
     let url = o.server.url("/");
     let user = format!("{USER}:{PASS}");
-    for (proxy, mode) in [(&squid.basic_url, "--proxy-basic"), (&squid.digest_url, "--proxy-digest"), (&squid.digest_url, "--proxy-anyauth")] {
-        let args = ["-sS", "--http1.1", mode, "-U", &user, "-x", proxy, "--cacert", o.ca(), &url].map(String::from).to_vec();
+    for (proxy, mode) in [
+        (&squid.basic_url, "--proxy-basic"),
+        (&squid.digest_url, "--proxy-digest"),
+        (&squid.digest_url, "--proxy-anyauth"),
+    ] {
+        let args =
+            ["-sS", "--http1.1", mode, "-U", &user, "-x", proxy, "--cacert", o.ca(), &url].map(String::from).to_vec();
         let (code, stdout, stderr) = run(curl.clone(), args, Vec::new()).await;
         assert_eq!((code, stdout.as_str()), (0, "HTTP/1.1 authorization=-"), "curl {mode}: {stderr}");
     }

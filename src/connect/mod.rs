@@ -82,10 +82,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use self::error::Kind;
 pub use self::error::ProxyError;
 pub use self::forward::{ForwardProxy, ProxiedStream};
 pub use self::proxy::{Proxies, Proxy, ProxyAuth};
-use self::error::Kind;
 
 /// The default bound on the whole proxy handshake (TCP, TLS to the proxy, every `CONNECT`).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,9 +179,7 @@ impl ProxyConnector {
     /// A connection to the proxy: TCP, and TLS for an `https://` proxy.
     async fn open_proxy(&mut self, proxy: &Proxy, target: &str) -> Result<Io, ProxyError> {
         let name = proxy.to_string();
-        let tcp = self
-            .tcp(proxy.uri(), |e| ProxyError::new(Kind::Connect, &name, target, "").with_source(e))
-            .await?;
+        let tcp = self.tcp(proxy.uri(), |e| ProxyError::new(Kind::Connect, &name, target, "").with_source(e)).await?;
         if !proxy.https {
             return Ok(Io::Tcp(TokioIo::new(tcp)));
         }
@@ -196,9 +194,8 @@ impl ProxyConnector {
                     self.proxy_tls.insert(Arc::new(built)).clone()
                 }
             };
-            let server = rustls::pki_types::ServerName::try_from(proxy.host.clone()).map_err(|e| {
-                ProxyError::new(Kind::Connect, &name, target, "invalid TLS server name").with_source(e)
-            })?;
+            let server = rustls::pki_types::ServerName::try_from(proxy.host.clone())
+                .map_err(|e| ProxyError::new(Kind::Connect, &name, target, "invalid TLS server name").with_source(e))?;
             let tls = tokio_rustls::TlsConnector::from(config).connect(server, tcp).await.map_err(|e| {
                 ProxyError::new(Kind::Connect, &name, target, "TLS handshake with the proxy failed").with_source(e)
             })?;
@@ -214,9 +211,8 @@ impl ProxyConnector {
     async fn connect(mut self, dst: Uri) -> Result<ProxyStream, ProxyError> {
         let Some(proxy) = self.proxies.proxy_for(&dst).cloned() else {
             let target = dst.to_string();
-            let tcp = self
-                .tcp(dst, |e| ProxyError::new(Kind::Connect, "(none: direct)", &target, "").with_source(e))
-                .await?;
+            let tcp =
+                self.tcp(dst, |e| ProxyError::new(Kind::Connect, "(none: direct)", &target, "").with_source(e)).await?;
             return Ok(ProxyStream { io: Io::Tcp(TokioIo::new(tcp)), proxied: false });
         };
         let https = dst.scheme_str() == Some("https");

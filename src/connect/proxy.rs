@@ -82,8 +82,7 @@ impl Proxy {
             Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
             None => (None, authority),
         };
-        let parsed: Uri =
-            format!("http://{hostport}/").parse().map_err(|_| bad("expected [user:pass@]host[:port]"))?;
+        let parsed: Uri = format!("http://{hostport}/").parse().map_err(|_| bad("expected [user:pass@]host[:port]"))?;
         let host = parsed.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = match parsed.port_u16() {
@@ -97,7 +96,10 @@ impl Proxy {
             Some(info) => {
                 let (u, p) = info.split_once(':').unwrap_or((info, ""));
                 let decode = |s: &str, what: &str| {
-                    percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| bad(&format!("{what} is not UTF-8")))
+                    percent_decode_str(s)
+                        .decode_utf8()
+                        .map(|c| c.into_owned())
+                        .map_err(|_| bad(&format!("{what} is not UTF-8")))
                 };
                 Some((decode(u, "the user name")?, Secret::new(decode(p, "the password")?)))
             }
@@ -283,8 +285,7 @@ impl Proxies {
         }
         // The matcher decides only whether a target bypasses: it is given a placeholder proxy
         // (never connected to) so that `intercept` answers for every target.
-        let matcher =
-            Matcher::builder().all("http://no-proxy.invalid".to_owned()).no(plain.join(",")).build();
+        let matcher = Matcher::builder().all("http://no-proxy.invalid".to_owned()).no(plain.join(",")).build();
         self.no = Some(Arc::new(NoProxy { matcher, with_port, everything }));
         self
     }
@@ -316,9 +317,7 @@ impl Proxies {
         };
         let parse = |found: Option<(&str, String)>| -> Result<Option<Proxy>, ConfigError> {
             found
-                .map(|(name, value)| {
-                    Proxy::parse(value.trim()).map_err(|e| ConfigError::new(format!("{name}: {e}")))
-                })
+                .map(|(name, value)| Proxy::parse(value.trim()).map_err(|e| ConfigError::new(format!("{name}: {e}"))))
                 .transpose()
         };
         let http_names: &[&str] = if cgi { &["http_proxy"] } else { &["http_proxy", "HTTP_PROXY"] };
@@ -451,7 +450,9 @@ mod tests {
 
     #[test]
     fn bad_urls_never_show_the_password() {
-        for bad in ["socks5://u:hunter2@h:1", "http://u:hunter2@:3128", "http://u:hunter2@h:99999", "http://u:hunter2@h/x"] {
+        for bad in
+            ["socks5://u:hunter2@h:1", "http://u:hunter2@:3128", "http://u:hunter2@h:99999", "http://u:hunter2@h/x"]
+        {
             let err = Proxy::parse(bad).unwrap_err().to_string();
             assert!(!err.contains("hunter2"), "{err}");
             assert!(err.contains("[redacted]@"), "{err}");
@@ -460,7 +461,8 @@ mod tests {
 
     #[test]
     fn environment_lower_case_first_all_proxy_fallback() {
-        let p = env(&[("HTTPS_PROXY", "http://upper:1"), ("https_proxy", "http://lower:2"), ("ALL_PROXY", "http://all:3")]);
+        let p =
+            env(&[("HTTPS_PROXY", "http://upper:1"), ("https_proxy", "http://lower:2"), ("ALL_PROXY", "http://all:3")]);
         assert_eq!(via(&p, "https://x/").as_deref(), Some("http://lower:2"));
         assert_eq!(via(&p, "http://x/").as_deref(), Some("http://all:3"));
         let p = env(&[("HTTP_PROXY", "http://upper:1")]);
@@ -478,7 +480,10 @@ mod tests {
 
     #[test]
     fn no_proxy_entries() {
-        let p = env(&[("ALL_PROXY", "http://p:1"), ("no_proxy", ".example.com, localhost, 10.0.0.0/8, api.test:8443, [::1]:9")]);
+        let p = env(&[
+            ("ALL_PROXY", "http://p:1"),
+            ("no_proxy", ".example.com, localhost, 10.0.0.0/8, api.test:8443, [::1]:9"),
+        ]);
         assert_eq!(via(&p, "https://www.example.com/"), None);
         assert_eq!(via(&p, "https://example.com/"), None);
         assert!(via(&p, "https://notexample.com/").is_some());

@@ -103,9 +103,12 @@ pub(super) async fn connect(
         };
         if status.is_success() {
             let res = http::Response::from_parts(res_parts, body);
-            return hyper::upgrade::on(res)
-                .await
-                .map_err(|e| err(Kind::Closed, "the tunnel did not open").with_status(status).with_exchanges(exchanges).with_source(e));
+            return hyper::upgrade::on(res).await.map_err(|e| {
+                err(Kind::Closed, "the tunnel did not open")
+                    .with_status(status)
+                    .with_exchanges(exchanges)
+                    .with_source(e)
+            });
         }
         if status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             return Err(err(Kind::Refused, "").with_status(status).with_exchanges(exchanges));

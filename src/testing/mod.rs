@@ -54,10 +54,10 @@ pub mod token;
 pub use idp::FakeIdp;
 #[cfg(feature = "testing-tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing-tls")))]
-pub mod tls;
+pub mod proxy;
 #[cfg(feature = "testing-tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing-tls")))]
-pub mod proxy;
+pub mod tls;
 
 /// What a [`Check`] decided about a request.
 #[derive(Debug, Clone)]

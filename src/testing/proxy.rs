@@ -140,10 +140,8 @@ async fn serve(mut tcp: TcpStream, config: Arc<TestProxyBuilder>, counts: Arc<Co
         let (config, counts) = (Arc::clone(&config), Arc::clone(&counts));
         async move { Ok::<_, Infallible>(answer(req, &config, &counts)) }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(tcp), service)
-        .with_upgrades()
-        .await;
+    let _ =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades().await;
 }
 
 fn answer(req: Request<Incoming>, config: &TestProxyBuilder, counts: &Counts) -> Response<Full<Bytes>> {

@@ -579,5 +579,6 @@ fn find_squid() -> Result<Squid, String> {
             stderr = with_newline(stderr.trim_end()),
         ));
     }
-    parse_squid_env(&stdout).map_err(|e| format!("Squid peer unavailable: {e}\nstdout:\n{stdout}stderr:\n{stderr}{fix}"))
+    parse_squid_env(&stdout)
+        .map_err(|e| format!("Squid peer unavailable: {e}\nstdout:\n{stdout}stderr:\n{stderr}{fix}"))
 }
