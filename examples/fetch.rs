@@ -43,7 +43,7 @@ use percent_encoding::percent_decode_str;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_auth::connect::tls::TlsConfig;
-use tower_auth::connect::{Proxies, Proxy, ProxyAuth, ProxyConnector};
+use tower_auth::connect::{Proxies, Proxy, ProxyAuth, ProxyConnector, redact_userinfo};
 use tower_auth::engine::ModeBody;
 use tower_auth::oauth2::{ClientAuth, JwtAlgorithm, OAuth2, PrivateKey, TokenProvider};
 use tower_auth::route::{RouteBuilder, Router};
@@ -747,7 +747,7 @@ fn positive(option: &str, value: &str) -> Result<usize, String> {
 }
 
 fn parse_url(raw: &str) -> Result<Uri, String> {
-    let shown = strip_userinfo(raw);
+    let shown = redact_userinfo(raw);
     let uri: Uri = raw.parse().map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -761,23 +761,6 @@ fn parse_url(raw: &str) -> Result<Uri, String> {
         return Err(format!("invalid URL {shown:?}: credentials in the URL are not supported, use --user"));
     }
     Ok(uri)
-}
-
-/// The URL as given, with any `user:pass@` replaced, for messages.
-fn strip_userinfo(raw: &str) -> String {
-    let (scheme, rest) = match raw.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, raw),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let redacted = match rest[..end].rfind('@') {
-        Some(at) => format!("[redacted]@{}", &rest[at + 1..]),
-        None => rest.to_owned(),
-    };
-    match scheme {
-        Some(s) => format!("{s}://{redacted}"),
-        None => redacted,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,13 +7,10 @@
 //! The proxy is the crate's `testing::proxy::TestProxy`; the origin a `TlsServer` with a
 //! certificate made at run time. Everything on 127.0.0.1, each test bounded.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -21,47 +18,26 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_auth::connect::tls::{Roots, TlsConfig};
 use tower_auth::connect::{Proxies, Proxy, ProxyConnector, ProxyError};
 use tower_auth::testing::proxy::{Misbehaviour, TestProxy};
-use tower_auth::testing::tls::{TestPki, TlsServer};
+use tower_auth::testing::tls::TestPki;
 use tower_auth::testing::{BasicCheck, DigestCheck};
 use tower_auth::{AuthLayer, Basic, Digest};
+
+mod support;
+use support::https::Origin;
 
 const PASS: &str = "proxy-s3cret-never-printed";
 const BOUND: Duration = Duration::from_secs(20);
 
-/// The origin: answers with what it saw; counts requests that carried `Proxy-Authorization`
-/// (there must be none: proxy credentials never reach the origin).
-struct Origin {
-    server: TlsServer,
-    pki: TestPki,
-    leaked: Arc<AtomicU64>,
-}
-
 async fn origin() -> Origin {
-    origin_for(&["localhost", "127.0.0.1"]).await
+    Origin::local().await
 }
 
 async fn origin_for(names: &[&str]) -> Origin {
-    let pki = TestPki::new(names).unwrap();
-    let leaked = Arc::new(AtomicU64::new(0));
-    let seen = Arc::clone(&leaked);
-    let app = Router::new().route(
-        "/",
-        axum::routing::get(move |headers: HeaderMap, version: http::Version| {
-            let seen = Arc::clone(&seen);
-            async move {
-                if headers.contains_key("proxy-authorization") {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                format!("{version:?} authorization={auth}")
-            }
-        }),
-    );
-    Origin { server: TlsServer::start(&pki, app).await.unwrap(), pki, leaked }
+    Origin::start(names).await
 }
 
 fn tls(o: &Origin) -> TlsConfig {
-    TlsConfig::new().roots(Roots::None).add_ca_pem(o.pki.ca_pem().as_bytes()).unwrap()
+    o.tls()
 }
 
 type Https = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Empty<Bytes>>;
@@ -100,7 +76,7 @@ async fn basic_on_connect_pre_emptively_then_tls_inside_the_tunnel() {
         assert_eq!(body, "HTTP/2.0 authorization=-", "HTTP/2 by ALPN inside the tunnel");
         assert_eq!(connector.connect_exchanges(), 1, "Basic is sent with the first CONNECT");
         assert_eq!((proxy.connects(), proxy.tunnels(), proxy.with_credentials()), (1, 1, 1));
-        assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
+        o.assert_no_leak();
     })
     .await
     .unwrap();
@@ -124,7 +100,7 @@ async fn digest_on_connect_answers_407_on_the_same_connection_then_pre_authorise
         assert_eq!(status, StatusCode::OK);
         assert_eq!(connector2.connect_exchanges(), 1, "pre-authorised with the nonce already known");
         assert_eq!(proxy.tunnels(), 2);
-        assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
+        o.assert_no_leak();
     })
     .await
     .unwrap();
@@ -169,7 +145,7 @@ async fn origin_credentials_travel_inside_tls_and_proxy_credentials_stay_with_th
         let res = svc.oneshot(req).await.unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "HTTP/2.0 authorization=Bearer origin-t0ken");
-        assert_eq!(o.leaked.load(Ordering::Relaxed), 0, "the origin never sees Proxy-Authorization");
+        o.assert_no_leak();
         assert_eq!(proxy.requests(), proxy.connects(), "the proxy saw CONNECTs only, never the request in clear");
     })
     .await

@@ -8,121 +8,21 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-
 use axum::Router;
 use http::HeaderMap;
 use tower_auth::testing::proxy::{Misbehaviour, TestProxy};
-use tower_auth::testing::tls::{TestPki, TlsServer};
 use tower_auth::testing::{BasicCheck, DigestCheck};
+
+use support::https::{Origin, Run};
 
 const PASS: &str = "pr0xy-pw-never-printed";
 
-const PROXY_VARS: [&str; 9] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-    "REQUEST_METHOD",
-];
-
-fn fetch_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| support::example::example_bin("fetch"))
-}
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn summary(&self) -> HashMap<String, String> {
-        let last = self.stderr.lines().last().unwrap_or_else(|| panic!("empty stderr: {self:?}"));
-        assert!(last.starts_with("summary "), "{self:?}");
-        last["summary ".len()..]
-            .split(' ')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect()
-    }
-
-    fn assert(&self, code: i32, statuses: &str, round_trips: u64) {
-        let s = self.summary();
-        assert_eq!(self.code, code, "{self:?}");
-        assert_eq!(s["statuses"], statuses, "{self:?}");
-        assert_eq!(s["round_trips"], round_trips.to_string(), "{self:?}");
-        assert!(!self.stderr.contains(PASS) && !self.stdout.contains(PASS), "password leaked: {self:?}");
-    }
-}
-
-/// Runs fetch with `args`, the proxy variables of this process removed and `env` set (in the
-/// child only: changing the test process's environment is unsafe with threads).
 async fn fetch(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(fetch_bin());
-    cmd.args(args);
-    for var in PROXY_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run fetch")).await.unwrap();
-    Run {
-        code: out.status.code().expect("fetch exited normally"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-/// The origin: answers with the HTTP version and the Authorization it saw; counts requests that
-/// carried Proxy-Authorization (never any).
-struct Origin {
-    server: TlsServer,
-    ca: tempfile::NamedTempFile,
-    leaked: Arc<AtomicU64>,
+    support::https::fetch(args, env).await
 }
 
 async fn origin(names: &[&str]) -> Origin {
-    let pki = TestPki::new(names).unwrap();
-    let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), pki.ca_pem()).unwrap();
-    let leaked = Arc::new(AtomicU64::new(0));
-    let seen = Arc::clone(&leaked);
-    let app = Router::new().route(
-        "/",
-        axum::routing::get(move |headers: HeaderMap, version: http::Version| {
-            let seen = Arc::clone(&seen);
-            async move {
-                if headers.contains_key("proxy-authorization") {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                format!("{version:?} authorization={auth}")
-            }
-        }),
-    );
-    Origin { server: TlsServer::start(&pki, app).await.unwrap(), ca, leaked }
-}
-
-impl Origin {
-    fn ca(&self) -> &str {
-        self.ca.path().to_str().unwrap()
-    }
-    fn url(&self) -> String {
-        self.server.url("/")
-    }
-    fn assert_no_leak(&self) {
-        assert_eq!(self.leaked.load(Ordering::Relaxed), 0, "the origin saw Proxy-Authorization");
-    }
+    Origin::start(names).await
 }
 
 async fn digest_proxy() -> TestProxy {
@@ -137,7 +37,7 @@ async fn basic_proxy() -> TestProxy {
 async fn https_directly_with_cacert_over_http2() {
     let o = origin(&["localhost", "127.0.0.1"]).await;
     let run = fetch(&["--cacert", o.ca(), "-u", "bob:origin-pw", &o.url()], &[]).await;
-    run.assert(0, "200:1", 1);
+    run.assert(0, "200:1", 1, PASS);
     assert_eq!(run.stdout, "HTTP/2.0 authorization=Basic Ym9iOm9yaWdpbi1wdw==", "HTTP/2 by ALPN: {run:?}");
     assert!(!run.stderr.contains("plain http"), "no plain-http warning over TLS: {run:?}");
 }
@@ -146,11 +46,11 @@ async fn https_directly_with_cacert_over_http2() {
 async fn unknown_ca_and_wrong_name_are_refused_with_typed_errors() {
     let o = origin(&["localhost", "127.0.0.1"]).await;
     let run = fetch(&[&o.url()], &[]).await;
-    run.assert(1, "err:1", 1);
+    run.assert(1, "err:1", 1, PASS);
     assert!(run.stderr.contains("invalid peer certificate: UnknownIssuer"), "{run:?}");
     let o = origin(&["localhost"]).await;
     let run = fetch(&["--cacert", o.ca(), &o.url()], &[]).await;
-    run.assert(1, "err:1", 1);
+    run.assert(1, "err:1", 1, PASS);
     assert!(run.stderr.contains("invalid peer certificate: certificate not valid for name \"127.0.0.1\""), "{run:?}");
 }
 
@@ -158,7 +58,7 @@ async fn unknown_ca_and_wrong_name_are_refused_with_typed_errors() {
 async fn insecure_accepts_any_certificate_with_a_loud_warning() {
     let o = origin(&["localhost"]).await;
     let run = fetch(&["-k", &o.url()], &[]).await;
-    run.assert(0, "200:1", 1);
+    run.assert(0, "200:1", 1, PASS);
     assert!(run.stderr.contains("fetch: warning: --insecure"), "{run:?}");
     assert!(run.stderr.contains("verification is OFF"), "{run:?}");
 }
@@ -189,7 +89,7 @@ async fn https_through_a_proxy_with_basic_on_connect() {
     let user = format!("alice:{PASS}");
     let run = fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", &user, "-n", "3", &o.url()], &[]).await;
     // One CONNECT (Basic pre-emptively), then 3 requests in the tunnel.
-    run.assert(0, "200:3", 4);
+    run.assert(0, "200:3", 4, PASS);
     assert_eq!((proxy.connects(), proxy.with_credentials()), (1, 1));
     o.assert_no_leak();
 }
@@ -202,7 +102,7 @@ async fn https_through_a_proxy_with_digest_and_anyauth_on_connect() {
         let proxy = digest_proxy().await;
         let run = fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", &user, mode, "-n", "3", &o.url()], &[]).await;
         // CONNECT, 407, CONNECT with Digest: 2 exchanges, then 3 requests in the tunnel.
-        run.assert(0, "200:3", 5);
+        run.assert(0, "200:3", 5, PASS);
         assert_eq!(proxy.connects(), 2, "{mode}");
         // Concurrent requests: more tunnels, each pre-authorised (one CONNECT each).
         let proxy = digest_proxy().await;
@@ -211,7 +111,7 @@ async fn https_through_a_proxy_with_digest_and_anyauth_on_connect() {
                 .await;
         let tunnels = proxy.tunnels();
         assert_eq!(proxy.connects(), tunnels + 1, "one 407 in all, then one CONNECT per tunnel: {run:?}");
-        run.assert(0, "200:6", 6 + tunnels + 1);
+        run.assert(0, "200:6", 6 + tunnels + 1, PASS);
     }
     o.assert_no_leak();
 }
@@ -223,7 +123,7 @@ async fn wrong_proxy_password_and_a_refusing_proxy_are_typed_errors() {
     let run =
         fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", "alice:wrong", "--proxy-digest", &o.url()], &[]).await;
     // One request counted by the layer, two CONNECTs by the connector.
-    run.assert(1, "err:1", 3);
+    run.assert(1, "err:1", 3, PASS);
     let expected = format!(
         "proxy authentication failed at {} (CONNECT {}, status 407, after 2 exchanges)",
         proxy.url(),
@@ -233,7 +133,7 @@ async fn wrong_proxy_password_and_a_refusing_proxy_are_typed_errors() {
     let refusing =
         TestProxy::builder().misbehave(Misbehaviour::Refuse(http::StatusCode::FORBIDDEN)).start().await.unwrap();
     let run = fetch(&["--cacert", o.ca(), "-x", &refusing.url(), &o.url()], &[]).await;
-    run.assert(1, "err:1", 2);
+    run.assert(1, "err:1", 2, PASS);
     assert!(run.stderr.contains(&format!("tunnel refused by proxy {}", refusing.url())), "{run:?}");
 }
 
@@ -250,17 +150,17 @@ async fn environment_proxies_upper_and_lower_case_with_user_info() {
             .unwrap();
         let url = format!("http://alice:p%40ss@word@{}", with_at.addr());
         let run = fetch(&["--cacert", o.ca(), &o.url()], &[(var, &url)]).await;
-        run.assert(0, "200:1", 2);
+        run.assert(0, "200:1", 2, PASS);
         assert_eq!(with_at.connects(), 1, "{var}: {run:?}");
         let url = format!("http://alice:{PASS}@{}", proxy.addr());
         let run = fetch(&["--cacert", o.ca(), &o.url()], &[(var, &url)]).await;
-        run.assert(0, "200:1", 2);
+        run.assert(0, "200:1", 2, PASS);
         assert_eq!((proxy.connects(), proxy.with_credentials()), (1, 1), "{var}");
         // The URL's user info answered with Digest when asked.
         let dproxy = digest_proxy().await;
         let url = format!("http://alice:{PASS}@{}", dproxy.addr());
         let run = fetch(&["--cacert", o.ca(), "--proxy-digest", &o.url()], &[(var, &url)]).await;
-        run.assert(0, "200:1", 3);
+        run.assert(0, "200:1", 3, PASS);
     }
     o.assert_no_leak();
 }
@@ -271,7 +171,7 @@ async fn http_proxy_for_plain_http_targets_in_absolute_form() {
     let url = format!("http://alice:{PASS}@{}", proxy.addr());
     for var in ["HTTP_PROXY", "http_proxy"] {
         let run = fetch(&["http://internal.example/x"], &[(var, &url)]).await;
-        run.assert(0, "200:1", 1);
+        run.assert(0, "200:1", 1, PASS);
         assert_eq!(run.stdout, "proxied GET http://internal.example/x", "{run:?}");
     }
     assert_eq!((proxy.connects(), proxy.with_credentials()), (0, 2));
@@ -300,17 +200,17 @@ async fn no_proxy_and_noproxy_send_targets_direct_without_proxy_credentials() {
         let before = proxy.connects();
         let url = if host.is_empty() { o.url() } else { localhost.clone() };
         let run = fetch(&["--cacert", o.ca(), &url], &[("HTTPS_PROXY", &env_url), (var, list)]).await;
-        run.assert(0, "200:1", if *proxied { 2 } else { 1 });
+        run.assert(0, "200:1", if *proxied { 2 } else { 1 }, PASS);
         assert_eq!(proxy.connects() - before, u64::from(*proxied), "{var}={list}: {run:?}");
     }
     // --noproxy '*' wins over the environment; --noproxy LIST over NO_PROXY.
     let before = proxy.connects();
     let run = fetch(&["--cacert", o.ca(), "--noproxy", "*", &o.url()], &[("HTTPS_PROXY", &env_url)]).await;
-    run.assert(0, "200:1", 1);
+    run.assert(0, "200:1", 1, PASS);
     let run =
         fetch(&["--cacert", o.ca(), "--noproxy", "127.0.0.1", &o.url()], &[("ALL_PROXY", &env_url), ("NO_PROXY", "x")])
             .await;
-    run.assert(0, "200:1", 1);
+    run.assert(0, "200:1", 1, PASS);
     assert_eq!(proxy.connects(), before);
     o.assert_no_leak();
     // A plain-http URL that bypasses the proxy gets no Proxy-Authorization either.
@@ -320,7 +220,7 @@ async fn no_proxy_and_noproxy_send_targets_direct_without_proxy_credentials() {
         &[("HTTP_PROXY", &env_url), ("NO_PROXY", "127.0.0.1")],
     )
     .await;
-    run.assert(0, "200:1", 1);
+    run.assert(0, "200:1", 1, PASS);
     assert_eq!(run.stdout, "proxy-authorization=-", "{run:?}");
 }
 

@@ -7,23 +7,16 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
-use axum::Router;
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_auth::connect::tls::{Roots, TlsConfig};
 use tower_auth::connect::{Proxies, Proxy, ProxyConnector, ProxyError};
-use tower_auth::testing::tls::{TestPki, TlsServer};
 use tower_auth::{AuthLayer, Basic, Digest};
 
+use support::https::Origin;
 use support::peers::{self, Squid};
 
 const USER: &str = "alice";
@@ -33,47 +26,11 @@ fn squid() -> Option<&'static Squid> {
     peers::squid()
 }
 
-struct Origin {
-    server: TlsServer,
-    pki: TestPki,
-    ca: tempfile::NamedTempFile,
-    leaked: Arc<AtomicU64>,
-}
-
-async fn origin() -> Origin {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]).unwrap();
-    let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), pki.ca_pem()).unwrap();
-    let leaked = Arc::new(AtomicU64::new(0));
-    let seen = Arc::clone(&leaked);
-    let app = Router::new().route(
-        "/",
-        axum::routing::get(move |headers: HeaderMap, version: http::Version| {
-            let seen = Arc::clone(&seen);
-            async move {
-                if headers.contains_key("proxy-authorization") {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                format!("{version:?} authorization={auth}")
-            }
-        }),
-    );
-    Origin { server: TlsServer::start(&pki, app).await.unwrap(), pki, ca, leaked }
-}
-
-impl Origin {
-    fn ca(&self) -> &str {
-        self.ca.path().to_str().unwrap()
-    }
-}
-
 type Https = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Empty<Bytes>>;
 
 fn https_client(o: &Origin, proxy: Proxy) -> (Https, ProxyConnector) {
     let connector = ProxyConnector::new(Proxies::all(proxy));
-    let tls = TlsConfig::new().roots(Roots::None).add_ca_pem(o.pki.ca_pem().as_bytes()).unwrap();
-    (Client::builder(TokioExecutor::new()).build(tls.https(connector.clone()).unwrap()), connector)
+    (Client::builder(TokioExecutor::new()).build(o.tls().https(connector.clone()).unwrap()), connector)
 }
 
 async fn get(client: &Https, url: &str) -> Result<String, hyper_util::client::legacy::Error> {
@@ -85,18 +42,18 @@ async fn get(client: &Https, url: &str) -> Result<String, hyper_util::client::le
 #[tokio::test(flavor = "multi_thread")]
 async fn library_basic_on_connect_through_squid() {
     let Some(squid) = squid() else { return };
-    let o = origin().await;
+    let o = Origin::local().await;
     let (client, connector) =
         https_client(&o, Proxy::parse(&squid.basic_url).unwrap().auth(Basic::proxy(USER, PASS).unwrap()));
     assert_eq!(get(&client, &o.server.url("/")).await.unwrap(), "HTTP/2.0 authorization=-");
     assert_eq!(connector.connect_exchanges(), 1, "Basic goes with the first CONNECT");
-    assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
+    o.assert_no_leak();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn library_digest_on_connect_through_squid_then_pre_authorised() {
     let Some(squid) = squid() else { return };
-    let o = origin().await;
+    let o = Origin::local().await;
     let proxy = Proxy::parse(&squid.digest_url).unwrap().auth(Digest::proxy(USER, PASS).unwrap());
     let (first, c1) = https_client(&o, proxy.clone());
     // The origin's own credentials travel inside TLS, through the tunnel.
@@ -111,13 +68,13 @@ async fn library_digest_on_connect_through_squid_then_pre_authorised() {
         get(&next, &o.server.url("/")).await.unwrap();
         assert_eq!(c.connect_exchanges(), 1);
     }
-    assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
+    o.assert_no_leak();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn library_wrong_password_is_a_typed_error_after_two_connects() {
     let Some(squid) = squid() else { return };
-    let o = origin().await;
+    let o = Origin::local().await;
     let (client, connector) =
         https_client(&o, Proxy::parse(&squid.digest_url).unwrap().auth(Digest::proxy(USER, "wrong-pw").unwrap()));
     let err = get(&client, &o.server.url("/")).await.unwrap_err();
@@ -138,49 +95,16 @@ async fn library_wrong_password_is_a_typed_error_after_two_connects() {
 // fetch and curl
 // ---------------------------------------------------------------------------------------------
 
-fn fetch_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| support::example::example_bin("fetch"))
-}
-
-async fn run(program: PathBuf, args: Vec<String>, env: Vec<(String, String)>) -> (i32, String, String) {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    for var in
-        ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"]
-    {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-/// Runs fetch; returns its summary's fields.
+/// Runs fetch; returns its exit code, its summary's fields and its stderr.
 async fn fetch(args: &[&str], env: &[(&str, &str)]) -> (i32, HashMap<String, String>, String) {
-    let args = args.iter().map(|a| (*a).to_owned()).collect();
-    let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let (code, stdout, stderr) = run(fetch_bin().clone(), args, env).await;
-    let last = stderr.lines().last().unwrap_or_default();
-    let summary = last
-        .strip_prefix("summary ")
-        .unwrap_or_else(|| panic!("no summary: {stderr}"))
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    let _ = stdout;
-    (code, summary, stderr)
+    let run = support::https::fetch(args, env).await;
+    (run.code, run.summary(), run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_through_squid_basic_and_digest_on_connect() {
     let Some(squid) = squid() else { return };
-    let o = origin().await;
+    let o = Origin::local().await;
     let url = o.server.url("/");
     let user = format!("{USER}:{PASS}");
     // Basic: one CONNECT, then 5 requests in the tunnel.
@@ -205,13 +129,13 @@ async fn fetch_through_squid_basic_and_digest_on_connect() {
     assert_eq!((code, s["statuses"].as_str()), (0, "200:20"), "{err}");
     let trips: u64 = s["round_trips"].parse().unwrap();
     assert!((20 + 2..=20 + 5).contains(&trips), "at most 4 tunnels, one 407: {trips}");
-    assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
+    o.assert_no_leak();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_through_squid_from_the_environment() {
     let Some(squid) = squid() else { return };
-    let o = origin().await;
+    let o = Origin::local().await;
     let url = o.server.url("/");
     let with_user = |base: &str| base.replacen("http://", &format!("http://{USER}:{PASS}@"), 1);
     let (code, s, err) = fetch(&["--cacert", o.ca(), &url], &[("HTTPS_PROXY", &with_user(&squid.basic_url))]).await;
@@ -226,7 +150,7 @@ async fn fetch_through_squid_from_the_environment() {
 async fn curl_cross_check_through_the_same_squid() {
     let Some(squid) = squid() else { return };
     let Some(curl) = peers::curl() else { return };
-    let o = origin().await;
+    let o = Origin::local().await;
     let url = o.server.url("/");
     let user = format!("{USER}:{PASS}");
     for (proxy, mode) in [
@@ -234,17 +158,16 @@ async fn curl_cross_check_through_the_same_squid() {
         (&squid.digest_url, "--proxy-digest"),
         (&squid.digest_url, "--proxy-anyauth"),
     ] {
-        let args =
-            ["-sS", "--http1.1", mode, "-U", &user, "-x", proxy, "--cacert", o.ca(), &url].map(String::from).to_vec();
-        let (code, stdout, stderr) = run(curl.clone(), args, Vec::new()).await;
+        let args = ["-sS", "--http1.1", mode, "-U", &user, "-x", proxy, "--cacert", o.ca(), &url];
+        let r = support::https::run(curl.clone(), &args, &[]).await;
+        let (code, stdout, stderr) = (r.code, r.stdout, r.stderr);
         assert_eq!((code, stdout.as_str()), (0, "HTTP/1.1 authorization=-"), "curl {mode}: {stderr}");
     }
     // A wrong password: curl gives up on the 407 too.
-    let args = ["-sS", "--proxy-digest", "-U", "alice:wrong", "-x", &squid.digest_url, "--cacert", o.ca(), &url]
-        .map(String::from)
-        .to_vec();
-    let (code, _, stderr) = run(curl.clone(), args, Vec::new()).await;
+    let args = ["-sS", "--proxy-digest", "-U", "alice:wrong", "-x", &squid.digest_url, "--cacert", o.ca(), &url];
+    let r = support::https::run(curl.clone(), &args, &[]).await;
+    let (code, stderr) = (r.code, r.stderr);
     assert_ne!(code, 0);
     assert!(stderr.contains("407"), "{stderr}");
-    assert_eq!(o.leaked.load(Ordering::Relaxed), 0);
+    o.assert_no_leak();
 }

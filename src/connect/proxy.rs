@@ -194,8 +194,15 @@ impl fmt::Debug for Proxy {
     }
 }
 
-/// A URL with any `user:pass@` replaced by `[redacted]@`, for messages.
-pub(crate) fn redact_userinfo(raw: &str) -> String {
+/// A URL as given, with any `user:pass@` replaced by `[redacted]@`, for messages and logs.
+///
+/// ```
+/// assert_eq!(
+///     tower_auth::connect::redact_userinfo("http://alice:s3cret@proxy:3128/"),
+///     "http://[redacted]@proxy:3128/"
+/// );
+/// ```
+pub fn redact_userinfo(raw: &str) -> String {
     let (scheme, rest) = match raw.split_once("://") {
         Some((s, r)) => (Some(s), r),
         None => (None, raw),
