@@ -723,7 +723,12 @@ fn connector(net: Net, url: &Uri, creds: &mut Creds) -> Result<(ProxyConnector, 
         Some((u, p)) => proxies.auth(proxy_scheme(u, p, proxy_mode).map_err(|e| config("--proxy-user", e))?),
         None => proxies,
     };
-    Ok((ProxyConnector::new(proxies), tls))
+    // TLS to an https:// proxy is verified as the origin's is (--cacert, -k).
+    let mut connector = ProxyConnector::new(proxies);
+    if via.as_ref().is_some_and(Proxy::is_https) {
+        connector = connector.proxy_tls(tls.client_config().map_err(|e| format!("TLS: {e}"))?);
+    }
+    Ok((connector, tls))
 }
 
 fn set_authz(from: &mut &'static str, option: &'static str) -> Result<(), String> {

@@ -314,3 +314,38 @@ async fn plain_http_targets_go_in_absolute_form_with_the_layer_answering() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn an_https_proxy_with_digest_on_connect_tls_inside_tls() {
+    tokio::time::timeout(BOUND, async {
+        let o = origin().await;
+        let proxy_pki = TestPki::new(&["127.0.0.1"]).unwrap();
+        let proxy = TestProxy::builder()
+            .check(DigestCheck::new("corp").user("alice", PASS).proxy(true))
+            .tls(&proxy_pki)
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        assert!(proxy.url().starts_with("https://"));
+        let scheme = Proxy::parse(&proxy.url()).unwrap().auth(Digest::proxy("alice", PASS).unwrap());
+        assert!(scheme.is_https());
+        let proxy_tls = TlsConfig::new().roots(Roots::None).add_ca_pem(proxy_pki.ca_pem().as_bytes()).unwrap();
+        let connector = ProxyConnector::new(Proxies::all(scheme.clone())).proxy_tls(proxy_tls.client_config().unwrap());
+        let client: Https = Client::builder(TokioExecutor::new()).build(tls(&o).https(connector.clone()).unwrap());
+        let (status, body) = fetch(&client, &o.server.url("/")).await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "HTTP/2.0 authorization=-"));
+        assert_eq!(connector.connect_exchanges(), 2);
+        o.assert_no_leak();
+        // Not trusting the proxy's CA: a connect error naming the proxy.
+        let connector = ProxyConnector::new(Proxies::all(scheme)).proxy_tls(tls(&o).client_config().unwrap());
+        let client: Https = Client::builder(TokioExecutor::new()).build(tls(&o).https(connector).unwrap());
+        let err = fetch(&client, &o.server.url("/")).await.unwrap_err();
+        let e = proxy_error(&err);
+        assert!(e.is_connect(), "{e:?}");
+        assert!(e.to_string().contains("TLS handshake with the proxy failed"), "{e}");
+        assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+    })
+    .await
+    .unwrap();
+}

@@ -234,3 +234,23 @@ async fn support_echo() -> tower_auth::testing::TestServer {
     );
     tower_auth::testing::TestServer::start(app).await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_proxy_verified_with_the_same_cacert() {
+    let o = origin(&["localhost", "127.0.0.1"]).await;
+    // The proxy's certificate from the same CA as the origin's, so one --cacert serves both.
+    let proxy = TestProxy::builder()
+        .check(DigestCheck::new("corp").user("alice", PASS).proxy(true))
+        .tls(&o.pki)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let user = format!("alice:{PASS}");
+    let run = fetch(&["--cacert", o.ca(), "-x", &proxy.url(), "-U", &user, "--proxy-digest", &o.url()], &[]).await;
+    run.assert(0, "200:1", 3, PASS);
+    let run = fetch(&["-x", &proxy.url(), "-U", &user, "--proxy-digest", &o.url()], &[]).await;
+    run.assert(1, "err:1", 1, PASS);
+    assert!(run.stderr.contains(&format!("cannot connect to proxy {}", proxy.url())), "{run:?}");
+    o.assert_no_leak();
+}

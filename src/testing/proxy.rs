@@ -64,6 +64,7 @@ pub struct TestProxyBuilder {
     check: Arc<dyn Check>,
     misbehaviour: Misbehaviour,
     close_after_challenge: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for TestProxyBuilder {
@@ -96,6 +97,19 @@ impl TestProxyBuilder {
         self
     }
 
+    /// An HTTPS proxy: TLS with this certificate before anything else (its
+    /// [`url`](TestProxy::url) is then `https://`).
+    ///
+    /// # Errors
+    ///
+    /// rustls's, if the certificate is unusable.
+    pub fn tls(mut self, pki: &super::tls::TestPki) -> Result<Self, rustls::Error> {
+        let mut config = pki.server_config()?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        Ok(self)
+    }
+
     /// Starts the proxy on `127.0.0.1:0`.
     ///
     /// # Errors
@@ -105,6 +119,7 @@ impl TestProxyBuilder {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let counts = Arc::new(Counts::default());
+        let https = self.tls.is_some();
         let shared = Arc::new(self);
         let task = {
             let counts = Arc::clone(&counts);
@@ -112,11 +127,21 @@ impl TestProxyBuilder {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else { return };
                     counts.connections.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(serve(tcp, Arc::clone(&shared), Arc::clone(&counts)));
+                    let (shared, counts) = (Arc::clone(&shared), Arc::clone(&counts));
+                    tokio::spawn(async move {
+                        match &shared.tls {
+                            Some(acceptor) => {
+                                if let Ok(tls) = acceptor.accept(tcp).await {
+                                    serve(tls, shared, counts).await;
+                                }
+                            }
+                            None => serve(tcp, shared, counts).await,
+                        }
+                    });
                 }
             })
         };
-        Ok(TestProxy { addr, counts, task })
+        Ok(TestProxy { addr, https, counts, task })
     }
 }
 
@@ -129,10 +154,13 @@ impl Check for Open {
     }
 }
 
-async fn serve(mut tcp: TcpStream, config: Arc<TestProxyBuilder>, counts: Arc<Counts>) {
+async fn serve<I>(mut io: I, config: Arc<TestProxyBuilder>, counts: Arc<Counts>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     if config.misbehaviour == Misbehaviour::CloseMidHandshake {
         let mut buf = [0u8; 1024];
-        let _ = tcp.read(&mut buf).await;
+        let _ = io.read(&mut buf).await;
         counts.requests.fetch_add(1, Ordering::Relaxed);
         return; // dropped: closed without an answer
     }
@@ -141,7 +169,7 @@ async fn serve(mut tcp: TcpStream, config: Arc<TestProxyBuilder>, counts: Arc<Co
         async move { Ok::<_, Infallible>(answer(req, &config, &counts)) }
     });
     let _ =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades().await;
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades().await;
 }
 
 fn answer(req: Request<Incoming>, config: &TestProxyBuilder, counts: &Counts) -> Response<Full<Bytes>> {
@@ -202,6 +230,7 @@ fn answer(req: Request<Incoming>, config: &TestProxyBuilder, counts: &Counts) ->
 #[derive(Debug)]
 pub struct TestProxy {
     addr: SocketAddr,
+    https: bool,
     counts: Arc<Counts>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -209,7 +238,12 @@ pub struct TestProxy {
 impl TestProxy {
     /// A proxy that asks for no credentials and behaves.
     pub fn builder() -> TestProxyBuilder {
-        TestProxyBuilder { check: Arc::new(Open), misbehaviour: Misbehaviour::None, close_after_challenge: false }
+        TestProxyBuilder {
+            check: Arc::new(Open),
+            misbehaviour: Misbehaviour::None,
+            close_after_challenge: false,
+            tls: None,
+        }
     }
 
     /// The address served.
@@ -217,9 +251,9 @@ impl TestProxy {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with [`TestProxyBuilder::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.addr)
     }
 
     /// TCP connections accepted.
