@@ -36,6 +36,8 @@ pub struct ProxyError {
 pub(crate) enum Kind {
     /// TCP (or TLS) to the proxy failed.
     Connect,
+    /// TCP to the target itself failed (no proxy for it).
+    Direct,
     /// The proxy answered `407` and the scheme could not (or may no longer) answer it.
     AuthRequired,
     /// The proxy answered `CONNECT` with another non-2xx status (403, 502…).
@@ -78,7 +80,8 @@ impl ProxyError {
         self
     }
 
-    /// The proxy, as `http://host:port` or `https://host:port` (no user info).
+    /// The proxy, as `http://host:port` or `https://host:port` (no user info); empty for a
+    /// target reached directly.
     pub fn proxy(&self) -> &str {
         &self.proxy
     }
@@ -98,9 +101,10 @@ impl ProxyError {
         self.exchanges
     }
 
-    /// The proxy could not be reached (TCP, DNS, or TLS to an HTTPS proxy).
+    /// The proxy could not be reached (TCP, DNS, or TLS to an HTTPS proxy), or, for a target
+    /// that goes direct ([`proxy`](ProxyError::proxy) is empty), the target itself.
     pub fn is_connect(&self) -> bool {
-        self.kind == Kind::Connect
+        matches!(self.kind, Kind::Connect | Kind::Direct)
     }
 
     /// The proxy wanted credentials that were missing, refused, or asked for too many times
@@ -166,8 +170,11 @@ impl fmt::Debug for ProxyError {
 
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == Kind::Direct {
+            return write!(f, "cannot connect to {} (no proxy)", self.target);
+        }
         let what = match self.kind {
-            Kind::Connect => "cannot connect to proxy",
+            Kind::Connect | Kind::Direct => "cannot connect to proxy",
             Kind::AuthRequired => "proxy authentication failed at",
             Kind::Refused => "tunnel refused by proxy",
             Kind::Closed => "connection closed by proxy",

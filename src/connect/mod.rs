@@ -210,9 +210,8 @@ impl ProxyConnector {
 
     async fn connect(mut self, dst: Uri) -> Result<ProxyStream, ProxyError> {
         let Some(proxy) = self.proxies.proxy_for(&dst).cloned() else {
-            let target = dst.to_string();
-            let tcp =
-                self.tcp(dst, |e| ProxyError::new(Kind::Connect, "(none: direct)", &target, "").with_source(e)).await?;
+            let target = tunnel::authority(&dst);
+            let tcp = self.tcp(dst, |e| ProxyError::new(Kind::Direct, "", &target, "").with_source(e)).await?;
             return Ok(ProxyStream { io: Io::Tcp(TokioIo::new(tcp)), proxied: false });
         };
         let https = dst.scheme_str() == Some("https");
