@@ -87,7 +87,10 @@ impl Proxy {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = match parsed.port_u16() {
             Some(p) => p,
-            None if hostport.ends_with(':') => return Err(bad("empty port")),
+            // `http::Uri` takes any digits as a port and then has none: say so.
+            None if hostport.rsplit_once(']').map_or(hostport, |(_, r)| r).contains(':') => {
+                return Err(bad("invalid port"));
+            }
             None if https => 443,
             None => 80,
         };
