@@ -16,7 +16,9 @@
 //!     `authorize`, send, `on_response`, and on [`Action::Retry`](crate::Action::Retry) once
 //!     more, on the same connection if the proxy kept it open, else on a new one, at most
 //!     [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) times. Digest state (the proxy's nonce) outlives
-//!     the tunnel, so later tunnels are pre-authorised: one `CONNECT` each.
+//!     the tunnel, so later tunnels are pre-authorised: one `CONNECT` each. The loop takes any
+//!     [`Authenticator`](crate::Authenticator) and keeps the connection while the proxy does, so
+//!     a connection-bound scheme (NTLM, when it lands) plugs into it as it is.
 //! - [`tls`] (feature `tls`): rustls over the tunnel (or directly), by wrapping a
 //!   `ProxyConnector` in hyper-rustls's `HttpsConnector`; also TLS to an `https://` proxy
 //!   itself.
