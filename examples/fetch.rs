@@ -10,7 +10,9 @@
 //! 2. a counting layer written here ([`Count`]): it counts every exchange that left the auth
 //!    layer (a scheme that answers challenges makes more than one per request) and, with `-v`,
 //!    logs each one with its credentials redacted;
-//! 3. hyper-util's legacy client, over plain HTTP.
+//! 3. hyper-util's legacy client, over [`ProxyConnector`] (direct, or through the proxy of `-x` or
+//!    of the environment: absolute form for `http://`, a `CONNECT` tunnel answering the proxy's
+//!    `407` for `https://`) wrapped in hyper-rustls (TLS, HTTP/2 by ALPN).
 //!
 //! Every scheme combination is a different service type; [`finish`] erases them all to one
 //! [`BoxCloneService`], so the rest of the program does not care which schemes are in use.
@@ -35,12 +37,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::connect::Connect;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::percent_decode_str;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_auth::connector::ForwardProxy;
+use tower_auth::connect::tls::TlsConfig;
+use tower_auth::connect::{Proxies, Proxy, ProxyAuth, ProxyConnector, redact_userinfo};
 use tower_auth::engine::ModeBody;
 use tower_auth::oauth2::{ClientAuth, JwtAlgorithm, OAuth2, PrivateKey, TokenProvider};
 use tower_auth::route::{RouteBuilder, Router};
@@ -57,15 +60,24 @@ type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
 const USAGE: &str = "\
 usage: fetch [OPTIONS] URL
 
-Sends an HTTP request (plain http:// only) with credentials added by tower-auth layers.
+Sends an HTTP request (http:// or https://, HTTP/2 by ALPN) with credentials added by
+tower-auth layers.
 
 options:
   -u, --user USER:PASS         credentials for the server: Basic by default
       --basic                  send --user as Basic, pre-emptively (the default)
       --digest                 answer the server's Digest challenge with --user (RFC 7616)
       --anyauth                Digest if the server offers it, else Basic (Guess)
-  -x, --proxy URL              send requests through this HTTP proxy (http://host:port)
-  -U, --proxy-user USER:PASS   credentials for the proxy: Basic by default
+  -x, --proxy URL              send requests through this proxy (http:// or https://, with
+                               optional USER:PASS@): absolute form for http:// URLs, a CONNECT
+                               tunnel for https:// URLs. Without it, the proxies of
+                               http_proxy, https_proxy, all_proxy (and upper-case) are used
+      --noproxy LIST           hosts that go direct (comma-separated, as NO_PROXY; '*': all,
+                               so no proxy from the environment)
+      --cacert FILE            also trust the CA certificates of this PEM file
+  -k, --insecure               do not verify the server's certificate (dangerous)
+  -U, --proxy-user USER:PASS   credentials for the proxy (on CONNECT for https:// URLs): Basic
+                               by default; without it, the proxy URL's user info
       --proxy-basic            send --proxy-user as Basic, pre-emptively (the default)
       --proxy-digest           answer the proxy's Digest challenge (407) with --proxy-user
       --proxy-anyauth          Digest if the proxy offers it, else Basic
@@ -138,6 +150,7 @@ options:
 Several credential options combine: --api-key with --bearer sends both. The response body is
 printed on stdout when N is 1. Standard error ends with a summary line:
   summary requests=N ok=K statuses=200:K[,401:M...] round_trips=R token_requests=T elapsed_ms=E
+(round_trips counts the CONNECT exchanges with a proxy too).
 Exit status: 0 if every response was 2xx, 1 otherwise, 2 for a usage or configuration error.
 ";
 
@@ -195,9 +208,17 @@ struct Opts {
     concurrency: usize,
     verbose: bool,
     creds: Creds,
-    proxy: Option<Uri>,
+    net: Net,
     location: bool,
     rate: Option<f64>,
+}
+
+/// Proxies and TLS: `-x`, `--noproxy`, `-U` and its mode, `--cacert`, `-k`.
+struct Net {
+    proxies: Proxies,
+    proxy_user: Option<(String, String)>,
+    proxy_mode: UserMode,
+    tls: TlsConfig,
 }
 
 /// The credentials given on the command line, already validated by tower-auth's constructors.
@@ -331,7 +352,9 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut authz_from = "";
     let mut user: Option<(String, String)> = None;
     let mut user_mode = UserMode::Basic;
-    let mut proxy: Option<Uri> = None;
+    let mut proxy: Option<Proxy> = None;
+    let mut noproxy: Option<String> = None;
+    let mut tls = TlsConfig::new();
     let mut proxy_user: Option<(String, String)> = None;
     let mut proxy_mode = UserMode::Basic;
     let mut location = false;
@@ -371,6 +394,9 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--digest" => "--digest",
             "--anyauth" => "--anyauth",
             "-x" | "--proxy" => "--proxy",
+            "--noproxy" => "--noproxy",
+            "--cacert" => "--cacert",
+            "-k" | "--insecure" => "--insecure",
             "--netrc" => "--netrc",
             "--netrc-file" => "--netrc-file",
             "--auth-for" => "--auth-for",
@@ -430,6 +456,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 | "--verbose"
                 | "--pkce"
                 | "--oauth1-body-hash"
+                | "--insecure"
                 | "--help"
         );
         if flag {
@@ -445,6 +472,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 "--proxy-basic" => proxy_mode = UserMode::Basic,
                 "--proxy-digest" => proxy_mode = UserMode::Digest,
                 "--location" => location = true,
+                "--insecure" => {
+                    eprintln!("fetch: warning: --insecure: the server's certificate is NOT verified");
+                    tls = tls.danger_accept_invalid_certs();
+                }
                 "--pkce" => {
                     oauth.get_or_insert_with(OAuthOpts::default);
                 }
@@ -472,10 +503,11 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 set_authz(&mut authz_from, canonical)?;
                 creds.statics.push(StaticScheme::Bearer(bearer));
             }
-            "--proxy" => {
-                let uri: Uri = value.parse().map_err(|_| format!("{canonical}: invalid proxy URL {value:?}"))?;
-                ForwardProxy::new(uri.clone()).map_err(|e| config(canonical, e))?;
-                proxy = Some(uri);
+            "--proxy" => proxy = Some(Proxy::parse(&value).map_err(|e| config(canonical, e))?),
+            "--noproxy" => noproxy = Some(value),
+            "--cacert" => {
+                let pem = std::fs::read(&value).map_err(|e| format!("{canonical}: cannot read {value:?}: {e}"))?;
+                tls = tls.add_ca_pem(&pem).map_err(|e| config(canonical, e))?;
             }
             "--netrc-file" => {
                 let netrc = NetrcAuth::from_path(&value).map_err(|e| config(canonical, e))?;
@@ -636,20 +668,24 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         // After --user and friends: explicit credentials win over the netrc file's.
         creds.statics.push(StaticScheme::Netrc(netrc));
     }
-    if let Some((u, p)) = proxy_user {
+    let proxies = match proxy {
+        Some(p) => Proxies::all(p),
+        None => Proxies::from_env().map_err(|e| format!("proxy from the environment: {e}"))?,
+    };
+    let proxies = match &noproxy {
+        Some(list) => proxies.no_proxy(list),
+        None => proxies,
+    };
+    if let Some((u, p)) = &proxy_user {
         let option = "--proxy-user";
-        if proxy.is_none() {
-            return Err(format!("{option}: needs --proxy"));
+        if proxies.is_empty() {
+            return Err(format!("{option}: needs --proxy (or a proxy in the environment)"));
         }
-        match proxy_mode {
-            UserMode::Basic => {
-                let basic = Basic::proxy(u, p).map_err(|e| config(option, e))?;
-                creds.statics.push(StaticScheme::Basic(Box::new(basic)));
-            }
-            UserMode::Digest => creds.proxy_digest = Some(Digest::proxy(u, p).map_err(|e| config(option, e))?),
-            UserMode::Any => creds.proxy_digest = Some(Digest::proxy_guess(u, p).map_err(|e| config(option, e))?),
-        }
+        // Checked here (a usage error); built for the layer and the tunnel when the run starts.
+        proxy_scheme(u, p, proxy_mode).map_err(|e| config(option, e))?;
     }
+    let proxies = proxies.answer_with(proxy_auth(proxy_mode)).map_err(|e| config("--proxy", e))?;
+    let net = Net { proxies, proxy_user, proxy_mode, tls };
     let url = url.ok_or("missing URL (try --help)")?;
     let url = parse_url(&url)?;
     let body = match data {
@@ -662,7 +698,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         None => Bytes::new(),
     };
     let method = method.unwrap_or(if body.is_empty() { Method::GET } else { Method::POST });
-    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, proxy, location, rate }))
+    Ok(Some(Opts { url, method, headers, body, count, concurrency, verbose, creds, net, location, rate }))
 }
 
 /// `ORIGIN=SCHEME:CREDENTIALS`: adds one route. Errors name the option and the origin, never a
@@ -716,6 +752,53 @@ fn auth_for(
     builder.map_err(|e| format!("{OPTION}: {e}"))
 }
 
+/// `--proxy-basic`, `--proxy-digest`, `--proxy-anyauth` as the connector names them.
+fn proxy_auth(mode: UserMode) -> ProxyAuth {
+    match mode {
+        UserMode::Basic => ProxyAuth::Basic,
+        UserMode::Digest => ProxyAuth::Digest,
+        UserMode::Any => ProxyAuth::Guess,
+    }
+}
+
+/// The proxy scheme of `-U` and its mode, for the `CONNECT` tunnel.
+fn proxy_scheme(user: &str, pass: &str, mode: UserMode) -> Result<BoxAuthenticator, ConfigError> {
+    Ok(match mode {
+        UserMode::Basic => BoxAuthenticator::new(Basic::proxy(user, pass)?),
+        UserMode::Digest => BoxAuthenticator::new(Digest::proxy(user, pass)?),
+        UserMode::Any => BoxAuthenticator::new(Digest::proxy_guess(user, pass)?),
+    })
+}
+
+/// The connector and, for a plain-`http://` URL through a proxy, the proxy scheme the layer
+/// answers `407` with (`-U`, else the proxy URL's user info). Proxy credentials never go to a
+/// URL that bypasses the proxy.
+fn connector(net: Net, url: &Uri, creds: &mut Creds) -> Result<(ProxyConnector, TlsConfig), String> {
+    let Net { proxies, proxy_user, proxy_mode, tls } = net;
+    let via = proxies.proxy_for(url).cloned();
+    let user = proxy_user
+        .clone()
+        .or_else(|| via.as_ref().and_then(Proxy::credentials).map(|(u, p)| (u.to_owned(), p.expose().to_owned())));
+    if let (Some(_), Some((u, p)), Some("http")) = (&via, &user, url.scheme_str()) {
+        let cfg = |e: ConfigError| config("--proxy-user", e);
+        match proxy_mode {
+            UserMode::Basic => creds.statics.push(StaticScheme::Basic(Box::new(Basic::proxy(u, p).map_err(cfg)?))),
+            UserMode::Digest => creds.proxy_digest = Some(Digest::proxy(u, p).map_err(cfg)?),
+            UserMode::Any => creds.proxy_digest = Some(Digest::proxy_guess(u, p).map_err(cfg)?),
+        }
+    }
+    let proxies = match &proxy_user {
+        Some((u, p)) => proxies.auth(proxy_scheme(u, p, proxy_mode).map_err(|e| config("--proxy-user", e))?),
+        None => proxies,
+    };
+    // TLS to an https:// proxy is verified as the origin's is (--cacert, -k).
+    let mut connector = ProxyConnector::new(proxies);
+    if via.as_ref().is_some_and(Proxy::is_https) {
+        connector = connector.proxy_tls(tls.client_config().map_err(|e| format!("TLS: {e}"))?);
+    }
+    Ok((connector, tls))
+}
+
 fn set_authz(from: &mut &'static str, option: &'static str) -> Result<(), String> {
     if !from.is_empty() && *from != option {
         return Err(format!("{option}: cannot be combined with {from} (both set Authorization)"));
@@ -737,15 +820,12 @@ fn positive(option: &str, value: &str) -> Result<usize, String> {
 }
 
 fn parse_url(raw: &str) -> Result<Uri, String> {
-    let shown = strip_userinfo(raw);
+    let shown = redact_userinfo(raw);
     let uri: Uri = raw.parse().map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!("invalid URL {shown:?}: https is not supported (this example has no TLS)"));
-        }
+        Some("http" | "https") => {}
         Some(other) => return Err(format!("invalid URL {shown:?}: unsupported scheme {other:?}")),
-        None => return Err(format!("invalid URL {shown:?}: expected http://HOST[:PORT]/PATH")),
+        None => return Err(format!("invalid URL {shown:?}: expected http(s)://HOST[:PORT]/PATH")),
     }
     let Some(authority) = uri.authority() else {
         return Err(format!("invalid URL {shown:?}: no host"));
@@ -754,23 +834,6 @@ fn parse_url(raw: &str) -> Result<Uri, String> {
         return Err(format!("invalid URL {shown:?}: credentials in the URL are not supported, use --user"));
     }
     Ok(uri)
-}
-
-/// The URL as given, with any `user:pass@` replaced, for messages.
-fn strip_userinfo(raw: &str) -> String {
-    let (scheme, rest) = match raw.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, raw),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let redacted = match rest[..end].rfind('@') {
-        Some(at) => format!("[redacted]@{}", &rest[at + 1..]),
-        None => rest.to_owned(),
-    };
-    match scheme {
-        Some(s) => format!("{s}://{redacted}"),
-        None => redacted,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,14 +1016,7 @@ where
 
 /// Turns the command line's credentials into one scheme: Digest for the server and for the
 /// proxy where asked, then every static scheme, combined with [`AllOf`].
-fn build(creds: Creds, oauth: Option<OAuth2>, count: &CountLayer, proxy: Option<ForwardProxy>) -> Svc {
-    match proxy {
-        Some(connector) => build_with(creds, oauth, count, connector),
-        None => build_with(creds, oauth, count, HttpConnector::new()),
-    }
-}
-
-fn build_with<C: Connect + Clone + Send + Sync + 'static>(
+fn build<C: Connect + Clone + Send + Sync + 'static>(
     creds: Creds,
     oauth: Option<OAuth2>,
     count: &CountLayer,
@@ -1118,12 +1174,20 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
 }
 
 async fn run(opts: Opts) -> ExitCode {
-    let Opts { url, method, headers, body, count, concurrency, verbose, mut creds, proxy, location, rate } = opts;
+    let Opts { url, method, headers, body, count, concurrency, verbose, mut creds, net, location, rate } = opts;
     let stats = Arc::new(Stats::default());
     let redact = Redact { verbose, key_headers: creds.key_headers.clone(), key_queries: creds.key_queries.clone() };
     let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact), counter: Counter::RoundTrips };
-    // Checked when parsed: a proxy URL that ForwardProxy refuses never gets here.
-    let proxy = proxy.and_then(|uri| ForwardProxy::new(uri).ok());
+    let (proxy_connector, https) = match connector(net, &url, &mut creds).and_then(|(c, tls)| {
+        let https = tls.https(c.clone()).map_err(|e| format!("TLS: {e}"))?;
+        Ok((c, https))
+    }) {
+        Ok(built) => built,
+        Err(msg) => {
+            eprintln!("fetch: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     let oauth = match creds.oauth2.take() {
         None => None,
         Some(o) => match oauth_provider(o, &count_layer).await {
@@ -1134,7 +1198,7 @@ async fn run(opts: Opts) -> ExitCode {
             }
         },
     };
-    let svc = build(creds, oauth, &count_layer, proxy);
+    let svc = build(creds, oauth, &count_layer, https);
     // `--rate`: one shared ticker; each request waits for its tick.
     let ticker = rate.map(|r| {
         let mut interval = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / r));
@@ -1213,7 +1277,7 @@ async fn run(opts: Opts) -> ExitCode {
     if let Some(err) = &tally.first_error {
         eprintln!("fetch: request failed: {err}");
     }
-    let round_trips = stats.round_trips.load(Ordering::Relaxed);
+    let round_trips = stats.round_trips.load(Ordering::Relaxed) + proxy_connector.connect_exchanges();
     let token_requests = stats.token_requests.load(Ordering::Relaxed);
     eprintln!("{}", tally.summary(count, round_trips, token_requests, elapsed_ms));
     if tally.ok() == count { ExitCode::SUCCESS } else { ExitCode::from(1) }

@@ -397,6 +397,11 @@ async fn main() -> Result<(), BoxError> {
         trips: idp.resource_stats().requests(),
     });
 
+    // HTTPS: an embedded TLS server with a certificate made at run time, HTTP/2 by ALPN; then
+    // the same through an embedded proxy that wants Digest on CONNECT (3 requests, 5 round trips:
+    // the CONNECT, its 407, the answer, then the 3 requests in the reused tunnel).
+    https_rows(&mut rows).await?;
+
     let mut failed = 0;
     println!("{:<34} {:<20} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
     for row in &rows {
@@ -420,6 +425,50 @@ async fn main() -> Result<(), BoxError> {
     println!("{} rows, {} failed", rows.len(), failed);
     if failed > 0 {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The HTTPS rows: direct, and through a proxy answering its Digest challenge on CONNECT.
+async fn https_rows(rows: &mut Vec<Row>) -> Result<(), BoxError> {
+    use tower_auth::connect::tls::{Roots, TlsConfig};
+    use tower_auth::connect::{Proxies, Proxy, ProxyConnector};
+    use tower_auth::testing::proxy::TestProxy;
+    use tower_auth::testing::tls::{TestPki, TlsServer};
+
+    let pki = TestPki::new(&["127.0.0.1"])?;
+    let bearer = RequireLayer::bearer("tour", "t0ken");
+    let stats = bearer.stats();
+    let server =
+        TlsServer::start(&pki, Router::new().route("/tls", get(|| async { "over TLS" })).route_layer(bearer)).await?;
+    let tls = TlsConfig::new().roots(Roots::None).add_ca_pem(pki.ca_pem().as_bytes())?;
+    let proxy = TestProxy::builder().check(DigestCheck::new("corp").user("alice", "pr0xy").proxy(true)).start().await?;
+    let cases = [
+        ("HTTPS (rustls, HTTP/2 by ALPN)", "/tls", Proxies::none(), 1, 1),
+        (
+            "HTTPS via proxy, Digest on CONNECT",
+            "/tls, 3 req",
+            Proxies::all(Proxy::parse(&proxy.url())?.auth(tower_auth::Digest::proxy("alice", "pr0xy")?)),
+            3,
+            5,
+        ),
+    ];
+    for (scheme, route, proxies, times, expected_trips) in cases {
+        stats.reset();
+        let connector = ProxyConnector::new(proxies);
+        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(tls.https(connector.clone())?);
+        let svc = ServiceBuilder::new().layer(AuthLayer::bearer("t0ken")?).service(client);
+        let mut actual = Err("not sent".to_string());
+        for _ in 0..times {
+            actual = match svc.clone().oneshot(Request::get(server.url("/tls")).body(Full::default())?).await {
+                Ok(res) if res.version() != http::Version::HTTP_2 => Err(format!("{:?}, not HTTP/2", res.version())),
+                Ok(res) => Ok(res.status()),
+                Err(err) => Err(err.to_string()),
+            };
+        }
+        // Round trips: the CONNECT exchanges with the proxy, then the requests the server saw.
+        let trips = connector.connect_exchanges() + stats.requests();
+        rows.push(Row { scheme, route, expected: StatusCode::OK, expected_trips, actual, trips });
     }
     Ok(())
 }

@@ -61,6 +61,8 @@
 //! | Digest (RFC 7616), shared nonce reuse | [`Digest`] | [`AuthLayer::digest`] | done |
 //! | Guess (Digest, else Basic) | [`Digest::guess`] | [`AuthLayer::guess`] | done |
 //! | proxy Basic / Digest / Guess (`407`) | [`Basic::proxy`], [`Digest::proxy`] | [`AuthLayer::proxy_digest`], … | done |
+//! | HTTPS through an authenticating proxy (`CONNECT` answering `407`), proxies from the environment | `connect::ProxyConnector` | `connect::Proxies::from_env` (feature `connector`) | done |
+//! | TLS (rustls, HTTP/2 by ALPN) | `connect::tls::TlsConfig` | feature `tls` | done |
 //! | routing by origin (scheme, host, port) | [`route::Router`] | [`AuthLayer::route`] | done |
 //! | netrc (opt-in) | [`NetrcAuth`] | [`AuthLayer::netrc`] | done |
 //! | credentials in the URL (opt-in) | [`UrlCredentials`] | [`AuthLayer::url_credentials`] | done |
@@ -91,7 +93,8 @@
 //!   routed anew and credentials go only to their own origin (the [`route`] module shows the
 //!   whole stack and what happens with the follower inside).
 //! - `Proxy-Authorization` is added to `http://` requests only (absolute form, to the proxy);
-//!   an `https://` request goes through a `CONNECT` tunnel and carries no proxy credentials.
+//!   an `https://` request goes through a `CONNECT` tunnel and carries no proxy credentials: the
+//!   connector (`connect::ProxyConnector`) sends them on the `CONNECT` only.
 //! - Challenge answers: at most one per challenge plus one for `stale=true`, never more than
 //!   [`MAX_EXCHANGES`] exchanges per request.
 
@@ -105,7 +108,11 @@ pub mod challenge;
 pub mod combine;
 #[cfg(feature = "connector")]
 #[cfg_attr(docsrs, doc(cfg(feature = "connector")))]
-pub mod connector;
+pub mod connect;
+/// The first name of [`connect`], kept so that `tower_auth::connector::ForwardProxy` still works.
+#[cfg(feature = "connector")]
+#[cfg_attr(docsrs, doc(cfg(feature = "connector")))]
+pub use connect as connector;
 #[cfg(feature = "digest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
 pub mod digest;

@@ -474,7 +474,7 @@ fn usage_errors_name_the_option_and_exit_2() {
         (&[], "fetch: missing URL"),
         (&["--frobnicate", &u], "fetch: unknown option --frobnicate"),
         (&["ht!tp://"], "fetch: invalid URL \"ht!tp://\": "),
-        (&["https://example.com/"], "https is not supported"),
+        (&["ftp://example.com/"], "unsupported scheme \"ftp\""),
         (&[&u, &u], "more than one URL"),
         (&["--api-key", "X-API-Key:", &u], "fetch: --api-key: invalid API key: it is empty"),
         (&["--api-key", "nocolon", &u], "fetch: --api-key: expected NAME:VALUE"),

@@ -1008,6 +1008,8 @@ impl DigestSpace {
 fn request_target(uri: &http::Uri, target: Target) -> String {
     match target {
         Target::Proxy if uri.scheme().is_some() => uri.to_string(),
+        // `CONNECT host:port`: the request-target is the authority (as curl and Squid use it).
+        Target::Proxy if uri.path_and_query().is_none() && uri.authority().is_some() => uri.to_string(),
         _ => uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
     }
 }

@@ -57,6 +57,12 @@ pub mod idp;
 #[cfg(feature = "oauth2")]
 pub mod token;
 pub use idp::FakeIdp;
+#[cfg(feature = "testing-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing-tls")))]
+pub mod proxy;
+#[cfg(feature = "testing-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing-tls")))]
+pub mod tls;
 
 /// What a [`Check`] decided about a request.
 #[derive(Debug, Clone)]
@@ -277,17 +283,24 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct BasicCheck {
     realm: String,
     users: Vec<(String, Secret)>,
+    proxy: bool,
 }
 
 impl BasicCheck {
     /// A check with no users yet, challenging with this realm.
     pub fn new(realm: &str) -> Self {
-        BasicCheck { realm: realm.to_owned(), users: Vec::new() }
+        BasicCheck { realm: realm.to_owned(), users: Vec::new(), proxy: false }
     }
 
     /// Adds a user.
     pub fn user(mut self, user: &str, password: &str) -> Self {
         self.users.push((user.to_owned(), Secret::new(password)));
+        self
+    }
+
+    /// Acts as a proxy: `407`, `Proxy-Authenticate`, `Proxy-Authorization`.
+    pub fn proxy(mut self, on: bool) -> Self {
+        self.proxy = on;
         self
     }
 }
@@ -301,8 +314,18 @@ impl fmt::Debug for BasicCheck {
 
 impl Check for BasicCheck {
     fn check(&self, req: &Parts, _: &Bytes) -> Verdict {
-        let challenge = || Verdict::challenge(format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm));
-        let Some(value) = req.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let challenge = || {
+            let value = format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm);
+            match (self.proxy, HeaderValue::try_from(value.as_str())) {
+                (true, Ok(v)) => Verdict::Reject {
+                    status: StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    headers: vec![(http::header::PROXY_AUTHENTICATE, v)],
+                },
+                _ => Verdict::challenge(value),
+            }
+        };
+        let header = if self.proxy { http::header::PROXY_AUTHORIZATION } else { AUTHORIZATION };
+        let Some(value) = req.headers.get(header).and_then(|v| v.to_str().ok()) else {
             return challenge();
         };
         let Some((scheme, token)) = value.split_once(' ') else { return challenge() };

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub(crate) mod example;
+pub(crate) mod https;
 pub(crate) mod peers;
 
 use std::sync::Arc;

@@ -623,3 +623,94 @@ fn is_executable(path: &Path) -> bool {
         path.is_file()
     }
 }
+
+/// Env var holding the URL of the Squid proxy that wants Basic proxy auth.
+#[allow(dead_code, unreachable_pub)]
+pub const SQUID_BASIC_URL_VAR: &str = "TOWER_AUTH_SQUID_BASIC_URL";
+/// Env var holding the URL of the Squid proxy that wants Digest proxy auth.
+#[allow(dead_code, unreachable_pub)]
+pub const SQUID_DIGEST_URL_VAR: &str = "TOWER_AUTH_SQUID_DIGEST_URL";
+
+/// Two running Squid proxies (Debian `squid`), `http://127.0.0.1:PORT`, no trailing slash; users
+/// `alice`/`s3cret` and `bob`/`hunter2`; CONNECT allowed to 127.0.0.1 only. See the top of
+/// `tests/peers/squid.sh`.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Squid {
+    /// Proxy auth Basic (realm `squid-basic`).
+    pub basic_url: String,
+    /// Proxy auth Digest, MD5, qop auth (realm `squid-digest`).
+    pub digest_url: String,
+}
+
+/// The Squid peer: from the `TOWER_AUTH_SQUID_*` env vars if set (both), otherwise acquired (once
+/// per process) with `tests/peers/squid.sh acquire target/peers/squid PID` and released when the
+/// process exits, as [`apache`] does.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when Squid cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn squid() -> Option<&'static Squid> {
+    static SQUID: OnceLock<Result<Squid, String>> = OnceLock::new();
+    match SQUID.get_or_init(find_squid) {
+        Ok(squid) => Some(squid),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn parse_squid_env(text: &str) -> Result<Squid, String> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| v.starts_with("http://127.0.0.1:"))
+            .map(trim_url)
+            .ok_or_else(|| format!("{key} missing or not an http://127.0.0.1: URL"))
+    };
+    Ok(Squid { basic_url: get(SQUID_BASIC_URL_VAR)?, digest_url: get(SQUID_DIGEST_URL_VAR)? })
+}
+
+#[allow(dead_code)]
+fn find_squid() -> Result<Squid, String> {
+    let vars: Vec<String> = [SQUID_BASIC_URL_VAR, SQUID_DIGEST_URL_VAR]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
+        .collect();
+    match vars.len() {
+        2 => return parse_squid_env(&vars.join("\n")).map_err(|e| format!("Squid peer unavailable: {e}")),
+        1 => {
+            return Err(format!(
+                "Squid peer unavailable: {SQUID_BASIC_URL_VAR} and {SQUID_DIGEST_URL_VAR} must be set together"
+            ));
+        }
+        _ => {}
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/squid.sh";
+    let dir = "target/peers/squid";
+    let fix = format!(
+        "to fix: install Squid (`apt-get install squid apache2-utils`), then check `{script} start {dir}` \
+         by hand in {manifest}, or set {SQUID_BASIC_URL_VAR} and {SQUID_DIGEST_URL_VAR}",
+        manifest = manifest_dir.display(),
+    );
+    let pid = std::process::id().to_string();
+    release_at_exit(manifest_dir, script, dir, &pid)
+        .map_err(|e| format!("Squid peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
+    let output = Command::new("bash")
+        .args([script, "acquire", dir, &pid])
+        .current_dir(manifest_dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("Squid peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "Squid peer unavailable: `{script} acquire {dir} {pid}` failed ({status}):\n{stderr}{fix}",
+            status = output.status,
+            stderr = with_newline(stderr.trim_end()),
+        ));
+    }
+    parse_squid_env(&stdout)
+        .map_err(|e| format!("Squid peer unavailable: {e}\nstdout:\n{stdout}stderr:\n{stderr}{fix}"))
+}

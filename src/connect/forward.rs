@@ -5,8 +5,8 @@
 //! talk to.
 //!
 //! It handles plain `http://` targets. HTTPS through an authenticating proxy needs a `CONNECT`
-//! tunnel whose `407` is answered before TLS starts; that is the connector's job, not the
-//! layer's, because the tunnel request never passes through the tower stack.
+//! tunnel whose `407` is answered before TLS starts: [`ProxyConnector`](super::ProxyConnector) does that, not the
+//! layer, because the tunnel request never passes through the tower stack.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
