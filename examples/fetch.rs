@@ -115,7 +115,9 @@ options:
                                --oauth2-token-url, --client-id, optional --client-secret)
       --pkce                   PKCE S256 (the default with --oauth2-auth-code; kept for curl-like
                                scripts)
-      --redirect-port PORT     the listener's port (default 5000; 0 for any free port)
+      --redirect-port PORT[,PORT...]
+                               the listener's port (default 5000; 0 for any free port), then
+                               fallbacks tried in turn when it is taken
       --oauth2-implicit AUTH_URL
                                OAuth2 implicit grant (discouraged; for servers that need it):
                                the access token comes back through the browser (with
@@ -260,7 +262,7 @@ struct OAuthOpts {
     user: Option<(String, String)>,
     token_cache: Option<String>,
     auth_code_url: Option<String>,
-    redirect_port: Option<u16>,
+    redirect_ports: Vec<u16>,
     device_url: Option<String>,
     implicit_url: Option<String>,
 }
@@ -590,8 +592,12 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--oauth2-device" => oauth.get_or_insert_with(OAuthOpts::default).device_url = Some(value),
             "--oauth2-implicit" => oauth.get_or_insert_with(OAuthOpts::default).implicit_url = Some(value),
             "--redirect-port" => {
-                let port = value.parse().map_err(|_| format!("{canonical}: expected a port number (0 for any)"))?;
-                oauth.get_or_insert_with(OAuthOpts::default).redirect_port = Some(port);
+                let ports = value
+                    .split(',')
+                    .map(|p| p.trim().parse::<u16>())
+                    .collect::<Result<Vec<u16>, _>>()
+                    .map_err(|_| format!("{canonical}: expected port numbers separated by commas (0 for any)"))?;
+                oauth.get_or_insert_with(OAuthOpts::default).redirect_ports = ports;
             }
             "--rate" => {
                 let r: f64 =
@@ -1097,6 +1103,15 @@ impl Tally {
 /// The OAuth2 token provider of the command line. Token requests go through their own client
 /// (no auth layer, no redirects), counted in `token_requests`. An error is one line without a
 /// secret.
+/// `--redirect-port PORT[,PORT...]`: the first port, then the fallbacks.
+#[cfg(feature = "oauth2-browser")]
+fn with_redirect_ports(b: tower_auth::oauth2::ProviderBuilder, ports: &[u16]) -> tower_auth::oauth2::ProviderBuilder {
+    match ports.split_first() {
+        Some((first, rest)) => b.redirect_port(*first).fallback_ports(rest.iter().copied()),
+        None => b,
+    }
+}
+
 async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvider, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let transport = count.token_endpoint().layer(client);
@@ -1106,10 +1121,7 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
         #[cfg(feature = "oauth2-browser")]
         (Some(auth), _, _) => {
             let b = TokenProvider::authorization_code(auth, &url, &client_id);
-            match o.redirect_port {
-                Some(port) => b.redirect_port(port),
-                None => b,
-            }
+            with_redirect_ports(b, &o.redirect_ports)
         }
         #[cfg(not(feature = "oauth2-browser"))]
         (Some(_), _, _) => {
@@ -1119,10 +1131,7 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
         (None, _, _) if o.implicit_url.is_some() => {
             let auth = o.implicit_url.clone().unwrap_or_default();
             let b = TokenProvider::implicit(auth, &client_id, tower_auth::oauth2::ImplicitResponse::AccessToken);
-            match o.redirect_port {
-                Some(port) => b.redirect_port(port),
-                None => b,
-            }
+            with_redirect_ports(b, &o.redirect_ports)
         }
         (None, Some(device), _) => TokenProvider::device_code(device, &url, &client_id),
         (None, None, grant) => match grant {

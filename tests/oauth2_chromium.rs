@@ -346,7 +346,9 @@ async fn fetch_opens_the_browser_named_by_browser_and_fifty_requests_share_one_t
     let Some((glewlwyd, chromium)) = peers() else { return };
     let fetch = support::example::example_bin("fetch");
     let browser = format!("env NODE_PATH={} node {}", chromium.node_path.display(), chromium.login_script.display());
-    let port = glewlwyd.redirect_ports[glewlwyd.redirect_ports.len() - 1].to_string();
+    // The registered ports, last first (the other tests start with the first).
+    let ports: Vec<String> = glewlwyd.redirect_ports.iter().rev().map(u16::to_string).collect();
+    let ports = ports.join(",");
     let args = [
         "--oauth2-auth-code",
         &glewlwyd.auth_url,
@@ -359,7 +361,7 @@ async fn fetch_opens_the_browser_named_by_browser_and_fifty_requests_share_one_t
         "--scope",
         &glewlwyd.scope,
         "--redirect-port",
-        &port,
+        &ports,
         "-n",
         "50",
         "-c",
