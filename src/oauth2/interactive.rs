@@ -294,7 +294,7 @@ impl CodeFlow {
             .route(&path, axum::routing::get(implicit_get).post(implicit_post))
             .fallback(not_found)
             .with_state(waiting);
-        let server = Server::spawn(listeners, app);
+        let server = serve(listeners, app);
         self.run(&url, result, server).await
     }
 }
@@ -662,7 +662,7 @@ impl CodeFlow {
         });
         let app =
             axum::Router::new().route(&path, axum::routing::get(callback)).fallback(not_found).with_state(waiting);
-        let server = Server::spawn(listeners, app);
+        let server = serve(listeners, app);
         tracing::info!(redirect_uri = %redirect_uri, "waiting for the authorization response on the loopback listener");
         let code = self.run(&url, result, server).await?;
         Ok(Granted { code, verifier, redirect_uri, nonce })
