@@ -102,6 +102,8 @@ pub(crate) fn wall_now_for_tests() -> std::time::SystemTime {
     store::wall_now()
 }
 mod provider;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod store;
 
 use std::marker::PhantomData;
@@ -124,6 +126,8 @@ pub use self::file_store::{FileStore, FileStoreError};
 pub use self::interactive::{CodeFlow, DisplaySettings, RedirectHost};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
+#[cfg(feature = "redis")]
+pub use self::redis_store::{RedisStore, RedisStoreBuilder, RedisStoreError};
 pub use self::store::{CacheKey, Lease, MemoryStore, StoreFuture, StoredToken, TokenStore};
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
 use crate::combine::BoxWait;

@@ -396,17 +396,19 @@ impl Shared {
     async fn reload_fresh(&self) -> bool {
         let Some((store, key)) = &self.store else { return false };
         let Ok(Some(stored)) = store.load(key).await else { return false };
+        // Under the lease, the stored refresh token is the newest (the last owner wrote its
+        // rotated one before giving the lease back), even when the access token expired.
+        if let Some(rt) = stored.refresh_token.clone() {
+            self.lock().refresh_token = Some(rt);
+        }
         let Some(remaining) = stored.remaining() else { return false };
         let now = Instant::now();
         let held = self.slot.load().as_ref().map(|t| t.expires_at.saturating_duration_since(now));
-        // Fresher than ours, and still to be sent for a while (past the early expiry).
-        if held.is_some_and(|h| remaining <= h)
-            || remaining.saturating_sub(self.timing.early_expiry) < Duration::from_secs(1)
-        {
+        // Fresher than ours, and still to be sent for a while (past the early expiry, shortened
+        // for short lifetimes as `install` does).
+        let early = self.timing.early_expiry.min(remaining / 2);
+        if held.is_some_and(|h| remaining <= h) || remaining.saturating_sub(early) < Duration::from_secs(1) {
             return false;
-        }
-        if let Some(rt) = stored.refresh_token.clone() {
-            self.lock().refresh_token = Some(rt);
         }
         let issued = Issued {
             token: stored.access_token.clone(),
