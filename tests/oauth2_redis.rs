@@ -8,9 +8,6 @@
 mod support;
 
 use std::io::Write as _;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +16,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::peers;
+use support::redis_server::PrivateRedis;
 use tokio::time::Instant;
 use tower_auth::oauth2::{ProviderBuilder, RedisStore, RedisStoreBuilder, TokenProvider};
 use tower_auth::testing::idp::{FakeIdp, Fault, Grant};
@@ -105,57 +103,6 @@ impl std::io::Write for Logs {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// A private `redis-server` on its own port, which a test stops and starts again.
-struct Private {
-    bin: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Private {
-    fn start(bin: PathBuf) -> Private {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut p = Private { bin, port, child: None };
-        p.up();
-        p
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "yes", "--daemonize", "no", "--logfile", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..100 {
-            if redis::Client::open(self.url()).unwrap().get_connection().is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the private redis-server did not start on port {}", self.port);
-    }
-
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Private {
-    fn drop(&mut self) {
-        self.down();
     }
 }
 
@@ -251,7 +198,7 @@ async fn redis_stopped_mid_run_costs_no_request_logs_once_and_is_shared_again_wh
     let Some(bin) = peers::redis_server() else { return };
     let logs = Logs::default();
     let _guard = logs.capture();
-    let mut private = Private::start(bin);
+    let mut private = PrivateRedis::start(bin);
     let url = private.url();
     let idp = FakeIdp::start().await.unwrap();
     idp.set_lifetime(Duration::from_secs(3));

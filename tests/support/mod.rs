@@ -3,6 +3,7 @@
 
 pub(crate) mod example;
 pub(crate) mod peers;
+pub(crate) mod redis_server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
