@@ -387,3 +387,48 @@ async fn encrypted_values_are_not_the_token_and_open_only_with_the_fleets_key() 
     assert_eq!(idp.token_requests(), 3);
     let _ = std::io::stderr().flush();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_a_resource_server_rejected_is_never_taken_back_from_the_store() {
+    let Some(redis) = peers::redis() else { return };
+    let idp = FakeIdp::start().await.unwrap();
+    let prefix = prefix("rejected");
+    let a = replica(&idp, store(&redis.url, &prefix));
+    let b = replica(&idp, store(&redis.url, &prefix));
+    let first = a.token().await.unwrap();
+    assert_eq!(b.token().await.unwrap().header_value(), "Bearer at-1");
+    // A's request with at-1 gets a 401: A drops it and, although the store still has it, asks
+    // for a new one.
+    assert!(a.invalidate(&first));
+    assert_eq!(a.token().await.unwrap().header_value(), "Bearer at-2");
+    assert_eq!(idp.token_requests(), 2);
+    // B's next 401 finds the replacement in the store: no request.
+    let held = b.token().await.unwrap();
+    assert!(b.invalidate(&held));
+    assert_eq!(b.token().await.unwrap().header_value(), "Bearer at-2");
+    assert_eq!(idp.token_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_the_keys_time_to_live_on_rediss_clock_not_a_replicas_wall_clock() {
+    let Some(redis) = peers::redis() else { return };
+    let idp = FakeIdp::start().await.unwrap();
+    let prefix = prefix("pttl");
+    let a = replica(&idp, store(&redis.url, &prefix));
+    a.token().await.unwrap();
+    let key = wait_for_key(&redis.url, &format!("{prefix}:token:*")).await;
+    let mut conn = raw(&redis.url);
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+    assert!((3_590_000..=3_600_000).contains(&pttl), "the key lives as long as the token: {pttl} ms");
+    let value: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&value).unwrap();
+    let fields: Vec<&String> = doc.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["access_token", "refresh_grace_ms", "v"], "no wall-clock time in the value");
+    // Whatever a replica's clock says, the token's lifetime is what Redis has left on the key.
+    redis::cmd("PEXPIRE").arg(&key).arg(10_000).exec(&mut conn).unwrap();
+    let b = replica(&idp, store(&redis.url, &prefix));
+    let token = b.token().await.unwrap();
+    let left = token.expires_at() - Instant::now();
+    assert!(left <= Duration::from_secs(10) && left >= Duration::from_secs(8), "{left:?}");
+    assert_eq!(b.stats().token_requests(), 0);
+}
