@@ -10,32 +10,14 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use support::peers;
-use tower_auth::testing::idp::{FakeIdp, IdpHandle};
+use tower_auth::testing::idp::IdpHandle;
 
 fn idp() -> IdpHandle {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let idp = FakeIdp::start().await.unwrap();
-            tx.send(idp.handle()).unwrap();
-            std::future::pending::<()>().await;
-            drop(idp);
-        });
-    });
-    rx.recv().unwrap()
+    support::idp_on_thread()
 }
 
 fn summary(stderr: &str) -> HashMap<String, String> {
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("summary "), "{stderr}");
-    last["summary ".len()..]
-        .split(' ')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
+    support::fetch_summary(stderr)
 }
 
 fn fetch(idp: &IdpHandle, extra: &[&str]) -> Command {
