@@ -410,7 +410,7 @@ async fn a_token_a_resource_server_rejected_is_never_taken_back_from_the_store()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiry_is_the_keys_time_to_live_on_rediss_clock_not_a_replicas_wall_clock() {
+async fn expiry_is_the_keys_time_to_live_on_the_redis_clock_not_a_replicas_wall_clock() {
     let Some(redis) = peers::redis() else { return };
     let idp = FakeIdp::start().await.unwrap();
     let prefix = prefix("pttl");
@@ -431,4 +431,56 @@ async fn expiry_is_the_keys_time_to_live_on_rediss_clock_not_a_replicas_wall_clo
     let left = token.expires_at() - Instant::now();
     assert!(left <= Duration::from_secs(10) && left >= Duration::from_secs(8), "{left:?}");
     assert_eq!(b.stats().token_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_the_fleets_ca_is_shared_and_an_unknown_ca_is_worked_around() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let Some(bin) = peers::redis_server() else { return };
+    // A CA and a certificate for 127.0.0.1, made now.
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "tower-auth redis test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    server.distinguished_name.push(DnType::CommonName, "localhost");
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("redis.crt"), dir.path().join("redis.key"));
+    let ca_pem = pem("CERTIFICATE", ca_cert.der());
+    std::fs::write(&cert, pem("CERTIFICATE", server_cert.der()) + &ca_pem).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &server_key.serialize_der())).unwrap();
+    let redis = PrivateRedis::start_tls(bin, &cert, &key);
+    let url = redis.url().replace("redis://", "rediss://");
+
+    let idp = FakeIdp::start().await.unwrap();
+    let prefix = prefix("tls");
+    let trusted = || store(&url, &prefix).tls_root_certificate(ca_pem.as_bytes()).build().unwrap();
+    let probe = trusted();
+    probe.ping().await.unwrap();
+    let a = cc(&idp).store(trusted()).build(client()).unwrap();
+    let b = cc(&idp).store(trusted()).build(client()).unwrap();
+    a.token().await.unwrap();
+    b.token().await.unwrap();
+    assert_eq!(idp.token_requests(), 1, "shared over TLS");
+    assert!(format!("{probe:?}").contains("rediss://127.0.0.1"));
+
+    // The system's roots do not know this CA: the handshake fails, the replica works alone.
+    let untrusted = store(&url, &prefix).build().unwrap();
+    assert!(untrusted.ping().await.unwrap_err().is_unavailable());
+    let c = cc(&idp).store(untrusted).build(client()).unwrap();
+    c.token().await.unwrap();
+    assert_eq!(idp.token_requests(), 2);
+}
+
+/// PEM text of DER bytes (rcgen is built without its `pem` feature).
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct PrivateRedis {
     bin: PathBuf,
     port: u16,
+    /// `--tls-…` options: the port then speaks TLS only.
+    tls: Vec<String>,
     child: Option<Child>,
 }
 
@@ -20,7 +22,27 @@ impl PrivateRedis {
     /// Starts one on a free port.
     pub fn start(bin: PathBuf) -> PrivateRedis {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = PrivateRedis { bin, port, child: None };
+        let mut redis = PrivateRedis { bin, port, tls: Vec::new(), child: None };
+        redis.up();
+        redis
+    }
+
+    /// Starts one that speaks TLS only (no client certificates asked), with this certificate
+    /// chain and key (PEM files).
+    pub fn start_tls(bin: PathBuf, cert: &std::path::Path, key: &std::path::Path) -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        let tls = vec![
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(cert),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut redis = PrivateRedis { bin, port, tls, child: None };
         redis.up();
         redis
     }
@@ -30,8 +52,11 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Whether it answers `PING`.
+    /// Whether it answers `PING` (with TLS: whether it accepts connections).
     pub fn pong(&self) -> bool {
+        if !self.tls.is_empty() {
+            return TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 7];
@@ -40,8 +65,13 @@ impl PrivateRedis {
 
     /// Starts it again (same port), and waits until it answers.
     pub fn up(&mut self) {
+        let port = self.port.to_string();
+        let ports =
+            if self.tls.is_empty() { ["--port", &port, "--port", &port] } else { ["--port", "0", "--tls-port", &port] };
         let child = Command::new(&self.bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
+            .args(&self.tls)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "yes", "--daemonize", "no", "--logfile", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
