@@ -484,3 +484,42 @@ fn pem(label: &str, der: &[u8]) -> String {
     let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_delays_a_token_by_one_operation_timeout_at_most() {
+    let Some(bin) = peers::redis_server() else { return };
+    let redis = PrivateRedis::start(bin);
+    let url = redis.url();
+    let idp = FakeIdp::start().await.unwrap();
+    let prefix = prefix("hang");
+    let a_store = store(&url, &prefix).build().unwrap();
+    let a = cc(&idp).store(a_store.clone()).build(client()).unwrap();
+    let first = a.token().await.unwrap();
+
+    // Redis stops answering (connections open, nothing read).
+    redis.freeze();
+    assert!(a.invalidate(&first));
+    let started = Instant::now();
+    assert_eq!(a.token().await.unwrap().header_value(), "Bearer at-2");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    // A replica starting now: its first read times out once, then it fetches its own.
+    let b_store = store(&url, &prefix).build().unwrap();
+    let b = cc(&idp).store(b_store.clone()).build(client()).unwrap();
+    let started = Instant::now();
+    assert_eq!(b.token().await.unwrap().header_value(), "Bearer at-3");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(!a_store.is_available() && !b_store.is_available());
+
+    // Redis answers again: the stores see it at their next call.
+    redis.thaw();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    b_store.ping().await.unwrap();
+    assert!(b_store.is_available());
+    let held = b.token().await.unwrap();
+    assert!(b.invalidate(&held));
+    b.token().await.unwrap();
+    wait_for_key(&url, &format!("{prefix}:token:*")).await;
+    let c = replica(&idp, store(&url, &prefix));
+    c.token().await.unwrap();
+    assert_eq!(c.stats().token_requests(), 0, "shared again");
+}

@@ -53,6 +53,10 @@
 //!   a tonic `Channel` ([`OAuth2::once`]). A `403` never invalidates.
 //! - The task ends when the last handle ([`TokenProvider`], or a layer holding it) is dropped.
 //!   Time is tokio's: tests run on a paused clock.
+//! - With a [store](ProviderBuilder::store), tokens outlive the provider or are shared beyond
+//!   it: [`MemoryStore`] (the providers of one process), `FileStore` (a JSON file, across
+//!   restarts and processes of one machine), `RedisStore` (feature `redis`: N replicas of a
+//!   service, one token request per renewal for all of them, through a lease in Redis).
 //!
 //! # Grants
 //!

@@ -716,8 +716,8 @@ impl Inner {
             Some(_) => return Err(Unusable::Version),
             None => return Err(Unusable::NotOurs),
         }
-        let plain = match (doc.get("alg").is_some(), &self.cipher) {
-            (false, None) => return serde_json::from_value(doc).map_err(|_| Unusable::NotOurs),
+        let entry: Entry = match (doc.get("alg").is_some(), &self.cipher) {
+            (false, None) => serde_json::from_value(doc).map_err(|_| Unusable::NotOurs)?,
             (false, Some(_)) => return Err(Unusable::Plain),
             (true, None) => return Err(Unusable::Sealed),
             (true, Some(cipher)) => {
@@ -727,12 +727,12 @@ impl Inner {
                 if sealed.alg != "A256GCM" || nonce.len() != 12 {
                     return Err(Unusable::NotOurs);
                 }
-                cipher
+                let plain = cipher
                     .decrypt(Nonce::from_slice(&nonce), Payload { msg: &data, aad: name.as_bytes() })
-                    .map_err(|_| Unusable::Undecryptable)?
+                    .map_err(|_| Unusable::Undecryptable)?;
+                serde_json::from_slice(&plain).map_err(|_| Unusable::NotOurs)?
             }
         };
-        let entry: Entry = serde_json::from_slice(&plain).map_err(|_| Unusable::NotOurs)?;
         if entry.v != VERSION || entry.access_token.is_empty() {
             return Err(Unusable::NotOurs);
         }

@@ -87,6 +87,22 @@ impl PrivateRedis {
         panic!("the private redis-server did not start on port {}", self.port);
     }
 
+    /// Stops it (`SIGSTOP`): connections stay open, nothing is answered (a Redis that hangs).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen one go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Kills it (as a crash would).
     pub fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
