@@ -112,16 +112,22 @@ return 0",
 /// # The lease
 ///
 /// Before a token request the provider takes the lease ([`TokenStore::lease`]):
-/// `SET P:lease:K <random owner id> NX PX <lease ttl>`. The owner reads the store again (another
+/// `SET P:lease:K <random owner id> NX PX <lease ttl>` (with a `GET` in the same round trip, so
+/// that a call made again after a lost reply still knows the lease is its own). The owner reads the store again (another
 /// replica may have just written a token: then it sends no request), requests, writes the new
 /// token (and the rotated refresh token) and gives the lease back with a compare-and-delete Lua
 /// script (only the owner deletes; a lease that expired and went to another replica is left
-/// alone). The other replicas wait: subscribed to `P:wake:K`, they try again when woken, and at
-/// least every [poll interval](RedisStoreBuilder::poll_interval) otherwise. The first to get the
-/// lease after the owner finds the new token and sends nothing. An owner that dies mid-request
+/// alone). The other replicas wait: subscribed to `P:wake:K`, they read the new token as soon as
+/// the owner has written it (and send nothing), try for the lease again when it is given back,
+/// and at least every [poll interval](RedisStoreBuilder::poll_interval) otherwise (a replica
+/// that gets the lease reads the store first, so it too sends nothing if a token just came). An owner that dies mid-request
 /// never gives the lease back: it expires after the [lease ttl](RedisStoreBuilder::lease_ttl)
 /// and one waiter takes it. Make the lease longer than the provider's token request
-/// [timeout](super::ProviderBuilder::timeout), so that a slow request never outlives its lease.
+/// [timeout](super::ProviderBuilder::timeout), so that a slow request never outlives its lease,
+/// and, where callers should not fail while a dead owner's lease runs out at a cold start (no
+/// token anywhere yet), shorter than the provider's
+/// [wait timeout](super::ProviderBuilder::wait_timeout) (both 60 s by default: e.g. a token
+/// request timeout of 10 s and a lease of 15 s).
 ///
 /// # When Redis fails
 ///
@@ -456,15 +462,18 @@ impl Inner {
         Ok(conn.clone())
     }
 
-    /// One Redis call, bounded by the operation timeout.
+    /// One Redis call, bounded by the operation timeout. A call that finds its connection
+    /// broken (Redis restarted) is made once more, on the connection the manager makes anew.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let work = async {
-            let conn = self.conn().await?;
-            f(conn).await
+            match f(self.conn().await?).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => f(self.conn().await?).await,
+                other => other,
+            }
         };
         match tokio::time::timeout(self.op_timeout, work).await {
             Ok(Ok(value)) => Ok(value),
@@ -510,7 +519,7 @@ impl Inner {
     /// call fails (recorded, logged once per outage).
     async fn attempt<T, F, Fut>(&self, f: F) -> Option<Result<T, RedisStoreError>>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         if !self.usable() {
@@ -591,9 +600,10 @@ impl Inner {
         };
         let Some(value) = self.encode(&name, &entry) else { return };
         let channel = self.name("wake", key);
+        let (name, channel, value) = (&name, &channel, &value);
         let _ = self
             .attempt(|mut c| async move {
-                SAVE.key(&name).key(&channel).arg(value).arg(ttl).invoke_async::<i64>(&mut c).await
+                SAVE.key(name).key(channel).arg(value).arg(ttl).invoke_async::<i64>(&mut c).await
             })
             .await;
     }
@@ -603,17 +613,22 @@ impl Inner {
         let owner = format!("{:032x}", rand::random::<u128>());
         let ttl = self.lease_ttl.as_millis() as u64;
         let deadline = Instant::now() + self.lease_ttl + self.poll_interval;
+        // `SET NX PX`, then `GET` in the same round trip: the lease is ours if it holds our
+        // owner id, also when a reply was lost and the call made again.
         let try_take = || {
-            let (name, owner) = (name.clone(), owner.clone());
+            let (name, owner) = (&name, &owner);
             self.attempt(move |mut c| async move {
-                redis::cmd("SET")
-                    .arg(&name)
-                    .arg(&owner)
+                let (_, holder) = redis::pipe()
+                    .cmd("SET")
+                    .arg(name)
+                    .arg(owner)
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl)
-                    .query_async::<Option<String>>(&mut c)
-                    .await
+                    .get(name)
+                    .query_async::<(redis::Value, Option<Vec<u8>>)>(&mut c)
+                    .await?;
+                Ok(holder.as_deref() == Some(owner.as_bytes()))
             })
         };
         let mut waiter: Option<redis::aio::PubSub> = None;
@@ -622,10 +637,10 @@ impl Inner {
             match try_take().await {
                 // Redis is down: no lease to take, the provider goes on alone.
                 None => return Ok(Lease::none()),
-                Some(Ok(Some(_))) => return Ok(self.held(key, owner)),
+                Some(Ok(true)) => return Ok(self.held(key, owner)),
                 // Another type under the lease's key: not ours to wait for.
                 Some(Err(_)) => return Err(RedisStoreError { kind: Kind::Foreign }),
-                Some(Ok(None)) => {}
+                Some(Ok(false)) => {}
             }
             if Instant::now() >= deadline {
                 tracing::warn!(redis = %self.target, lease = %name, "the token store's lease was not given back within its ttl");
@@ -643,9 +658,15 @@ impl Inner {
                 Some(pubsub) => {
                     let mut messages = pubsub.on_message();
                     tokio::select! {
-                        message = messages.next() => if message.is_none() {
-                            drop(messages);
-                            waiter = None;
+                        message = messages.next() => match message {
+                            // A new token was written: the provider reads it (no request), even
+                            // if its writer has not given the lease back yet.
+                            Some(m) if m.get_payload_bytes() == b"saved" => return Ok(Lease::none()),
+                            Some(_) => {}
+                            None => {
+                                drop(messages);
+                                waiter = None;
+                            }
                         },
                         () = nap => {}
                     }
@@ -680,9 +701,10 @@ impl Inner {
         let channel = self.name("wake", key);
         Lease::new(move || {
             Box::pin(async move {
+                let (name, channel, owner) = (&name, &channel, &owner);
                 let released = this
                     .attempt(|mut c| async move {
-                        RELEASE.key(&name).key(&channel).arg(&owner).invoke_async::<i64>(&mut c).await
+                        RELEASE.key(name).key(channel).arg(owner).invoke_async::<i64>(&mut c).await
                     })
                     .await;
                 if let Some(Ok(0)) = released {
