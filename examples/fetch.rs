@@ -109,6 +109,11 @@ options:
       --refresh-token RT       the refresh token of --grant refresh_token
       --token-cache FILE       keep OAuth2 tokens in this JSON file (0600), so the next run
                                reuses a valid token instead of asking for one
+      --token-store redis://HOST:PORT/DB
+                               share OAuth2 tokens through Redis (rediss:// for TLS; user and
+                               password in the URL): several fetch processes act as replicas of
+                               one client, one token request per renewal for all of them
+      --token-store-prefix P   the Redis key prefix (default tower-auth)
       --oauth2-auth-code AUTH_URL
                                OAuth2 authorization code with PKCE: the browser opens AUTH_URL
                                and comes back to a listener on 127.0.0.1 (with
@@ -261,6 +266,9 @@ struct OAuthOpts {
     refresh_token: Option<String>,
     user: Option<(String, String)>,
     token_cache: Option<String>,
+    /// `--token-store` (a Redis URL: it may hold a password) and `--token-store-prefix`.
+    token_store: Option<String>,
+    token_store_prefix: Option<String>,
     auth_code_url: Option<String>,
     redirect_ports: Vec<u16>,
     device_url: Option<String>,
@@ -429,6 +437,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--refresh-token" => "--refresh-token",
             "--rate" => "--rate",
             "--token-cache" => "--token-cache",
+            "--token-store" => "--token-store",
+            "--token-store-prefix" => "--token-store-prefix",
             "--oauth2-auth-code" => "--oauth2-auth-code",
             "--pkce" => "--pkce",
             "--redirect-port" => "--redirect-port",
@@ -588,6 +598,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--refresh-token" => oauth.get_or_insert_with(OAuthOpts::default).refresh_token = Some(value),
             "--token-cache" => oauth.get_or_insert_with(OAuthOpts::default).token_cache = Some(value),
+            "--token-store" => oauth.get_or_insert_with(OAuthOpts::default).token_store = Some(value),
+            "--token-store-prefix" => oauth.get_or_insert_with(OAuthOpts::default).token_store_prefix = Some(value),
             "--oauth2-auth-code" => oauth.get_or_insert_with(OAuthOpts::default).auth_code_url = Some(value),
             "--oauth2-device" => oauth.get_or_insert_with(OAuthOpts::default).device_url = Some(value),
             "--oauth2-implicit" => oauth.get_or_insert_with(OAuthOpts::default).implicit_url = Some(value),
@@ -1177,6 +1189,23 @@ async fn oauth_provider(o: OAuthOpts, count: &CountLayer) -> Result<TokenProvide
     if let Some(path) = &o.token_cache {
         let store = tower_auth::oauth2::FileStore::new(path).map_err(|e| format!("--token-cache: {e}"))?;
         b = b.store(store);
+    }
+    // `--token-store`: Redis shared by several fetch processes (the error never quotes the URL).
+    match (&o.token_store, &o.token_cache) {
+        (Some(_), Some(_)) => return Err("give one of --token-cache and --token-store".into()),
+        #[cfg(feature = "redis")]
+        (Some(url), None) => {
+            let store = tower_auth::oauth2::RedisStore::builder(url);
+            let store = match &o.token_store_prefix {
+                Some(prefix) => store.prefix(prefix),
+                None => store,
+            };
+            b = b.store(store.build().map_err(|e| format!("--token-store: {e}"))?);
+        }
+        #[cfg(not(feature = "redis"))]
+        (Some(_), None) => return Err("--token-store: this fetch was built without the redis feature".into()),
+        (None, _) if o.token_store_prefix.is_some() => return Err("--token-store-prefix needs --token-store".into()),
+        (None, _) => {}
     }
     let built = if o.issuer.is_some() { b.discover(transport).await } else { b.build(transport) };
     built.map_err(|e| format!("OAuth2: {e}"))

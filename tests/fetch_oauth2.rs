@@ -9,21 +9,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tower_auth::testing::idp::{self, FakeIdp, IdpHandle, OAuthError};
+use tower_auth::testing::idp::{self, IdpHandle, OAuthError};
 
 /// A fresh fake identity provider on its own thread (each test configures its own).
 fn idp() -> IdpHandle {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let idp = FakeIdp::start().await.unwrap();
-            tx.send(idp.handle()).unwrap();
-            std::future::pending::<()>().await;
-            drop(idp);
-        });
-    });
-    rx.recv().unwrap()
+    support::idp_on_thread()
 }
 
 fn fetch_bin() -> &'static std::path::PathBuf {
@@ -39,15 +29,7 @@ struct Run {
 
 impl Run {
     fn summary(&self) -> HashMap<String, String> {
-        let last = self.stderr.lines().last().unwrap_or_default();
-        assert!(last.starts_with("summary "), "{}", self.stderr);
-        last["summary ".len()..]
-            .split(' ')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap();
-                (k.to_owned(), v.to_owned())
-            })
-            .collect()
+        support::fetch_summary(&self.stderr)
     }
 }
 

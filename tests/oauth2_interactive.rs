@@ -141,6 +141,8 @@ struct TokenEndpoint {
     wrong_nonce: Arc<std::sync::atomic::AtomicBool>,
     n: Arc<AtomicUsize>,
     expires_in: Arc<AtomicUsize>,
+    /// How many code exchanges still get a 500.
+    failing_exchanges: Arc<AtomicUsize>,
 }
 
 impl TokenEndpoint {
@@ -152,6 +154,7 @@ impl TokenEndpoint {
             wrong_nonce: Default::default(),
             n: Default::default(),
             expires_in: Arc::new(AtomicUsize::new(60)),
+            failing_exchanges: Default::default(),
         }
     }
     fn count(&self) -> usize {
@@ -185,6 +188,14 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
                 "expires_in": this.expires_in.load(Ordering::SeqCst), "refresh_token": format!("rt-{n}")
             });
             match form.get("grant_type").map(String::as_str) {
+                Some("authorization_code")
+                    if this
+                        .failing_exchanges
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok() =>
+                {
+                    Ok(Response::builder().status(500).body(Full::new(Bytes::from("database is locked"))).unwrap())
+                }
                 Some("authorization_code") => {
                     let Some((challenge, nonce)) = this.browser.challenges.lock().unwrap().get(&form["code"]).cloned()
                     else {
@@ -659,4 +670,26 @@ async fn after_a_restart_an_expired_token_is_refreshed_from_the_file_cache_witho
     assert_eq!(later.opened(), 0, "no browser: the cached refresh token was used");
     let form = endpoint2.requests.lock().unwrap()[0].clone();
     assert_eq!((form["grant_type"].as_str(), form["refresh_token"].as_str()), ("refresh_token", "rt-1"));
+}
+
+#[tokio::test]
+async fn a_server_error_during_the_code_exchange_is_tried_again_not_the_user() {
+    // Once: the second try succeeds, with the same code and verifier; the browser opened once.
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    endpoint.failing_exchanges.store(1, Ordering::SeqCst);
+    let p = provider(&browser).build(endpoint.clone()).unwrap();
+    p.token().await.expect("the second exchange worked");
+    assert_eq!((browser.opened(), endpoint.count()), (1, 2));
+    let forms = endpoint.requests.lock().unwrap().clone();
+    assert_eq!((&forms[0]["code"], &forms[0]["code_verifier"]), (&forms[1]["code"], &forms[1]["code_verifier"]));
+    // Always: three tries, then a typed error (not a loop, not a new tab by itself).
+    let browser = TestBrowser::new(Reply::Approve);
+    let endpoint = TokenEndpoint::new(&browser);
+    endpoint.failing_exchanges.store(10, Ordering::SeqCst);
+    let p = provider(&browser).build(endpoint.clone()).unwrap();
+    let err = p.token().await.unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("500"), "{cause}");
+    assert_eq!((browser.opened(), endpoint.count()), (1, 3));
 }

@@ -808,22 +808,46 @@ impl Endpoint {
                     .map_err(|e| TokenError { kind: TokenErrorKind::Authorization(e.to_string()) })?;
                 let redirect = oauth2::RedirectUrl::new(granted.redirect_uri.clone())
                     .map_err(|e| TokenError::config(format!("invalid redirect URI: {e}")))?;
-                let mut req = client
-                    .exchange_code(oauth2::AuthorizationCode::new(granted.code.clone()))
-                    .set_pkce_verifier(granted.verifier)
-                    .set_redirect_uri(std::borrow::Cow::Owned(redirect));
-                for (name, value) in &params.extra {
-                    req = req.add_extra_param(name.clone(), value.clone());
-                }
-                if let Some(assertion) = &assertion {
-                    req = req
-                        .add_extra_param(
-                            "client_assertion_type",
-                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                        )
-                        .add_extra_param("client_assertion", assertion.clone());
-                }
-                let answer = req.request_async(&call).await;
+                // The code came from the user: a server error or a lost connection during the
+                // exchange is tried twice more (250 ms, then 1 s) before the user is asked again.
+                // A code the server did consume is then refused (invalid_grant), never used twice.
+                let mut attempt = 0u32;
+                let answer = loop {
+                    let mut req = client
+                        .exchange_code(oauth2::AuthorizationCode::new(granted.code.clone()))
+                        .set_pkce_verifier(oauth2::PkceCodeVerifier::new(granted.verifier.secret().clone()))
+                        .set_redirect_uri(std::borrow::Cow::Owned(redirect.clone()));
+                    for (name, value) in &params.extra {
+                        req = req.add_extra_param(name.clone(), value.clone());
+                    }
+                    // A fresh assertion (its own jti) per attempt.
+                    let assertion = match (&self.assertion, attempt) {
+                        (Some(a), 1..) => Some(a.sign(&self.client_id)?),
+                        _ => assertion.clone(),
+                    };
+                    if let Some(assertion) = &assertion {
+                        req = req
+                            .add_extra_param(
+                                "client_assertion_type",
+                                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                            )
+                            .add_extra_param("client_assertion", assertion.clone());
+                    }
+                    let answer = req.request_async(&call).await;
+                    let status = call.seen.lock().unwrap_or_else(|p| p.into_inner()).map(|(s, _)| s);
+                    let transient = match &answer {
+                        Ok(_) => false,
+                        Err(RequestTokenError::Request(_)) => true,
+                        Err(_) => status.is_some_and(|s| s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS),
+                    };
+                    if !transient || attempt == 2 {
+                        break answer;
+                    }
+                    attempt += 1;
+                    tracing::warn!(status = ?status, attempt, "exchanging the authorization code failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(if attempt == 1 { 250 } else { 1000 })).await;
+                    *call.seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                };
                 if let (Ok(answer), Some(nonce)) = (&answer, &granted.nonce) {
                     let id_token = answer.extra.get("id_token").and_then(|v| v.as_str()).unwrap_or_default();
                     super::interactive::check_id_token(id_token, nonce, &self.client_id)

@@ -53,6 +53,10 @@
 //!   a tonic `Channel` ([`OAuth2::once`]). A `403` never invalidates.
 //! - The task ends when the last handle ([`TokenProvider`], or a layer holding it) is dropped.
 //!   Time is tokio's: tests run on a paused clock.
+//! - With a [store](ProviderBuilder::store), tokens outlive the provider or are shared beyond
+//!   it: [`MemoryStore`] (the providers of one process), `FileStore` (a JSON file, across
+//!   restarts and processes of one machine), `RedisStore` (feature `redis`: N replicas of a
+//!   service, one token request per renewal for all of them, through a lease in Redis).
 //!
 //! # Grants
 //!
@@ -102,6 +106,8 @@ pub(crate) fn wall_now_for_tests() -> std::time::SystemTime {
     store::wall_now()
 }
 mod provider;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod store;
 
 use std::marker::PhantomData;
@@ -124,6 +130,8 @@ pub use self::file_store::{FileStore, FileStoreError};
 pub use self::interactive::{CodeFlow, DisplaySettings, RedirectHost};
 use self::provider::Timing;
 pub use self::provider::{ProviderStats, Token, TokenProvider};
+#[cfg(feature = "redis")]
+pub use self::redis_store::{RedisStore, RedisStoreBuilder, RedisStoreError};
 pub use self::store::{CacheKey, Lease, MemoryStore, StoreFuture, StoredToken, TokenStore};
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
 use crate::combine::BoxWait;

@@ -122,6 +122,8 @@ struct Control {
     permanent: bool,
     /// The refresh token to use next (the latest one the server gave).
     refresh_token: Option<Secret>,
+    /// The last token a resource server rejected: never taken back from the store.
+    rejected: Option<HeaderValue>,
 }
 
 pub(crate) struct Shared {
@@ -245,6 +247,7 @@ impl TokenProvider {
         let previous = shared.slot.compare_and_swap(&*current, None);
         let swapped = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, token));
         if swapped {
+            shared.lock().rejected = Some(token.header.clone());
             shared.stats.invalidations.fetch_add(1, Ordering::Relaxed);
             tracing::info!(token_url = %shared.endpoint.url, "a resource server rejected the current token; it is dropped and a new one requested");
             shared.demand();
@@ -396,17 +399,25 @@ impl Shared {
     async fn reload_fresh(&self) -> bool {
         let Some((store, key)) = &self.store else { return false };
         let Ok(Some(stored)) = store.load(key).await else { return false };
+        // Under the lease, the stored refresh token is the newest (the last owner wrote its
+        // rotated one before giving the lease back), even when the access token expired.
+        if let Some(rt) = stored.refresh_token.clone() {
+            self.lock().refresh_token = Some(rt);
+        }
         let Some(remaining) = stored.remaining() else { return false };
         let now = Instant::now();
         let held = self.slot.load().as_ref().map(|t| t.expires_at.saturating_duration_since(now));
-        // Fresher than ours, and still to be sent for a while (past the early expiry).
-        if held.is_some_and(|h| remaining <= h)
-            || remaining.saturating_sub(self.timing.early_expiry) < Duration::from_secs(1)
-        {
+        // Fresher than ours, and still to be sent for a while (past the early expiry, shortened
+        // for short lifetimes as `install` does).
+        let early = self.timing.early_expiry.min(remaining / 2);
+        if held.is_some_and(|h| remaining <= h) || remaining.saturating_sub(early) < Duration::from_secs(1) {
             return false;
         }
-        if let Some(rt) = stored.refresh_token.clone() {
-            self.lock().refresh_token = Some(rt);
+        // A token this provider saw rejected (still in the store, written before the rejection)
+        // is not taken back: a new one is requested.
+        let rejected = self.lock().rejected.clone();
+        if rejected.is_some_and(|r| self.header(stored.access_token.expose()).is_ok_and(|h| h == r)) {
+            return false;
         }
         let issued = Issued {
             token: stored.access_token.clone(),

@@ -167,54 +167,13 @@ readonly PUBLIC_CLIENT_ID=tower-public
 readonly REDIRECT_PORTS="28123 28124 28125 28126"
 readonly SHORT_TOKEN_LIFETIME=5
 
-die() {
-    printf 'glewlwyd.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-say() { printf 'glewlwyd.sh: %s\n' "$*" >&2; }
-
-usage() {
-    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
-    exit 2
-}
-
-[ $# -eq 2 ] || [ $# -eq 3 ] || usage
-cmd=$1
-dir_arg=$2
-pid_arg=${3:-}
-[ -n "$dir_arg" ] || usage
+# die, say, usage, the arguments (cmd, dir_arg, pid_arg), port_in_use, pick_port, alive and the
+# reference-counted commands (peer_main).
+# shellcheck source=tests/peers/refcount.sh
+. "$(dirname "${BASH_SOURCE[0]}")/refcount.sh"
+peer_args "$@"
 
 # ---------------------------------------------------------------- helpers ---
-
-# True if something accepts TCP connections on 127.0.0.1:$1.
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# A random free port in the kernel's ephemeral range. There is still a window
-# between picking and binding, so start retries on a clash.
-pick_port() {
-    local lo hi port tries=0
-    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { lo=32768; hi=60999; }
-    while :; do
-        tries=$((tries + 1))
-        [ "$tries" -le 200 ] || die "could not find a free port on 127.0.0.1"
-        port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
-        # Skip ports held by any TCP socket, TIME_WAIT included.
-        grep -q -- ":$(printf '%04X' "$port") " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
-        port_in_use "$port" && continue
-        printf '%s\n' "$port"
-        return 0
-    done
-}
-
-# True if process $1 exists and is not a zombie.
-alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    state=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)
-    [ "$state" != Z ] && [ "$state" != X ]
-}
 
 # Pid of the Glewlwyd started from $DIR, if it is alive.
 running_pid() {
@@ -539,77 +498,4 @@ do_start() {
 
 SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
 
-live_users() {
-    local f pid
-    mkdir -p "$DIR/users"
-    for f in "$DIR/users"/*; do
-        [ -e "$f" ] || continue
-        pid=${f##*/}
-        case $pid in '' | *[!0-9]*) rm -f -- "$f"; continue ;; esac
-        if alive "$pid"; then printf '%s\n' "$pid"; else rm -f -- "$f"; fi
-    done
-}
-
-lock_dir() { # $1 dir; sets DIR and holds DIR/lock on fd 9
-    mkdir -p "$1"
-    DIR=$(cd "$1" && pwd -P)
-    exec 9>>"$DIR/lock"
-    flock -w 120 9 || die "timed out waiting for the lock $DIR/lock"
-}
-
-valid_pid() {
-    case $1 in '' | *[!0-9]*) usage ;; esac
-}
-
-do_release() { # $1 pid
-    rm -f -- "$DIR/users/$1"
-    if [ -n "$(live_users)" ]; then
-        return 0
-    fi
-    if [ -e "$DIR/run/tests-own" ]; then
-        stop_instance
-    fi
-}
-
-case $cmd in
-start)
-    [ -z "$pid_arg" ] || usage
-    lock_dir "$dir_arg"
-    do_start
-    rm -f "$DIR/run/tests-own"
-    ;;
-acquire)
-    valid_pid "$pid_arg"
-    lock_dir "$dir_arg"
-    do_start
-    if [ "$STARTED" = 1 ]; then
-        : >"$DIR/run/tests-own"
-    fi
-    mkdir -p "$DIR/users"
-    : >"$DIR/users/$pid_arg"
-    ;;
-release)
-    valid_pid "$pid_arg"
-    [ -d "$dir_arg" ] || exit 0
-    lock_dir "$dir_arg"
-    do_release "$pid_arg"
-    ;;
-release-on-eof)
-    valid_pid "$pid_arg"
-    cat >/dev/null || true
-    [ -d "$dir_arg" ] || exit 0
-    lock_dir "$dir_arg"
-    do_release "$pid_arg"
-    ;;
-stop)
-    [ -z "$pid_arg" ] || usage
-    if [ ! -d "$dir_arg" ]; then
-        exit 0
-    fi
-    lock_dir "$dir_arg"
-    stop_instance
-    ;;
-*)
-    usage
-    ;;
-esac
+peer_main

@@ -4,6 +4,7 @@
 pub(crate) mod example;
 pub(crate) mod https;
 pub(crate) mod peers;
+pub(crate) mod redis_server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,4 +90,31 @@ pub fn global_logs() -> LogBuf {
             buf
         })
         .clone()
+}
+
+/// A fresh fake identity provider on its own thread and runtime, for tests that run programs
+/// (`fetch`) against it from synchronous code; it serves until the test process exits.
+pub fn idp_on_thread() -> tower_auth::testing::idp::IdpHandle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let idp = tower_auth::testing::idp::FakeIdp::start().await.unwrap();
+            tx.send(idp.handle()).unwrap();
+            std::future::pending::<()>().await;
+            drop(idp);
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The `key=value` pairs of `fetch`'s last stderr line, `summary …` (asserted).
+pub fn fetch_summary(stderr: &str) -> std::collections::HashMap<String, String> {
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("summary "), "{stderr}");
+    last["summary ".len()..]
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }

@@ -21,6 +21,10 @@
 //! The oauthlib OAuth 1.0a verifier works the same way with `tests/peers/oauthlib.sh`,
 //! `target/peers/oauthlib` and `TOWER_AUTH_OAUTHLIB_URL`.
 //!
+//! Redis (Debian `redis-server`) works the same way with `tests/peers/redis.sh`,
+//! `target/peers/redis` and the `TOWER_AUTH_REDIS_*` env vars; [`redis_server`] gives the
+//! binary to tests that run a private instance they stop and start.
+//!
 //! Glewlwyd works the same way with `tests/peers/glewlwyd.sh`,
 //! `target/peers/glewlwyd` and the `TOWER_AUTH_GLEWLWYD_*` env vars (all of
 //! them or none); what it is configured with (clients, user, scope, token
@@ -317,6 +321,130 @@ fn find_oauthlib() -> Result<String, String> {
         .filter(|url| url.starts_with("http://127.0.0.1:"))
         .map(trim_url)
         .ok_or_else(|| format!("oauthlib peer unavailable: `{script} acquire` printed {stdout:?}; {fix}"))
+}
+
+/// Env vars printed by `tests/peers/redis.sh start`: the URL of the default user and the URL of
+/// the ACL user `tower` (password in the URL, keys and channels under `tower-acl:` only).
+#[allow(dead_code, unreachable_pub)]
+pub const REDIS_VARS: [&str; 2] = ["TOWER_AUTH_REDIS_URL", "TOWER_AUTH_REDIS_ACL_URL"];
+
+/// A running Redis peer (Debian's `redis-server`, no persistence, 127.0.0.1).
+#[allow(dead_code, unreachable_pub)]
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// `redis://127.0.0.1:PORT` (the default user, no password).
+    pub url: String,
+    /// `redis://tower:PASSWORD@127.0.0.1:PORT`: an ACL user limited to `tower-acl:*`.
+    pub acl_url: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("url", &self.url).field("acl_url", &"[redacted]").finish()
+    }
+}
+
+/// The Redis peer: from the `TOWER_AUTH_REDIS_*` env vars if set (both), otherwise acquired
+/// (once per process) with `tests/peers/redis.sh acquire target/peers/redis PID` and released
+/// when the process exits.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when Redis cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn redis() -> Option<&'static Redis> {
+    static REDIS: OnceLock<Result<Redis, String>> = OnceLock::new();
+    match REDIS.get_or_init(find_redis) {
+        Ok(redis) => Some(redis),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+/// Debian's `redis-server` binary, for tests that start (and stop, and start again) a private
+/// instance of their own; `None` (after a `SKIPPED` line; a panic under CI) when there is none.
+#[allow(dead_code, unreachable_pub)]
+pub fn redis_server() -> Option<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = BIN.get_or_init(|| {
+        which("redis-server").ok_or_else(|| {
+            "Redis peer unavailable: no `redis-server` on PATH; to fix: `apt-get install redis-server`".to_owned()
+        })
+    });
+    match found {
+        Ok(path) => Some(path.clone()),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn parse_redis_env(text: &str) -> Result<Redis, String> {
+    let (mut url, mut acl_url) = (None, None);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').ok_or_else(|| "a line is not KEY=VALUE".to_owned())?;
+        if !value.starts_with("redis://") {
+            return Err(format!("{key} is not a redis:// URL"));
+        }
+        match key {
+            "TOWER_AUTH_REDIS_URL" => url = Some(value.to_owned()),
+            "TOWER_AUTH_REDIS_ACL_URL" => acl_url = Some(value.to_owned()),
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+    }
+    Ok(Redis {
+        url: url.ok_or("TOWER_AUTH_REDIS_URL missing")?,
+        acl_url: acl_url.ok_or("TOWER_AUTH_REDIS_ACL_URL missing")?,
+    })
+}
+
+#[allow(dead_code)]
+fn find_redis() -> Result<Redis, String> {
+    let from_env: Vec<Option<String>> =
+        REDIS_VARS.iter().map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty())).collect();
+    match from_env.iter().filter(|v| v.is_some()).count() {
+        2 => {
+            let text: String = REDIS_VARS
+                .iter()
+                .zip(&from_env)
+                .map(|(n, v)| format!("{n}={}\n", v.as_deref().unwrap_or("")))
+                .collect();
+            return parse_redis_env(&text)
+                .map_err(|e| format!("Redis peer unavailable: bad TOWER_AUTH_REDIS_* env var: {e}"));
+        }
+        1 => {
+            return Err(
+                "Redis peer unavailable: set TOWER_AUTH_REDIS_URL and TOWER_AUTH_REDIS_ACL_URL together, or neither"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/redis.sh";
+    let dir = "target/peers/redis";
+    let fix = format!(
+        "to fix: `apt-get install redis-server`, then check `{script} start {dir}` by hand in {}",
+        manifest_dir.display()
+    );
+    let pid = std::process::id().to_string();
+    release_at_exit(manifest_dir, script, dir, &pid)
+        .map_err(|e| format!("Redis peer unavailable: cannot run `bash {script} release-on-eof`: {e}; {fix}"))?;
+    let output = Command::new("bash")
+        .args([script, "acquire", dir, &pid])
+        .current_dir(manifest_dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("Redis peer unavailable: cannot run `bash {script}`: {e}; {fix}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "Redis peer unavailable: `{script} acquire {dir} {pid}` failed ({}):\n{}{fix}",
+            output.status,
+            with_newline(stderr.trim_end())
+        ));
+    }
+    // The ACL URL holds a password: on a parse error, no values.
+    parse_redis_env(&stdout)
+        .map_err(|e| format!("Redis peer unavailable: `{script} acquire` printed unexpected output ({e}); {fix}"))
 }
 
 /// Env var holding the `node_modules` directory with puppeteer-core, printed by
