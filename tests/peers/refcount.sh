@@ -1,4 +1,4 @@
-# Shared by the peer scripts (apache.sh, glewlwyd.sh, redis.sh), sourced, never run: process
+# Shared by the peer scripts (apache.sh, glewlwyd.sh, redis.sh, squid.sh, oauthlib.sh), sourced, never run: process
 # liveness, free ports, and the reference-counted commands
 #
 #   start DIR | stop DIR | acquire DIR PID | release DIR PID | release-on-eof DIR PID
@@ -112,6 +112,7 @@ peer_main() {
         lock_dir "$dir_arg"
         do_start
         if [ "$STARTED" = 1 ]; then
+            mkdir -p "$DIR/run"
             : >"$DIR/run/tests-own"
         fi
         mkdir -p "$DIR/users"

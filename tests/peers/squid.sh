@@ -36,22 +36,11 @@ set -euo pipefail
 SQUID_BIN=${SQUID_BIN:-/usr/sbin/squid}
 HELPERS=${SQUID_HELPERS:-/usr/lib/squid}
 
-die() {
-    printf 'squid.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-say() { printf 'squid.sh: %s\n' "$*" >&2; }
-
-usage() {
-    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
-    exit 2
-}
-
-[ $# -eq 2 ] || [ $# -eq 3 ] || usage
-cmd=$1
-dir_arg=$2
-pid_arg=${3:-}
-[ -n "$dir_arg" ] || usage
+# die, say, usage, port_in_use, pick_port, alive, lock_dir, live_users and the
+# reference-counted commands (peer_main).
+# shellcheck source=tests/peers/refcount.sh
+. "$(dirname "${BASH_SOURCE[0]}")/refcount.sh"
+peer_args "$@"
 
 KINDS=(basic digest)
 
@@ -67,34 +56,6 @@ probe() {
         IFS=' ' read -r -t 3 _ code _ <&3 || exit 1
         printf '%s\n' "$code"
     ) 2>/dev/null
-}
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-pick_port() {
-    local lo hi port taken tries=0
-    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { lo=32768; hi=60999; }
-    while :; do
-        tries=$((tries + 1))
-        [ "$tries" -le 200 ] || die "could not find a free port on 127.0.0.1"
-        port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
-        taken=0
-        for p in "$@"; do [ "$p" = "$port" ] && taken=1; done
-        [ "$taken" = 0 ] || continue
-        grep -q -- ":$(printf '%04X' "$port") " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
-        port_in_use "$port" && continue
-        printf '%s\n' "$port"
-        return 0
-    done
-}
-
-alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    state=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)
-    [ "$state" != Z ] && [ "$state" != X ]
 }
 
 # Pid of the Squid master of kind $1, if it is alive.
@@ -135,7 +96,7 @@ stop_instance() {
         fi
         rm -f "$DIR/$kind/run/squid.pid"
     done
-    rm -f "$DIR/env" "$DIR/script.md5" "$DIR/tests-own"
+    rm -f "$DIR/env" "$DIR/script.md5" "$DIR/run/tests-own"
 }
 
 write_config() { # $1 kind, $2 port
@@ -264,75 +225,4 @@ do_start() {
 
 SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
 
-live_users() {
-    local f pid
-    mkdir -p "$DIR/users"
-    for f in "$DIR/users"/*; do
-        [ -e "$f" ] || continue
-        pid=${f##*/}
-        case $pid in '' | *[!0-9]*) rm -f -- "$f"; continue ;; esac
-        if alive "$pid"; then printf '%s\n' "$pid"; else rm -f -- "$f"; fi
-    done
-}
-
-lock_dir() {
-    mkdir -p "$1"
-    DIR=$(cd "$1" && pwd -P)
-    exec 9>>"$DIR/lock"
-    flock -w 120 9 || die "timed out waiting for the lock $DIR/lock"
-}
-
-valid_pid() {
-    case $1 in '' | *[!0-9]*) usage ;; esac
-}
-
-do_release() {
-    rm -f -- "$DIR/users/$1"
-    if [ -n "$(live_users)" ]; then
-        return 0
-    fi
-    if [ -e "$DIR/tests-own" ]; then
-        stop_instance
-    fi
-}
-
-case $cmd in
-start)
-    [ -z "$pid_arg" ] || usage
-    lock_dir "$dir_arg"
-    do_start
-    rm -f "$DIR/tests-own"
-    ;;
-acquire)
-    valid_pid "$pid_arg"
-    lock_dir "$dir_arg"
-    do_start
-    if [ "$STARTED" = 1 ]; then
-        : >"$DIR/tests-own"
-    fi
-    mkdir -p "$DIR/users"
-    : >"$DIR/users/$pid_arg"
-    ;;
-release)
-    valid_pid "$pid_arg"
-    [ -d "$dir_arg" ] || exit 0
-    lock_dir "$dir_arg"
-    do_release "$pid_arg"
-    ;;
-release-on-eof)
-    valid_pid "$pid_arg"
-    cat >/dev/null || true
-    [ -d "$dir_arg" ] || exit 0
-    lock_dir "$dir_arg"
-    do_release "$pid_arg"
-    ;;
-stop)
-    [ -z "$pid_arg" ] || usage
-    [ -d "$dir_arg" ] || exit 0
-    lock_dir "$dir_arg"
-    stop_instance
-    ;;
-*)
-    usage
-    ;;
-esac
+peer_main
