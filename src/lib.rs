@@ -119,6 +119,9 @@ pub mod digest;
 pub mod engine;
 mod header;
 pub mod netrc;
+#[cfg(feature = "ntlm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ntlm")))]
+pub mod ntlm;
 #[cfg(feature = "oauth1")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth1")))]
 pub mod oauth1;

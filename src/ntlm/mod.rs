@@ -1,0 +1,248 @@
+//! NTLM and Negotiate (SPNEGO): Windows authentication, bound to the connection (feature `ntlm`).
+//!
+//! These schemes authenticate a *connection*, not a request: the legs of the handshake (NTLM's
+//! negotiate → challenge → authenticate) must travel on one keep-alive connection, and afterwards
+//! that connection is authenticated (IIS behaves so) while others are not. A layer above a
+//! connection pool cannot pin a connection, so this module has its own client:
+//!
+//! - [`WindowsAuth`]: a tower [`Service`](tower_service::Service) that owns its HTTP/1.1
+//!   connections (hyper's `client::conn::http1`), keyed by origin (or proxy). A request takes an
+//!   idle authenticated connection, or opens one and runs the handshake on it: the first leg and
+//!   every intermediate one with an empty body (`Content-Length: 0`, as curl does), the real
+//!   body on the last leg; every `401`/`407` body drained so the connection stays open. A
+//!   connection whose handshake failed is closed, never pooled. Connections are bounded per
+//!   origin ([`WindowsAuthBuilder::max_connections`]); requests beyond wait for one to come back;
+//!   idle ones expire ([`WindowsAuthBuilder::idle_timeout`]). One client has one set of
+//!   credentials, so an authenticated connection is never lent to other credentials: another
+//!   user is another client, with its own pool. HTTP/1.1 only (Windows authentication cannot run
+//!   over HTTP/2; TLS offers `http/1.1` by ALPN). If an authenticated connection is asked to
+//!   authenticate again (a `401` on it), the handshake runs again on it and the body is replayed
+//!   (within [`WindowsAuthBuilder::body_limit`]).
+//! - Proxies: [`WindowsAuthBuilder::proxy_auth`] answers a proxy's `407` with NTLM or
+//!   Negotiate: on the client's own connections to the proxy for plain-`http` targets (absolute
+//!   form), and on the `CONNECT` of `https` targets through [`ConnectAuth`], the scheme the
+//!   crate's [`ProxyConnector`](crate::connect::ProxyConnector) drives through the
+//!   [`Authenticator`](crate::Authenticator) trait; it is
+//!   [connection-bound](crate::Authenticator::connection_bound), so the `CONNECT` loop keeps all
+//!   legs on one connection or fails.
+//! - Channel binding: over HTTPS the NTLM authenticate message carries the RFC 5929
+//!   `tls-server-end-point` hash of the server's certificate (servers with Extended Protection
+//!   set to required refuse clients without it).
+//!
+//! User names: `user`, `DOMAIN\user` or `user@domain` ([`Credentials::new`]).
+//!
+//! # What is hand-written, and why
+//!
+//! The protocols are Devolutions' [`sspi`](https://docs.rs/sspi) (pure Rust, no OpenSSL):
+//! NTLMv2 with the message integrity code, extended session security and channel bindings, and
+//! SPNEGO. Written here: the client that owns its connections (no pool crate pins a connection
+//! to a credential and runs a handshake on it), the HTTP framing of the tokens (parsed with the
+//! crate's [challenge parser](crate::challenge)), and the `tls-server-end-point` hash (a few
+//! lines of DER reading for the certificate's signature algorithm, tested in `binding.rs`).
+//! Every call into `sspi` is guarded: a hostile challenge (truncated, offsets outside it) gives
+//! a typed [`Error`], never a panic.
+//!
+//! Negotiate currently runs NTLM inside SPNEGO (`sspi`'s package list `!kerberos,ntlm`);
+//! Kerberos is the next step.
+//!
+//! # Security
+//!
+//! Credentials go only to the origin or proxy they were configured for (the client's own
+//! connections, the proxy's `CONNECT`); the token headers are marked sensitive; [`Error`],
+//! `Debug` output and logs never hold a password, hash or token. At most [`MAX_LEGS`] requests
+//! per handshake: a server answering `401` forever gets a typed error, not a loop.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::ServiceExt;
+//! use tower_auth::ntlm::WindowsAuth;
+//!
+//! let client = WindowsAuth::ntlm(r"CORP\alice", "s3cret").max_connections(8).build::<Full<Bytes>>()?;
+//! let req = http::Request::post("http://intranet.corp/api").body(Full::from("{}"))?;
+//! let res = client.clone().oneshot(req).await?;
+//! println!("{} after {} handshakes", res.status(), client.stats().handshakes);
+//! # Ok(()) }
+//! ```
+
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+mod binding;
+mod client;
+mod context;
+mod error;
+
+use std::fmt;
+
+use http::header::PROXY_AUTHENTICATE;
+use http::request::Parts;
+use http::{HeaderValue, Method, StatusCode};
+
+pub use self::client::{MAX_LEGS, Stats, WindowsAuth, WindowsAuthBuilder};
+use self::context::SecContext;
+pub use self::error::Error;
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, NoWait};
+use crate::secret::Secret;
+
+/// The scheme: `NTLM` or `Negotiate` (SPNEGO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// `NTLM`: NTLMv2 with the message integrity code.
+    Ntlm,
+    /// `Negotiate`: SPNEGO (NTLM inside it for now).
+    Negotiate,
+}
+
+impl Mechanism {
+    /// The scheme name in headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Ntlm => "NTLM",
+            Mechanism::Negotiate => "Negotiate",
+        }
+    }
+}
+
+/// A user and password: `user`, `DOMAIN\user` or `user@domain`. `Debug` redacts the password.
+#[derive(Clone)]
+pub struct Credentials {
+    user: String,
+    password: Secret,
+}
+
+impl Credentials {
+    /// The user (`user`, `DOMAIN\user` or `user@domain`) and password.
+    pub fn new(user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        Credentials { user: user.into(), password: password.into() }
+    }
+
+    /// The user as given.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub(crate) fn password(&self) -> &Secret {
+        &self.password
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).field("password", &self.password).finish()
+    }
+}
+
+/// NTLM or Negotiate for a proxy's `CONNECT`, driven by
+/// [`ProxyConnector`](crate::connect::ProxyConnector)'s loop: the first `CONNECT` carries the
+/// first token, the `407`'s challenge gives the next one, all on one connection. It applies to
+/// `CONNECT` requests only (an authenticated connection belongs to the connection-bound client,
+/// [`WindowsAuth`], never to a pooled one).
+///
+/// ```
+/// use tower_auth::connect::Proxy;
+/// use tower_auth::ntlm::{ConnectAuth, Credentials, Mechanism};
+///
+/// let proxy = Proxy::parse("http://proxy.corp:8080")
+///     .unwrap()
+///     .auth(ConnectAuth::new(Mechanism::Ntlm, Credentials::new(r"CORP\alice", "s3cret")));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnectAuth {
+    mechanism: Mechanism,
+    credentials: Credentials,
+}
+
+impl ConnectAuth {
+    /// The scheme for a proxy's `CONNECT`.
+    pub fn new(mechanism: Mechanism, credentials: Credentials) -> Self {
+        ConnectAuth { mechanism, credentials }
+    }
+}
+
+/// The progress of one `CONNECT` handshake.
+#[derive(Debug, Default)]
+pub struct ConnectState {
+    ctx: Option<SecContext>,
+    next: Option<Vec<u8>>,
+}
+
+impl ConnectAuth {
+    fn header(&self, token: &[u8]) -> Option<HeaderValue> {
+        use base64::Engine as _;
+        let value = format!("{} {}", self.mechanism.name(), base64::engine::general_purpose::STANDARD.encode(token));
+        let mut value = HeaderValue::try_from(value).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+impl Authenticator for ConnectAuth {
+    type Mode = crate::Replay;
+    type Error = crate::Error;
+    type State = ConnectState;
+    type Wait = NoWait<crate::Error>;
+
+    fn authorize(
+        &self,
+        req: &mut AuthRequest<'_>,
+        state: &mut ConnectState,
+    ) -> Result<Authorize<Self::Wait>, crate::Error> {
+        if req.method() != Method::CONNECT {
+            return Ok(Authorize::Done);
+        }
+        let token = match (&state.ctx, state.next.take()) {
+            (None, _) => {
+                let host = req.uri().host().unwrap_or("").to_owned();
+                let mut ctx = SecContext::new(self.mechanism, &self.credentials, &host, None)
+                    .map_err(|e| crate::Error::scheme(format!("{e:?}")))?;
+                let step = ctx.step(None).map_err(|e| crate::Error::scheme(format!("{e:?}")))?;
+                state.ctx = Some(ctx);
+                step.token
+            }
+            (Some(_), Some(token)) => token,
+            (Some(_), None) => return Ok(Authorize::Done),
+        };
+        if let Some(value) = self.header(&token) {
+            req.headers_mut().insert(http::header::PROXY_AUTHORIZATION, value);
+        }
+        Ok(Authorize::Done)
+    }
+
+    fn applies_to(&self, req: &Parts) -> bool {
+        req.method == Method::CONNECT
+    }
+
+    fn connection_bound(&self) -> bool {
+        true
+    }
+
+    fn on_response(&self, _: &Parts, res: &http::response::Parts, state: &mut ConnectState) -> Action {
+        if res.status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Action::Done;
+        }
+        let Some(ctx) = state.ctx.as_mut() else { return Action::Done };
+        if ctx.is_complete() {
+            return Action::Done; // refused after the last leg
+        }
+        use base64::Engine as _;
+        let token = crate::challenge::parse_headers(&res.headers, PROXY_AUTHENTICATE)
+            .iter()
+            .filter(|c| c.is_scheme(self.mechanism.name()))
+            .find_map(|c| c.token68())
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+        let Some(token) = token else { return Action::Done };
+        match ctx.step(Some(&token)) {
+            Ok(step) if !step.token.is_empty() => {
+                state.next = Some(step.token);
+                Action::Retry
+            }
+            Ok(_) => Action::Done,
+            Err(e) => {
+                tracing::debug!(error = ?e, "the proxy's challenge could not be answered");
+                Action::Done
+            }
+        }
+    }
+}
