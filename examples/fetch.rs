@@ -56,7 +56,20 @@ use tower_auth::{BoxAuthenticator, NetrcAuth};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
 /// The one service type every scheme combination is erased to.
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<RespBody>, BoxError>;
+
+/// The response body every service is erased to: hyper's, or the connection-bound client's
+/// (which gives its connection back to its pool when read to the end).
+type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Erases a response body to [`RespBody`].
+fn erase_body<B>(res: Response<B>) -> Response<RespBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(|b| b.map_err(Into::into).boxed_unsync())
+}
 
 const USAGE: &str = "\
 usage: fetch [OPTIONS] URL
@@ -977,15 +990,15 @@ struct Count<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> Service<Request<B>> for Count<S>
+impl<S, B, RB> Service<Request<B>> for Count<S>
 where
-    S: Service<Request<B>, Response = Response<Incoming>>,
+    S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    type Response = Response<Incoming>;
+    type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Incoming>, BoxError>>;
+    type Future = BoxFuture<Result<Response<RB>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -1087,7 +1100,7 @@ where
 {
     let client = Client::builder(TokioExecutor::new()).build::<C, ModeBody<A, Full<Bytes>>>(connector);
     let svc = AuthLayer::new(auth).layer(count.layer(client));
-    BoxCloneService::new(svc.map_err(Into::into))
+    BoxCloneService::new(svc.map_err(Into::into).map_response(erase_body))
 }
 
 /// Turns the command line's credentials into one scheme: Digest for the server and for the
@@ -1288,7 +1301,12 @@ async fn run(opts: Opts) -> ExitCode {
         // The connection-bound client replaces hyper-util's: static schemes still apply above it.
         Some(w) => {
             let statics = Statics(std::mem::take(&mut creds.statics));
-            Svc::new(AuthLayer::new(statics).layer(count_layer.layer(w.clone())).map_err(Into::into))
+            Svc::new(
+                AuthLayer::new(statics)
+                    .layer(count_layer.layer(w.clone()))
+                    .map_err(Into::into)
+                    .map_response(erase_body),
+            )
         }
         None => build(creds, oauth, &count_layer, https),
     };

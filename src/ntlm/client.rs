@@ -188,8 +188,8 @@ impl WindowsAuthBuilder {
 /// connection once with NTLM or Negotiate (to the origin, `401`, or to a proxy, `407`). See the
 /// [module documentation](super).
 ///
-/// Its response body is hyper's [`Incoming`]; a connection goes back to the pool once the
-/// response body has been read to its end (a body dropped unread closes it). Cloning is cheap:
+/// Its response body is a [`ResponseBody`] (hyper's [`Incoming`]); a connection goes back to the
+/// pool once the response body has been read to its end (a body dropped unread closes it). Cloning is cheap:
 /// clones share the pool and the counters.
 pub struct WindowsAuth<B> {
     inner: Arc<Inner<B>>,
@@ -321,7 +321,7 @@ impl<B> HostPool<B> {
     fn pop_idle(&self, timeout: Duration) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() <= timeout && !c.conn.sender.is_closed() && c.conn.sender.is_ready() {
+            if c.since.elapsed() <= timeout && !c.conn.sender.is_closed() {
                 return Some(c.conn);
             }
             // Expired or closed: dropped here (its slot wakes a waiter).
@@ -557,7 +557,7 @@ where
         }
     }
 
-    async fn run(self: Arc<Self>, req: Request<B>) -> Result<Response<Incoming>, Error> {
+    async fn run(self: Arc<Self>, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
         let route = self.route(req.uri())?;
         let uri = req.uri().clone();
         let (parts, body) = req.into_parts();
@@ -570,40 +570,44 @@ where
         } else {
             None
         };
-        let mut conn = match pool.checkout(self.config.idle_timeout).await {
-            Checkout::Idle(mut conn) => {
-                self.counters.reused.fetch_add(1, Ordering::Relaxed);
-                let res = self
-                    .send(&mut conn, build(&parts, &route, body.clone_for_replay(), false), &route.origin, 0)
-                    .await?;
-                let again = side.is_some_and(|s| res.status() == s.status()) && body.is_replayable();
-                if !again {
-                    self.release(&pool, conn, res.status());
-                    return Ok(res);
+        let mut conn = loop {
+            match pool.checkout(self.config.idle_timeout).await {
+                Checkout::Idle(mut conn) => {
+                    // A pooled connection the server closed meanwhile: the request was not sent,
+                    // take another one.
+                    if conn.sender.ready().await.is_err() {
+                        continue;
+                    }
+                    self.counters.reused.fetch_add(1, Ordering::Relaxed);
+                    let res = self
+                        .send(&mut conn, build(&parts, &route, body.clone_for_replay(), false), &route.origin, 0)
+                        .await?;
+                    let again = side.is_some_and(|s| res.status() == s.status()) && body.is_replayable();
+                    if !again {
+                        return Ok(self.finish(&pool, conn, res));
+                    }
+                    // The server wants this connection authenticated anew: drain, then handshake
+                    // on it.
+                    let (res_parts, res_body) = res.into_parts();
+                    if wants_close(&res_parts) || Limited::new(res_body, DRAIN_LIMIT).collect().await.is_err() {
+                        drop(conn);
+                        let slot = self.fresh_slot(&pool).await;
+                        break self.open(&route, &uri, slot).await?;
+                    }
+                    break conn;
                 }
-                // The server wants this connection authenticated anew: drain, then handshake on it.
-                let (res_parts, res_body) = res.into_parts();
-                if wants_close(&res_parts) || Limited::new(res_body, DRAIN_LIMIT).collect().await.is_err() {
-                    drop(conn);
-                    let slot = self.fresh_slot(&pool).await;
-                    self.open(&route, &uri, slot).await?
-                } else {
-                    conn
-                }
+                Checkout::New(slot) => break self.open(&route, &uri, slot).await?,
             }
-            Checkout::New(slot) => self.open(&route, &uri, slot).await?,
         };
         let Some(side) = side else {
             let res =
                 self.send(&mut conn, build(&parts, &route, body.clone_for_replay(), false), &route.origin, 0).await?;
-            self.release(&pool, conn, res.status());
-            return Ok(res);
+            return Ok(self.finish(&pool, conn, res));
         };
         match self.handshake(&mut conn, side, &route, &parts, &body).await {
             Ok(res) => {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-                self.release(&pool, conn, res.status());
-                Ok(res)
+                Ok(self.finish(&pool, conn, res))
             }
             Err(err) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -620,15 +624,78 @@ where
         Slot { permit, pool: Arc::clone(pool) }
     }
 
-    /// Gives the connection back to the pool once the response body is read to its end.
-    fn release(&self, pool: &Arc<HostPool<B>>, mut conn: Conn<B>, status: StatusCode) {
-        let _ = status;
+    /// The response for the caller, whose body gives the connection back to the pool when it
+    /// has been read to its end (a body dropped before its end closes the connection).
+    fn finish(&self, pool: &Arc<HostPool<B>>, conn: Conn<B>, res: Response<Incoming>) -> Response<ResponseBody> {
         let pool = Arc::clone(pool);
-        tokio::spawn(async move {
-            if conn.sender.ready().await.is_ok() {
+        let close = res.version() == Version::HTTP_10
+            || res
+                .headers()
+                .get_all(CONNECTION)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+        let give_back: Box<dyn FnOnce() + Send> = Box::new(move || {
+            if !close {
                 pool.put(conn);
             }
         });
+        res.map(|body| ResponseBody::new(body, give_back))
+    }
+}
+
+/// The body of a [`WindowsAuth`] response: hyper's [`Incoming`], which gives its connection back
+/// to the pool once read to its end.
+pub struct ResponseBody {
+    inner: Incoming,
+    give_back: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ResponseBody {
+    fn new(inner: Incoming, give_back: Box<dyn FnOnce() + Send>) -> Self {
+        let mut body = ResponseBody { inner, give_back: Some(give_back) };
+        if body.inner.is_end_stream() {
+            body.done();
+        }
+        body
+    }
+
+    fn done(&mut self) {
+        if let Some(give_back) = self.give_back.take() {
+            give_back();
+        }
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
+            Poll::Ready(Some(Err(_))) => drop(self.give_back.take()),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -721,9 +788,9 @@ where
     B::Data: Buf + Send,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Incoming>;
+    type Response = Response<ResponseBody>;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))

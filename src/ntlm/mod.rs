@@ -80,7 +80,7 @@ use http::header::PROXY_AUTHENTICATE;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode};
 
-pub use self::client::{MAX_LEGS, Stats, WindowsAuth, WindowsAuthBuilder};
+pub use self::client::{MAX_LEGS, ResponseBody, Stats, WindowsAuth, WindowsAuthBuilder};
 use self::context::SecContext;
 pub use self::error::Error;
 use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, NoWait};

@@ -714,3 +714,75 @@ fn find_squid() -> Result<Squid, String> {
     parse_squid_env(&stdout)
         .map_err(|e| format!("Squid peer unavailable: {e}\nstdout:\n{stdout}stderr:\n{stderr}{fix}"))
 }
+
+/// Env var holding the NTLM peer's server URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code, unreachable_pub)]
+pub const NTLM_URL_VAR: &str = "TOWER_AUTH_NTLM_URL";
+/// Env var holding the NTLM peer's proxy URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code, unreachable_pub)]
+pub const NTLM_PROXY_URL_VAR: &str = "TOWER_AUTH_NTLM_PROXY_URL";
+
+/// The NTLM peer (`tests/peers/ntlm_server.py`: pyspnego's acceptor behind an HTTP/1.1 front end
+/// that keeps connections authenticated, as IIS does). URLs have no trailing slash; users and
+/// paths are described at the top of `tests/peers/ntlm_server.py`.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ntlm {
+    /// The server (401 / `WWW-Authenticate: NTLM`, `Negotiate`).
+    pub url: String,
+    /// The proxy (407 / `Proxy-Authenticate`), forwarding plain http, tunnelling to 127.0.0.1.
+    pub proxy_url: String,
+}
+
+/// The NTLM peer: from the `TOWER_AUTH_NTLM_*` env vars if set (both), otherwise acquired (once
+/// per process) with `tests/peers/ntlm.sh acquire target/peers/ntlm PID` and released when the
+/// process exits, as [`apache`] does.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when it cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn ntlm() -> Option<&'static Ntlm> {
+    static NTLM: OnceLock<Result<Ntlm, String>> = OnceLock::new();
+    match NTLM.get_or_init(find_ntlm) {
+        Ok(peer) => Some(peer),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn parse_ntlm_env(text: &str) -> Result<Ntlm, String> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| v.starts_with("http://127.0.0.1:"))
+            .map(trim_url)
+            .ok_or_else(|| format!("{key} missing or not an http://127.0.0.1: URL"))
+    };
+    Ok(Ntlm { url: get(NTLM_URL_VAR)?, proxy_url: get(NTLM_PROXY_URL_VAR)? })
+}
+
+#[allow(dead_code)]
+fn find_ntlm() -> Result<Ntlm, String> {
+    let vars: Vec<String> = [NTLM_URL_VAR, NTLM_PROXY_URL_VAR]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
+        .collect();
+    match vars.len() {
+        2 => return parse_ntlm_env(&vars.join("\n")).map_err(|e| format!("NTLM peer unavailable: {e}")),
+        1 => {
+            return Err(format!("NTLM peer unavailable: {NTLM_URL_VAR} and {NTLM_PROXY_URL_VAR} must be set together"));
+        }
+        _ => {}
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/ntlm.sh";
+    let dir = "target/peers/ntlm";
+    let fix = format!(
+        "to fix: `apt-get install python3-venv` (pyspnego comes from PyPI into {dir}/venv), then check \
+         `{script} start {dir}` by hand in {manifest}, or set {NTLM_URL_VAR} and {NTLM_PROXY_URL_VAR}",
+        manifest = manifest_dir.display(),
+    );
+    let (_, stdout, _) = acquire("NTLM", manifest_dir, script, dir, &fix)?;
+    parse_ntlm_env(&stdout)
+        .map_err(|e| format!("NTLM peer unavailable: `{script} acquire` printed {stdout:?}: {e}; {fix}"))
+}
