@@ -66,6 +66,7 @@ def log(msg):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     proxy = False
     server_version = "ntlm-peer"
 
