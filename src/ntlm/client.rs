@@ -26,7 +26,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
-use super::context::{SecContext, StepError};
+use super::context::{KerberosOptions, SecContext, Step, StepError};
 use super::error::{Error, Kind};
 use super::{Credentials, Mechanism};
 use crate::connect::{Proxies, ProxyConnector};
@@ -102,6 +102,7 @@ pub struct WindowsAuthBuilder {
     max_connections: usize,
     idle_timeout: Duration,
     body_limit: usize,
+    kerberos: KerberosOptions,
 }
 
 impl WindowsAuthBuilder {
@@ -155,6 +156,23 @@ impl WindowsAuthBuilder {
     /// once: such a `401` is then returned as it is.
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.body_limit = limit;
+        self
+    }
+
+    /// The KDC for Negotiate's Kerberos: `tcp://host:port`, `udp://host:port` or `host:port`.
+    /// Without it, the realm's `kdc` in `krb5.conf` (`KRB5_CONFIG`, else `/etc/krb5.conf`), or
+    /// `SSPI_KDC_URL`. The realm is the user's (`user@REALM`).
+    pub fn kdc(mut self, url: impl Into<String>) -> Self {
+        self.kerberos.kdc = Some(url.into());
+        self
+    }
+
+    /// Negotiate with Kerberos only: no NTLM inside SPNEGO when no ticket can be had (no KDC,
+    /// clock skew, unknown principal): the request then fails with that error
+    /// ([`Error::is_credentials`](super::Error::is_credentials)). By default Negotiate falls back
+    /// to NTLM, as Windows does.
+    pub fn kerberos_only(mut self) -> Self {
+        self.kerberos.no_ntlm = true;
         self
     }
 
@@ -225,6 +243,7 @@ impl WindowsAuth<()> {
             max_connections: 8,
             idle_timeout: Duration::from_secs(90),
             body_limit: crate::DEFAULT_BODY_LIMIT,
+            kerberos: KerberosOptions::default(),
         }
     }
 
@@ -479,32 +498,62 @@ where
             Side::Proxy => route.key.trim_start_matches("proxy ").to_owned(),
         };
         let binding = if side == Side::Origin { conn.binding.as_deref() } else { None };
-        let mut ctx = SecContext::new(*mechanism, creds, &route.host, binding).map_err(|e| step_error(e, &peer, 0))?;
-        let mut step = ctx.step(None).map_err(|e| step_error(e, &peer, 0))?;
+        let blocking = *mechanism == Mechanism::Negotiate;
+        let ctx = SecContext::new(*mechanism, creds, &route.host, binding, &self.config.kerberos)
+            .map_err(|e| step_error(e, &peer, 0))?;
+        let mut ctx = Some(ctx);
+        let mut step = run_step(&mut ctx, None, blocking).await.map_err(|e| step_error(e, &peer, 0))?;
         let mut legs = 0u32;
+        let mut body_sent = false;
         loop {
             let last = !step.more;
+            if step.send_body && body_sent && !body.is_replayable() {
+                return Err(Error::new(
+                    Kind::Body,
+                    &peer,
+                    "the server wants another leg with the body, which is over the body limit and cannot be sent again",
+                )
+                .with_legs(legs));
+            }
             let value = format!("{} {}", mechanism.name(), STANDARD.encode(&step.token));
             let mut value =
                 HeaderValue::try_from(value).map_err(|e| Error::new(Kind::Protocol, &peer, "token").with_source(e))?;
             value.set_sensitive(true);
-            let leg_body = if last || body.is_empty_body() {
+            let leg_body = if step.send_body || body.is_empty_body() {
+                body_sent = true;
                 body.clone_for_replay()
             } else {
                 ReplayBody::from_bytes(Bytes::new())
             };
-            let mut req = build(parts, route, leg_body, !last && !body.is_empty_body());
+            let mut req = build(parts, route, leg_body, !step.send_body && !body.is_empty_body());
             req.headers_mut().insert(side.credentials(), value);
             let res = self.send(conn, req, &peer, legs).await?;
             legs += 1;
             if res.status() != side.status() {
-                if let Some(token) = final_token(&res, side, *mechanism) {
+                let complete = ctx.as_ref().is_some_and(SecContext::is_complete);
+                match final_token(&res, side, *mechanism) {
                     // Negotiate's mutual authentication: the server's last token must verify.
-                    if !ctx.is_complete() {
-                        ctx.step(Some(&token)).map_err(|e| step_error(e, &peer, legs))?;
+                    Some(token) if !complete => {
+                        run_step(&mut ctx, Some(token), false).await.map_err(|e| match e {
+                            StepError::Protocol(d) | StepError::Credentials(d) => Error::new(
+                                Kind::Protocol,
+                                &peer,
+                                format!("the server's final token did not verify (mutual authentication): {d}"),
+                            )
+                            .with_status(res.status())
+                            .with_legs(legs),
+                        })?;
                     }
-                } else if *mechanism == Mechanism::Negotiate && !ctx.is_complete() && res.status().is_success() {
-                    tracing::debug!(peer = %peer, "Negotiate: the server sent no final token (mutual authentication not checked)");
+                    None if !complete && res.status().is_success() => {
+                        return Err(Error::new(
+                            Kind::Protocol,
+                            &peer,
+                            "the server sent no final token: mutual authentication failed",
+                        )
+                        .with_status(res.status())
+                        .with_legs(legs));
+                    }
+                    _ => {}
                 }
                 return Ok(res);
             }
@@ -548,7 +597,7 @@ where
                 .with_status(res_parts.status)
                 .with_legs(legs));
             }
-            step = ctx.step(Some(&token)).map_err(|e| step_error(e, &peer, legs))?;
+            step = run_step(&mut ctx, Some(token), blocking).await.map_err(|e| step_error(e, &peer, legs))?;
             if step.token.is_empty() {
                 return Err(
                     Error::new(Kind::Protocol, &peer, "the handshake produced no token to send").with_legs(legs)
@@ -697,6 +746,24 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// One step of the context; on tokio's blocking pool when it may talk to a KDC (Negotiate).
+async fn run_step(ctx: &mut Option<SecContext>, input: Option<Vec<u8>>, blocking: bool) -> Result<Step, StepError> {
+    let mut c = ctx.take().ok_or_else(|| StepError::Protocol("the handshake already failed".into()))?;
+    if !blocking {
+        let step = c.step(input.as_deref());
+        *ctx = Some(c);
+        return step;
+    }
+    let (c, step) = tokio::task::spawn_blocking(move || {
+        let step = c.step(input.as_deref());
+        (c, step)
+    })
+    .await
+    .map_err(|e| StepError::Protocol(format!("the handshake step failed: {e}")))?;
+    *ctx = Some(c);
+    step
 }
 
 fn step_error(e: StepError, peer: &str, legs: u32) -> Error {

@@ -18,6 +18,10 @@ pub(crate) struct Step {
     pub(crate) token: Vec<u8>,
     /// Whether the context expects another token from the peer after this one.
     pub(crate) more: bool,
+    /// Whether the peer can complete on this token, so the request's real body goes with it
+    /// (NTLM's authenticate message, a Kerberos AP-REQ even when mutual authentication still
+    /// expects the server's AP-REP).
+    pub(crate) send_body: bool,
 }
 
 /// Why a step failed: the peer's message was unusable, or the credentials could not produce a
@@ -42,6 +46,68 @@ impl StepError {
             | K::BufferTooSmall
             | K::IncompleteMessage => StepError::Protocol(text),
             _ => StepError::Credentials(text),
+        }
+    }
+}
+
+/// Where Negotiate finds the KDC, and whether it may fall back to NTLM.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KerberosOptions {
+    /// `tcp://host:port` (or `udp://`, or `host:port`); `None`: `krb5.conf` (`KRB5_CONFIG`), or
+    /// `SSPI_KDC_URL`.
+    pub(crate) kdc: Option<String>,
+    /// Kerberos only: no NTLM inside SPNEGO (a KDC error is then the request's error).
+    pub(crate) no_ntlm: bool,
+}
+
+/// The KDC client `sspi` calls while it gets tickets: blocking sockets (the caller runs the step
+/// on tokio's blocking pool), a timeout on every operation.
+struct KdcClient;
+
+const KDC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl sspi::network_client::NetworkClient for KdcClient {
+    fn send(&self, request: &sspi::NetworkRequest) -> sspi::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        use std::net::ToSocketAddrs;
+        let unreachable = |e: String| sspi::Error::new(sspi::ErrorKind::NoAuthenticatingAuthority, e);
+        let host = request.url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let port = request.url.port().unwrap_or(88);
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| unreachable(format!("KDC {host}:{port}: {e}")))?
+            .next()
+            .ok_or_else(|| unreachable(format!("KDC {host}:{port}: no address")))?;
+        match request.protocol {
+            sspi::NetworkProtocol::Tcp => {
+                let mut stream = std::net::TcpStream::connect_timeout(&addr, KDC_TIMEOUT)
+                    .map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                let _ = stream.set_read_timeout(Some(KDC_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(KDC_TIMEOUT));
+                stream.write_all(&request.data).map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                let mut len = [0u8; 4];
+                stream.read_exact(&mut len).map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                let n = u32::from_be_bytes(len) as usize;
+                if n > 1 << 20 {
+                    return Err(unreachable(format!("KDC {addr}: a reply of {n} bytes")));
+                }
+                let mut out = vec![0u8; n + 4];
+                out[..4].copy_from_slice(&len);
+                stream.read_exact(&mut out[4..]).map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                Ok(out)
+            }
+            sspi::NetworkProtocol::Udp => {
+                let socket = std::net::UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                    .map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                let _ = socket.set_read_timeout(Some(KDC_TIMEOUT));
+                socket.send_to(&request.data, addr).map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                let mut buf = vec![0u8; 65536];
+                let n = socket.recv(&mut buf).map_err(|e| unreachable(format!("KDC {addr}: {e}")))?;
+                let mut out = (n as u32).to_be_bytes().to_vec();
+                out.extend_from_slice(&buf[..n]);
+                Ok(out)
+            }
+            _ => Err(unreachable("KDC proxies (http, https) are not supported".into())),
         }
     }
 }
@@ -75,6 +141,18 @@ impl std::fmt::Debug for SecContext {
 /// The `sspi` user name for `user`, `DOMAIN\user` or `user@domain`.
 pub(crate) fn username(user: &str) -> Result<Username, StepError> {
     Username::parse(user).map_err(|e| StepError::Credentials(format!("invalid user name: {e}")))
+}
+
+/// The user name as `sspi` should see it. For Negotiate, `user@REALM` becomes `REALM\user`:
+/// `sspi` sends a user principal name as an enterprise name, which an MIT KDC does not know, while
+/// `REALM\user` gives the principal `user@REALM` (Active Directory accepts both).
+pub(crate) fn user_for(mechanism: Mechanism, user: &str) -> String {
+    match (mechanism, user.contains('\\'), user.rsplit_once('@')) {
+        (Mechanism::Negotiate, false, Some((name, realm))) if !name.is_empty() && !realm.is_empty() => {
+            format!("{}\\{name}", realm.to_ascii_uppercase())
+        }
+        _ => user.to_owned(),
+    }
 }
 
 fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, sspi::Error>) -> Result<T, StepError> {
@@ -111,9 +189,12 @@ impl SecContext {
         creds: &Credentials,
         host: &str,
         binding: Option<&[u8]>,
+        kerberos: &KerberosOptions,
     ) -> Result<Self, StepError> {
-        let identity =
-            AuthIdentity { username: username(creds.user())?, password: creds.password().expose().to_owned().into() };
+        let identity = AuthIdentity {
+            username: username(&user_for(mechanism, creds.user()))?,
+            password: creds.password().expose().to_owned().into(),
+        };
         let computer = "WORKSTATION".to_owned();
         let mech = match mechanism {
             Mechanism::Ntlm => {
@@ -129,11 +210,16 @@ impl SecContext {
                 Mech::Ntlm { ntlm, handle }
             }
             Mechanism::Negotiate => {
-                let config = sspi::NegotiateConfig::new(
-                    Box::new(sspi::ntlm::NtlmConfig::default()),
-                    Some("!kerberos,ntlm".to_owned()),
-                    computer,
-                );
+                let mut krb = sspi::KerberosConfig {
+                    kdc_resolution: sspi::KdcResolution::KdcUrl(None),
+                    client_computer_name: computer.clone(),
+                };
+                if let Some(kdc) = &kerberos.kdc {
+                    krb = sspi::KerberosConfig::new_with_kdc_url(kdc, computer.clone());
+                }
+                let packages = kerberos.no_ntlm.then(|| "kerberos,!ntlm,!pku2u".to_owned());
+                let packages = packages.or_else(|| Some("kerberos,ntlm,!pku2u".to_owned()));
+                let config = sspi::NegotiateConfig::new(Box::new(krb), packages, computer);
                 let mut negotiate = Box::new(guard("negotiate", || sspi::Negotiate::new_client(config))?);
                 let creds = sspi::Credentials::AuthIdentity(identity);
                 let handle = guard("credentials", || {
@@ -170,12 +256,9 @@ impl SecContext {
             return Err(StepError::Protocol("a token after the handshake was complete".into()));
         }
         self.started = true;
-        let mut inputs = Vec::new();
-        if let Some(token) = input {
-            inputs.push(SecurityBuffer::new(token.to_vec(), BufferType::Token));
-            if let Some(b) = &self.bindings {
-                inputs.push(SecurityBuffer::new(b.clone(), BufferType::ChannelBindings));
-            }
+        let mut inputs = vec![SecurityBuffer::new(input.unwrap_or_default().to_vec(), BufferType::Token)];
+        if let Some(b) = &self.bindings {
+            inputs.push(SecurityBuffer::new(b.clone(), BufferType::ChannelBindings));
         }
         let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
         let target = self.target.clone();
@@ -202,18 +285,45 @@ impl SecContext {
                     .with_target_data_representation(DataRepresentation::Native)
                     .with_target_name(&target)
                     .with_output(&mut output);
-                if input.is_some() {
-                    builder = builder.with_input(&mut inputs);
-                }
-                let result = negotiate.initialize_security_context_impl(&mut builder)?.resolve_to_result()?;
+                // Negotiate reads its inputs from the first step on (Kerberos: channel bindings).
+                builder = builder.with_input(&mut inputs);
+                let result =
+                    negotiate.initialize_security_context_impl(&mut builder)?.resolve_with_client(&KdcClient)?;
                 Ok(result.status)
             })?,
         };
+        let kerberos =
+            matches!(&self.mech, Mech::Negotiate { negotiate, .. } if negotiate.negotiated_protocol().is_kerberos());
         let more = matches!(status, SecurityStatus::ContinueNeeded | SecurityStatus::CompleteAndContinue);
         if !more {
             self.complete = true;
         }
         let token = output.pop().map(|b| b.buffer).unwrap_or_default();
-        Ok(Step { token, more })
+        Ok(Step { token, more, send_body: !more || kerberos })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiate_users_in_realm_form() {
+        assert_eq!(user_for(Mechanism::Negotiate, "alice@towerauth.test"), r"TOWERAUTH.TEST\alice");
+        assert_eq!(user_for(Mechanism::Negotiate, r"CORP\alice"), r"CORP\alice");
+        assert_eq!(user_for(Mechanism::Negotiate, "alice"), "alice");
+        assert_eq!(user_for(Mechanism::Ntlm, "alice@corp.example"), "alice@corp.example");
+    }
+
+    #[test]
+    fn channel_bindings_structure() {
+        let b = channel_bindings_struct(b"tls-server-end-point:xy");
+        assert_eq!(b.len(), 32 + 23);
+        assert_eq!(&b[24..28], &23u32.to_le_bytes());
+        assert_eq!(&b[28..32], &32u32.to_le_bytes());
+        assert_eq!(
+            sspi::channel_bindings::ChannelBindings::from_bytes(&b).unwrap().application_data,
+            b"tls-server-end-point:xy"
+        );
     }
 }

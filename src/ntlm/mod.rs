@@ -152,12 +152,13 @@ impl fmt::Debug for Credentials {
 pub struct ConnectAuth {
     mechanism: Mechanism,
     credentials: Credentials,
+    kerberos: context::KerberosOptions,
 }
 
 impl ConnectAuth {
     /// The scheme for a proxy's `CONNECT`.
     pub fn new(mechanism: Mechanism, credentials: Credentials) -> Self {
-        ConnectAuth { mechanism, credentials }
+        ConnectAuth { mechanism, credentials, kerberos: context::KerberosOptions::default() }
     }
 }
 
@@ -195,7 +196,7 @@ impl Authenticator for ConnectAuth {
         let token = match (&state.ctx, state.next.take()) {
             (None, _) => {
                 let host = req.uri().host().unwrap_or("").to_owned();
-                let mut ctx = SecContext::new(self.mechanism, &self.credentials, &host, None)
+                let mut ctx = SecContext::new(self.mechanism, &self.credentials, &host, None, &self.kerberos)
                     .map_err(|e| crate::Error::scheme(format!("{e:?}")))?;
                 let step = ctx.step(None).map_err(|e| crate::Error::scheme(format!("{e:?}")))?;
                 state.ctx = Some(ctx);
