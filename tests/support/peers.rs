@@ -786,3 +786,78 @@ fn find_ntlm() -> Result<Ntlm, String> {
     parse_ntlm_env(&stdout)
         .map_err(|e| format!("NTLM peer unavailable: `{script} acquire` printed {stdout:?}: {e}; {fix}"))
 }
+
+/// Env vars of the Kerberos peer: Apache's URL (`http://localhost:PORT`), the KDC
+/// (`tcp://127.0.0.1:PORT`) and the realm's `krb5.conf`.
+#[allow(dead_code, unreachable_pub)]
+pub const KERBEROS_VARS: [&str; 3] =
+    ["TOWER_AUTH_KERBEROS_URL", "TOWER_AUTH_KERBEROS_KDC", "TOWER_AUTH_KERBEROS_KRB5_CONFIG"];
+
+/// The Kerberos peer (`tests/peers/kerberos.sh`): MIT Kerberos with the realm `TOWERAUTH.TEST`
+/// (user `alice`, password `Passw0rd!`) and Apache with mod_auth_gssapi protecting
+/// `/negotiate/`.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kerberos {
+    /// Apache, `http://localhost:PORT` (the service principal is `HTTP/localhost`).
+    pub url: String,
+    /// The KDC, `tcp://127.0.0.1:PORT`.
+    pub kdc: String,
+    /// The realm's `krb5.conf` (for `KRB5_CONFIG`).
+    pub krb5_config: String,
+}
+
+/// The Kerberos peer: from the `TOWER_AUTH_KERBEROS_*` env vars if set (all three), otherwise
+/// acquired (once per process) with `tests/peers/kerberos.sh acquire target/peers/kerberos PID`
+/// and released when the process exits, as [`apache`] does.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when it cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn kerberos() -> Option<&'static Kerberos> {
+    static KERBEROS: OnceLock<Result<Kerberos, String>> = OnceLock::new();
+    match KERBEROS.get_or_init(find_kerberos) {
+        Ok(peer) => Some(peer),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn parse_kerberos_env(text: &str) -> Result<Kerberos, String> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{key} missing"))
+    };
+    Ok(Kerberos {
+        url: trim_url(&get(KERBEROS_VARS[0])?),
+        kdc: get(KERBEROS_VARS[1])?,
+        krb5_config: get(KERBEROS_VARS[2])?,
+    })
+}
+
+#[allow(dead_code)]
+fn find_kerberos() -> Result<Kerberos, String> {
+    let vars: Vec<String> = KERBEROS_VARS
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
+        .collect();
+    match vars.len() {
+        3 => return parse_kerberos_env(&vars.join("\n")).map_err(|e| format!("Kerberos peer unavailable: {e}")),
+        1 | 2 => return Err(format!("Kerberos peer unavailable: set all of {KERBEROS_VARS:?} or none")),
+        _ => {}
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/kerberos.sh";
+    let dir = "target/peers/kerberos";
+    let fix = format!(
+        "to fix: `apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2`, then \
+         check `{script} start {dir}` by hand in {manifest}, or set {KERBEROS_VARS:?}",
+        manifest = manifest_dir.display(),
+    );
+    let (_, stdout, _) = acquire("Kerberos", manifest_dir, script, dir, &fix)?;
+    parse_kerberos_env(&stdout)
+        .map_err(|e| format!("Kerberos peer unavailable: `{script} acquire` printed {stdout:?}: {e}; {fix}"))
+}
