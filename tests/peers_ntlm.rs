@@ -283,3 +283,44 @@ async fn curl_ntlm_cross_check() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "open\n");
 }
+
+fn tls_for(p: &Ntlm) -> tower_auth::connect::tls::TlsConfig {
+    let pem = std::fs::read(&p.ca).unwrap();
+    tower_auth::connect::tls::TlsConfig::new().roots(tower_auth::connect::tls::Roots::None).add_ca_pem(&pem).unwrap()
+}
+
+#[tokio::test]
+async fn https_with_extended_protection_needs_the_channel_binding() {
+    let Some(p) = peer() else { return };
+    let client: Win = WindowsAuth::ntlm(USER, PASS).tls(tls_for(p)).build().unwrap();
+    // The server checks the tls-server-end-point hash of its certificate in the type 3 message.
+    let (status, body) = send(&client, "POST", &format!("{}/cbt", p.https_url), "over tls").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r"user=TOWERAUTH\alice len=8 body=over tls"), "{body}");
+    // A server that expects another certificate's binding (a TLS-intercepting box in between)
+    // refuses the same credentials.
+    let err = send(&client, "GET", &format!("{}/cbt", p.https_badcbt_url), "").await.unwrap_err();
+    assert!(err.is_rejected(), "{err:?}");
+    // Negotiate (NTLM inside SPNEGO) carries the binding too.
+    let client: Win = WindowsAuth::negotiate(USER, PASS).tls(tls_for(p)).build().unwrap();
+    let (status, body) = send(&client, "GET", &format!("{}/cbt", p.https_url), "").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn fetch_ntlm_over_https_and_curl_without_binding() {
+    let Some(p) = peer() else { return };
+    let url = format!("{}/fetch-tls", p.https_url);
+    let run =
+        fetch(&["--cacert", &p.ca, "--ntlm", "-u", &format!("{USER}:{PASS}"), "-n", "20", "-c", "4", &url], &[]).await;
+    assert_eq!(run.summary()["ok"], "20", "{run:?}");
+    // curl sends no channel binding: a server with Extended Protection required refuses it.
+    let Some(curl) = peers::curl() else { return };
+    let out = std::process::Command::new(curl)
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &p.ca, "--ntlm", "-u"])
+        .arg(format!("{USER}:{PASS}"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+}

@@ -8,6 +8,9 @@
 #   tests/peers/ntlm.sh start DIR   start (or reuse) the peer rooted in DIR, print
 #                                   TOWER_AUTH_NTLM_URL=http://127.0.0.1:PORT
 #                                   TOWER_AUTH_NTLM_PROXY_URL=http://127.0.0.1:PORT
+#                                   TOWER_AUTH_NTLM_HTTPS_URL=https://localhost:PORT
+#                                   TOWER_AUTH_NTLM_HTTPS_BADCBT_URL=https://localhost:PORT
+#                                   TOWER_AUTH_NTLM_CA=DIR/ca.pem (the CA of its certificate)
 #   tests/peers/ntlm.sh stop DIR    stop it (idempotent)
 #
 # For test processes (tests/support/peers.rs), the contract of tests/peers/apache.sh:
@@ -100,7 +103,22 @@ do_start() {
     fi
     mkdir -p "$DIR/run" "$DIR/users"
     rm -f "$DIR/ports"
-    setsid "$PYTHON" "$HERE/ntlm_server.py" --dir "$DIR" </dev/null >>"$DIR/server.log" 2>&1 9>&- &
+    if [ ! -s "$DIR/ca.pem" ] || [ ! -s "$DIR/tls.pem" ] || [ ! -s "$DIR/tls.key" ]; then
+        # A CA and a certificate for localhost signed by it (rustls refuses a self-signed CA as
+        # the server's certificate).
+        (
+            set -e
+            cd "$DIR"
+            openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=tower-auth NTLM peer CA" \
+                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+                -keyout ca.key -out ca.pem
+            openssl req -newkey rsa:2048 -sha256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext
+            openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -extfile tls.ext -out tls.pem
+        ) >/dev/null 2>&1 || die "openssl could not make the certificates"
+    fi
+    setsid "$PYTHON" "$HERE/ntlm_server.py" --dir "$DIR" --tls-cert "$DIR/tls.pem" --tls-key "$DIR/tls.key" </dev/null >>"$DIR/server.log" 2>&1 9>&- &
     pid=$!
     printf '%s\n' "$pid" >"$DIR/run/pid"
     for i in $(seq 1 100); do
@@ -112,6 +130,9 @@ do_start() {
     {
         printf 'TOWER_AUTH_NTLM_URL=http://127.0.0.1:%s\n' "$(awk '$1 == "server" { print $2 }' "$DIR/ports")"
         printf 'TOWER_AUTH_NTLM_PROXY_URL=http://127.0.0.1:%s\n' "$(awk '$1 == "proxy" { print $2 }' "$DIR/ports")"
+        printf 'TOWER_AUTH_NTLM_HTTPS_URL=https://localhost:%s\n' "$(awk '$1 == "https" { print $2 }' "$DIR/ports")"
+        printf 'TOWER_AUTH_NTLM_HTTPS_BADCBT_URL=https://localhost:%s\n' "$(awk '$1 == "https_badcbt" { print $2 }' "$DIR/ports")"
+        printf 'TOWER_AUTH_NTLM_CA=%s\n' "$DIR/ca.pem"
     } >"$DIR/env"
     printf '%s\n' "$SCRIPT_MD5" >"$DIR/script.md5"
     STARTED=1

@@ -26,6 +26,10 @@ Special paths, to test the client's failure handling:
     /badoffset/...       the type 2 message's target-info offset points outside it
     /stats               200 JSON: handshakes, connections, authenticated requests (no auth)
 
+HTTPS ports (with --tls-cert/--tls-key): the server's paths with Extended Protection required
+(channel binding, RFC 5929 tls-server-end-point); "https_badcbt" expects another certificate's
+hash, so every handshake there fails.
+
 Proxy port: the same with 407 / Proxy-Authenticate / Proxy-Authorization; once the connection is
 authenticated, absolute-form requests are forwarded (plain http) and CONNECT opens a tunnel to
 127.0.0.1 only.
@@ -36,8 +40,10 @@ import base64
 import http.client
 import json
 import os
+import hashlib
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -46,6 +52,7 @@ from urllib.parse import urlsplit
 
 import spnego
 import spnego.exceptions
+from spnego.channel_bindings import GssChannelBindings
 
 USERS = "TOWERAUTH:alice:Passw0rd!\n:alice@towerauth.test:Passw0rd!\n:bob:hunter2\n"
 
@@ -271,6 +278,8 @@ class Server(ThreadingHTTPServer):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     users = os.path.join(args.dir, "users.txt")
     with open(users, "w") as f:
@@ -278,13 +287,32 @@ def main():
     os.environ["NTLM_USER_FILE"] = users
     server = Server(("127.0.0.1", 0), Handler)
     proxy = Server(("127.0.0.1", 0), ProxyHandler)
-    for s in (server, proxy):
+    servers = [("server", server), ("proxy", proxy)]
+    if args.tls_cert:
+        # HTTPS with Extended Protection required: the NTLM authenticate message must carry the
+        # RFC 5929 tls-server-end-point hash of this certificate (SHA-256: it is signed with
+        # sha256WithRSAEncryption). The second listener expects the hash of another certificate,
+        # as a server behind a TLS-intercepting box would: every client must fail there.
+        with open(args.tls_cert) as f:
+            der = ssl.PEM_cert_to_DER_cert(f.read())
+        good = b"tls-server-end-point:" + hashlib.sha256(der).digest()
+        bad = b"tls-server-end-point:" + hashlib.sha256(b"another certificate").digest()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        context.set_alpn_protocols(["http/1.1"])
+        for name, data in (("https", good), ("https_badcbt", bad)):
+            tls = Server(("127.0.0.1", 0), Handler)
+            tls.bindings = GssChannelBindings(application_data=data)
+            tls.socket = context.wrap_socket(tls.socket, server_side=True)
+            servers.append((name, tls))
+    for _, s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     tmp = os.path.join(args.dir, "ports.tmp")
     with open(tmp, "w") as f:
-        f.write("server %d\nproxy %d\n" % (server.server_address[1], proxy.server_address[1]))
+        for name, s in servers:
+            f.write("%s %d\n" % (name, s.server_address[1]))
     os.replace(tmp, os.path.join(args.dir, "ports"))
-    log("ntlm peer: server %d, proxy %d" % (server.server_address[1], proxy.server_address[1]))
+    log("ntlm peer: " + ", ".join("%s %d" % (n, s.server_address[1]) for n, s in servers))
     threading.Event().wait()
 
 

@@ -732,6 +732,13 @@ pub struct Ntlm {
     pub url: String,
     /// The proxy (407 / `Proxy-Authenticate`), forwarding plain http, tunnelling to 127.0.0.1.
     pub proxy_url: String,
+    /// The server over HTTPS with Extended Protection required (channel binding),
+    /// `https://localhost:PORT`.
+    pub https_url: String,
+    /// The same, expecting another certificate's channel binding: every handshake fails.
+    pub https_badcbt_url: String,
+    /// The CA of the HTTPS certificate (PEM file).
+    pub ca: String,
 }
 
 /// The NTLM peer: from the `TOWER_AUTH_NTLM_*` env vars if set (both), otherwise acquired (once
@@ -751,27 +758,37 @@ pub fn ntlm() -> Option<&'static Ntlm> {
 
 #[allow(dead_code)]
 fn parse_ntlm_env(text: &str) -> Result<Ntlm, String> {
-    let get = |key: &str| {
+    let get = |key: &str, prefix: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-            .filter(|v| v.starts_with("http://127.0.0.1:"))
+            .filter(|v| v.starts_with(prefix))
             .map(trim_url)
-            .ok_or_else(|| format!("{key} missing or not an http://127.0.0.1: URL"))
+            .ok_or_else(|| format!("{key} missing or not starting with {prefix}"))
     };
-    Ok(Ntlm { url: get(NTLM_URL_VAR)?, proxy_url: get(NTLM_PROXY_URL_VAR)? })
+    Ok(Ntlm {
+        url: get(NTLM_URL_VAR, "http://127.0.0.1:")?,
+        proxy_url: get(NTLM_PROXY_URL_VAR, "http://127.0.0.1:")?,
+        https_url: get("TOWER_AUTH_NTLM_HTTPS_URL", "https://localhost:")?,
+        https_badcbt_url: get("TOWER_AUTH_NTLM_HTTPS_BADCBT_URL", "https://localhost:")?,
+        ca: get("TOWER_AUTH_NTLM_CA", "/")?,
+    })
 }
 
 #[allow(dead_code)]
 fn find_ntlm() -> Result<Ntlm, String> {
-    let vars: Vec<String> = [NTLM_URL_VAR, NTLM_PROXY_URL_VAR]
-        .iter()
-        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
-        .collect();
+    let vars: Vec<String> = [
+        NTLM_URL_VAR,
+        NTLM_PROXY_URL_VAR,
+        "TOWER_AUTH_NTLM_HTTPS_URL",
+        "TOWER_AUTH_NTLM_HTTPS_BADCBT_URL",
+        "TOWER_AUTH_NTLM_CA",
+    ]
+    .iter()
+    .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
+    .collect();
     match vars.len() {
-        2 => return parse_ntlm_env(&vars.join("\n")).map_err(|e| format!("NTLM peer unavailable: {e}")),
-        1 => {
-            return Err(format!("NTLM peer unavailable: {NTLM_URL_VAR} and {NTLM_PROXY_URL_VAR} must be set together"));
-        }
+        5 => return parse_ntlm_env(&vars.join("\n")).map_err(|e| format!("NTLM peer unavailable: {e}")),
+        1..=4 => return Err("NTLM peer unavailable: set all the TOWER_AUTH_NTLM_* variables or none".into()),
         _ => {}
     }
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
