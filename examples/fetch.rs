@@ -84,7 +84,11 @@ options:
       --anyauth                Digest if the server offers it, else Basic (Guess)
       --ntlm                   NTLM with --user (USER, DOMAIN\\USER or USER@DOMAIN), on
                                connections of fetch's own that stay authenticated
-      --negotiate              Negotiate (SPNEGO) with --user, likewise
+      --negotiate              Negotiate (SPNEGO) with --user, likewise: Kerberos (the KDC of
+                               the realm in $KRB5_CONFIG or /etc/krb5.conf; user as
+                               REALM\\USER or USER@REALM), else NTLM inside SPNEGO
+      --keytab FILE            with --negotiate: the key of -u PRINCIPAL: (or of the file's
+                               first principal with -u :) from this MIT keytab, no password
   -x, --proxy URL              send requests through this proxy (http:// or https://, with
                                optional USER:PASS@): absolute form for http:// URLs, a CONNECT
                                tunnel for https:// URLs. Without it, the proxies of
@@ -387,6 +391,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut user_mode = UserMode::Basic;
     let mut proxy: Option<Proxy> = None;
     let mut noproxy: Option<String> = None;
+    let mut keytab: Option<String> = None;
     let mut tls = TlsConfig::new();
     let mut proxy_user: Option<(String, String)> = None;
     let mut proxy_mode = UserMode::Basic;
@@ -432,6 +437,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--proxy-negotiate" => "--proxy-negotiate",
             "-x" | "--proxy" => "--proxy",
             "--noproxy" => "--noproxy",
+            "--keytab" => "--keytab",
             "--cacert" => "--cacert",
             "-k" | "--insecure" => "--insecure",
             "--netrc" => "--netrc",
@@ -550,6 +556,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--proxy" => proxy = Some(Proxy::parse(&value).map_err(|e| config(canonical, e))?),
             "--noproxy" => noproxy = Some(value),
+            "--keytab" => keytab = Some(value),
             "--cacert" => {
                 let pem = std::fs::read(&value).map_err(|e| format!("{canonical}: cannot read {value:?}: {e}"))?;
                 tls = tls.add_ca_pem(&pem).map_err(|e| config(canonical, e))?;
@@ -712,7 +719,21 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             UserMode::Digest => creds.digest = Some(Digest::new(u, p).map_err(|e| config(option, e))?),
             UserMode::Any => creds.digest = Some(Digest::guess(u, p).map_err(|e| config(option, e))?),
             UserMode::Ntlm => creds.windows = Some((Mechanism::Ntlm, WinCredentials::new(u, p))),
-            UserMode::Negotiate => creds.windows = Some((Mechanism::Negotiate, WinCredentials::new(u, p))),
+            UserMode::Negotiate => {
+                let c = match &keytab {
+                    Some(path) => {
+                        let principal = Some(u.as_str()).filter(|u| !u.is_empty());
+                        WinCredentials::from_keytab(principal, path).map_err(|e| config("--keytab", e))?
+                    }
+                    None if u.is_empty() && p.is_empty() => {
+                        return Err("--negotiate -u ':': no credential cache support (sspi reads none): give \
+                                    USER:PASS, or --keytab FILE"
+                            .into());
+                    }
+                    None => WinCredentials::new(u, p),
+                };
+                creds.windows = Some((Mechanism::Negotiate, c));
+            }
         }
     }
     if let Some(netrc) = netrc_from {

@@ -147,3 +147,34 @@ async fn curl_negotiate_cross_check() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello kerberos\n", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn keytab(p: &Kerberos) -> std::path::PathBuf {
+    // kerberos.sh writes alice's keys next to the realm's krb5.conf.
+    std::path::Path::new(&p.krb5_config).with_file_name("alice.keytab")
+}
+
+#[tokio::test]
+async fn kerberos_with_a_keytab_made_by_kadmin() {
+    let Some(p) = peer() else { return };
+    let url = format!("{}/negotiate/hello.txt", p.url);
+    for principal in [None, Some("alice@TOWERAUTH.TEST")] {
+        let creds = tower_auth::ntlm::Credentials::from_keytab(principal, keytab(p)).unwrap();
+        assert!(!format!("{creds:?}").contains("key: ["), "{creds:?}");
+        let client: Win = WindowsAuth::builder()
+            .origin(tower_auth::ntlm::Mechanism::Negotiate, creds)
+            .kdc(&p.kdc)
+            .kerberos_only()
+            .build()
+            .unwrap();
+        let (status, headers, _) = send(&client, "GET", &url, "").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-remote-user"], "alice@TOWERAUTH.TEST");
+    }
+    let err = tower_auth::ntlm::Credentials::from_keytab(Some("bob@TOWERAUTH.TEST"), keytab(p)).unwrap_err();
+    assert!(err.to_string().contains("no AES key"), "{err}");
+    // fetch: -u : takes the file's first principal.
+    let env = [("KRB5_CONFIG", p.krb5_config.as_str())];
+    let kt = keytab(p);
+    let run = fetch(&["--negotiate", "--keytab", kt.to_str().unwrap(), "-u", ":", &url], &env).await;
+    run.assert(0, "200:1", 1, "Passw0rd!");
+}

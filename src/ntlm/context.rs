@@ -197,6 +197,9 @@ impl SecContext {
         };
         let computer = "WORKSTATION".to_owned();
         let mech = match mechanism {
+            Mechanism::Ntlm if creds.keytab().is_some() => {
+                return Err(StepError::Credentials("a keytab holds Kerberos keys: use Negotiate".into()));
+            }
             Mechanism::Ntlm => {
                 let mut ntlm = Box::new(sspi::Ntlm::new());
                 let handle = guard("credentials", || {
@@ -221,7 +224,20 @@ impl SecContext {
                 let packages = packages.or_else(|| Some("kerberos,ntlm,!pku2u".to_owned()));
                 let config = sspi::NegotiateConfig::new(Box::new(krb), packages, computer);
                 let mut negotiate = Box::new(guard("negotiate", || sspi::Negotiate::new_client(config))?);
-                let creds = sspi::Credentials::AuthIdentity(identity);
+                let creds = match creds.keytab() {
+                    None => sspi::Credentials::AuthIdentity(identity),
+                    Some(key) => {
+                        let key_enctype =
+                            picky_krb::crypto::CipherSuite::try_from(usize::from(key.enctype)).map_err(|_| {
+                                StepError::Credentials(format!("keytab: unsupported key type {}", key.enctype))
+                            })?;
+                        sspi::Credentials::Keytab(sspi::KeytabIdentity {
+                            principal: identity.username.clone(),
+                            key: key.key.clone().into(),
+                            key_enctype,
+                        })
+                    }
+                };
                 let handle = guard("credentials", || {
                     Ok(negotiate
                         .acquire_credentials_handle()

@@ -73,6 +73,7 @@ mod binding;
 mod client;
 mod context;
 mod error;
+mod keytab;
 
 use std::fmt;
 
@@ -105,17 +106,46 @@ impl Mechanism {
     }
 }
 
-/// A user and password: `user`, `DOMAIN\user` or `user@domain`. `Debug` redacts the password.
+/// A user and password (`user`, `DOMAIN\user` or `user@domain`), or a Kerberos principal and
+/// its key from a keytab. `Debug` redacts the password and the key.
 #[derive(Clone)]
 pub struct Credentials {
     user: String,
     password: Secret,
+    keytab: Option<std::sync::Arc<keytab::KeytabKey>>,
 }
 
 impl Credentials {
     /// The user (`user`, `DOMAIN\user` or `user@domain`) and password.
     pub fn new(user: impl Into<String>, password: impl Into<Secret>) -> Self {
-        Credentials { user: user.into(), password: password.into() }
+        Credentials { user: user.into(), password: password.into(), keytab: None }
+    }
+
+    /// A principal's long-term key from an MIT keytab file (`kadmin ktadd`, `ktutil`), for
+    /// Negotiate with Kerberos without a password: `principal` as `name@REALM` (`None`: the
+    /// file's first principal). AES256 is preferred over AES128, the highest key version wins.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::ConfigError) if the file cannot be read, is not a keytab, or
+    /// holds no AES key for the principal. The message never holds key material.
+    pub fn from_keytab(principal: Option<&str>, path: impl AsRef<std::path::Path>) -> Result<Self, crate::ConfigError> {
+        let path = path.as_ref();
+        let data = std::fs::read(path)
+            .map_err(|e| crate::ConfigError::new(format!("cannot read the keytab {}: {e}", path.display())))?;
+        let keys = keytab::parse(&data).map_err(|e| crate::ConfigError::new(format!("{}: {e}", path.display())))?;
+        let key = keytab::select(&keys, principal).ok_or_else(|| {
+            crate::ConfigError::new(format!(
+                "{}: no AES key for {}",
+                path.display(),
+                principal.unwrap_or("any principal")
+            ))
+        })?;
+        Ok(Credentials {
+            user: key.principal.clone(),
+            password: Secret::new(""),
+            keytab: Some(std::sync::Arc::new(key)),
+        })
     }
 
     /// The user as given.
@@ -126,11 +156,19 @@ impl Credentials {
     pub(crate) fn password(&self) -> &Secret {
         &self.password
     }
+
+    pub(crate) fn keytab(&self) -> Option<&keytab::KeytabKey> {
+        self.keytab.as_deref()
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("user", &self.user).field("password", &self.password).finish()
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("keytab", &self.keytab.is_some())
+            .finish()
     }
 }
 
