@@ -134,8 +134,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Mutex<Conn>>, seen: Arc<Seen>)
         content_length,
         body_len: body.len(),
     });
-    if path.starts_with("/garbage/") {
-        let seed: u64 = path[9..].parse().unwrap();
+    if let Some(seed) = path.strip_prefix("/garbage/") {
+        let seed: u64 = seed.parse().unwrap();
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let len = (seed % 120) as usize;
         let mut bytes: Vec<u8> = (0..len)

@@ -22,7 +22,7 @@
 //!   Negotiate: on the client's own connections to the proxy for plain-`http` targets (absolute
 //!   form), and on the `CONNECT` of `https` targets through [`ConnectAuth`], the scheme the
 //!   crate's [`ProxyConnector`](crate::connect::ProxyConnector) drives through the
-//!   [`Authenticator`](crate::Authenticator) trait; it is
+//!   [`Authenticator`] trait; it is
 //!   [connection-bound](crate::Authenticator::connection_bound), so the `CONNECT` loop keeps all
 //!   legs on one connection or fails.
 //! - Channel binding: over HTTPS the NTLM authenticate message carries the RFC 5929
@@ -42,14 +42,31 @@
 //! Every call into `sspi` is guarded: a hostile challenge (truncated, offsets outside it) gives
 //! a typed [`Error`], never a panic.
 //!
-//! Negotiate currently runs NTLM inside SPNEGO (`sspi`'s package list `!kerberos,ntlm`);
-//! Kerberos is the next step.
+//! The MIT keytab reader (`keytab.rs`, for [`Credentials::from_keytab`]) is hand-written too:
+//! `sspi` takes a key, not a file.
+//!
+//! # Negotiate and Kerberos
+//!
+//! [`Mechanism::Negotiate`] sends SPNEGO tokens. With Kerberos (`sspi`'s client), a ticket is
+//! obtained for `HTTP/host` from a password or a keytab key; the KDC is the one given to
+//! [`WindowsAuthBuilder::kdc`], else the realm's `kdc` in `krb5.conf` (`KRB5_CONFIG`, then
+//! `/etc/krb5.conf`), else `SSPI_KDC_URL`; it is reached over TCP or UDP by blocking sockets on
+//! tokio's blocking pool (10 s timeouts). Users are `REALM\user` or `user@REALM` (the latter is
+//! turned into the former: `sspi` would send an enterprise name, which MIT KDCs do not know). The
+//! AP-REQ goes with the request's body (the server can answer on it), and the server's final
+//! token (the AP-REP) is verified: a `2xx` without it fails closed. When no ticket can be had (no
+//! KDC, clock skew, unknown principal) or the target is an IP address, NTLM runs inside SPNEGO, as
+//! Windows does; [`WindowsAuthBuilder::kerberos_only`] turns that into a typed
+//! [`Error::is_credentials`] instead. There is no credential cache (`kinit`'s tickets): `sspi`
+//! reads none. [`ConnectAuth`] runs its steps on the calling thread (the `CONNECT` loop is
+//! synchronous per step): with Kerberos, the KDC exchange blocks that thread for its duration.
 //!
 //! # Security
 //!
 //! Credentials go only to the origin or proxy they were configured for (the client's own
 //! connections, the proxy's `CONNECT`); the token headers are marked sensitive; [`Error`],
-//! `Debug` output and logs never hold a password, hash or token. At most [`MAX_LEGS`] requests
+//! `Debug` output and this crate's logs never hold a password, hash or token (`sspi`'s own
+//! `trace`-level events show Kerberos session keys: keep `sspi=trace` off in production). At most [`MAX_LEGS`] requests
 //! per handshake: a server answering `401` forever gets a typed error, not a loop.
 //!
 //! # Example
@@ -92,7 +109,7 @@ use crate::secret::Secret;
 pub enum Mechanism {
     /// `NTLM`: NTLMv2 with the message integrity code.
     Ntlm,
-    /// `Negotiate`: SPNEGO (NTLM inside it for now).
+    /// `Negotiate`: SPNEGO, Kerberos when a ticket can be had, NTLM inside it otherwise.
     Negotiate,
 }
 
