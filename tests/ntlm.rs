@@ -23,8 +23,11 @@ use sspi::{
     Sspi, SspiImpl, Username,
 };
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 use tower_auth::ntlm::WindowsAuth;
+
+mod support;
+
+use support::windows::{Win, send};
 
 const USER: &str = r"TOWERAUTH\alice";
 const PASS: &str = "Passw0rd!";
@@ -194,21 +197,6 @@ async fn server() -> (String, Arc<Seen>) {
         }
     });
     (url, seen)
-}
-
-type Win = WindowsAuth<Full<Bytes>>;
-
-async fn send(
-    client: &Win,
-    method: &str,
-    url: &str,
-    body: &'static str,
-) -> Result<(u16, String), tower_auth::ntlm::Error> {
-    let req = Request::builder().method(method).uri(url).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
-    let res = client.clone().oneshot(req).await?;
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[tokio::test]

@@ -8,35 +8,17 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use tower::ServiceExt;
 use tower_auth::ntlm::WindowsAuth;
 
 use support::https::fetch;
 use support::peers::{self, Kerberos};
+use support::windows::{Win, send_full as send};
 
 const USER: &str = r"TOWERAUTH.TEST\alice";
 const PASS: &str = "Passw0rd!";
 
 fn peer() -> Option<&'static Kerberos> {
     peers::kerberos()
-}
-
-type Win = WindowsAuth<Full<Bytes>>;
-
-async fn send(
-    client: &Win,
-    method: &str,
-    url: &str,
-    body: &'static str,
-) -> Result<(u16, http::HeaderMap, String), tower_auth::ntlm::Error> {
-    let req = Request::builder().method(method).uri(url).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
-    let res = client.clone().oneshot(req).await?;
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Ok((parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[tokio::test]

@@ -8,16 +8,15 @@
 mod support;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::ServiceExt;
 use tower_auth::connect::{Proxies, Proxy, ProxyConnector};
 use tower_auth::ntlm::{ConnectAuth, Credentials, Mechanism, WindowsAuth};
 
 use support::https::{Origin, fetch};
 use support::peers::{self, Ntlm};
+use support::windows::{Win, send};
 
 const USER: &str = r"TOWERAUTH\alice";
 const UPN: &str = "alice@towerauth.test";
@@ -25,21 +24,6 @@ const PASS: &str = "Passw0rd!";
 
 fn peer() -> Option<&'static Ntlm> {
     peers::ntlm()
-}
-
-type Win = WindowsAuth<Full<Bytes>>;
-
-async fn send(
-    client: &Win,
-    method: &str,
-    url: &str,
-    body: &'static str,
-) -> Result<(u16, String), tower_auth::ntlm::Error> {
-    let req = Request::builder().method(method).uri(url).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
-    let res = client.clone().oneshot(req).await?;
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[tokio::test]

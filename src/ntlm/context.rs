@@ -181,6 +181,26 @@ const FLAGS: ClientRequestFlags = ClientRequestFlags::MUTUAL_AUTH
     .union(ClientRequestFlags::CONFIDENTIALITY)
     .union(ClientRequestFlags::ALLOCATE_MEMORY);
 
+/// One `InitializeSecurityContext` call, the KDC reached through [`KdcClient`] when Kerberos
+/// asks.
+fn initialize<T: Sspi>(
+    ctx: &mut T,
+    handle: &mut T::CredentialsHandle,
+    target: &str,
+    inputs: &mut [SecurityBuffer],
+    output: &mut [SecurityBuffer],
+) -> sspi::Result<SecurityStatus> {
+    let mut builder = ctx
+        .initialize_security_context()
+        .with_credentials_handle(handle)
+        .with_context_requirements(FLAGS)
+        .with_target_data_representation(DataRepresentation::Native)
+        .with_target_name(target)
+        .with_input(inputs)
+        .with_output(output);
+    Ok(ctx.initialize_security_context_impl(&mut builder)?.resolve_with_client(&KdcClient)?.status)
+}
+
 impl SecContext {
     /// A client context for `creds` towards `host` (`HTTP/host`), with the channel binding
     /// application data (`tls-server-end-point:` and the certificate hash) over TLS.
@@ -278,35 +298,15 @@ impl SecContext {
         }
         let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
         let target = self.target.clone();
+        // Inputs from the first step on: NTLM ignores them until the challenge (then reads the
+        // bindings there), Negotiate's Kerberos reads the bindings at once.
         let status = match &mut self.mech {
-            Mech::Ntlm { ntlm, handle } => guard("NTLM", || {
-                let mut builder = ntlm
-                    .initialize_security_context()
-                    .with_credentials_handle(handle)
-                    .with_context_requirements(FLAGS)
-                    .with_target_data_representation(DataRepresentation::Native)
-                    .with_target_name(&target)
-                    .with_output(&mut output);
-                if input.is_some() {
-                    builder = builder.with_input(&mut inputs);
-                }
-                let result = ntlm.initialize_security_context_impl(&mut builder)?.resolve_to_result()?;
-                Ok(result.status)
-            })?,
-            Mech::Negotiate { negotiate, handle } => guard("Negotiate", || {
-                let mut builder = negotiate
-                    .initialize_security_context()
-                    .with_credentials_handle(handle)
-                    .with_context_requirements(FLAGS)
-                    .with_target_data_representation(DataRepresentation::Native)
-                    .with_target_name(&target)
-                    .with_output(&mut output);
-                // Negotiate reads its inputs from the first step on (Kerberos: channel bindings).
-                builder = builder.with_input(&mut inputs);
-                let result =
-                    negotiate.initialize_security_context_impl(&mut builder)?.resolve_with_client(&KdcClient)?;
-                Ok(result.status)
-            })?,
+            Mech::Ntlm { ntlm, handle } => {
+                guard("NTLM", || initialize(&mut **ntlm, handle, &target, &mut inputs, &mut output))?
+            }
+            Mech::Negotiate { negotiate, handle } => {
+                guard("Negotiate", || initialize(&mut **negotiate, handle, &target, &mut inputs, &mut output))?
+            }
         };
         let kerberos =
             matches!(&self.mech, Mech::Negotiate { negotiate, .. } if negotiate.negotiated_protocol().is_kerberos());
