@@ -181,6 +181,16 @@ const FLAGS: ClientRequestFlags = ClientRequestFlags::MUTUAL_AUTH
     .union(ClientRequestFlags::CONFIDENTIALITY)
     .union(ClientRequestFlags::ALLOCATE_MEMORY);
 
+/// The outbound credentials handle of `data`.
+fn acquire<T: Sspi>(ctx: &mut T, data: &T::AuthenticationData) -> sspi::Result<T::CredentialsHandle> {
+    Ok(ctx
+        .acquire_credentials_handle()
+        .with_credential_use(CredentialUse::Outbound)
+        .with_auth_data(data)
+        .execute(ctx)?
+        .credentials_handle)
+}
+
 /// One `InitializeSecurityContext` call, the KDC reached through [`KdcClient`] when Kerberos
 /// asks.
 fn initialize<T: Sspi>(
@@ -222,14 +232,7 @@ impl SecContext {
             }
             Mechanism::Ntlm => {
                 let mut ntlm = Box::new(sspi::Ntlm::new());
-                let handle = guard("credentials", || {
-                    Ok(ntlm
-                        .acquire_credentials_handle()
-                        .with_credential_use(CredentialUse::Outbound)
-                        .with_auth_data(&identity)
-                        .execute(&mut *ntlm)?
-                        .credentials_handle)
-                })?;
+                let handle = guard("credentials", || acquire(&mut *ntlm, &identity))?;
                 Mech::Ntlm { ntlm, handle }
             }
             Mechanism::Negotiate => {
@@ -258,14 +261,7 @@ impl SecContext {
                         })
                     }
                 };
-                let handle = guard("credentials", || {
-                    Ok(negotiate
-                        .acquire_credentials_handle()
-                        .with_credential_use(CredentialUse::Outbound)
-                        .with_auth_data(&creds)
-                        .execute(&mut *negotiate)?
-                        .credentials_handle)
-                })?;
+                let handle = guard("credentials", || acquire(&mut *negotiate, &creds))?;
                 Mech::Negotiate { negotiate, handle }
             }
         };
