@@ -308,3 +308,42 @@ async fn fetch_ntlm_over_https_and_curl_without_binding() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+#[tokio::test]
+async fn negotiate_to_the_proxy_plain_http_and_connect() {
+    let Some(p) = peer() else { return };
+    let client: Win = WindowsAuth::builder()
+        .proxies(Proxies::all(Proxy::parse(&p.proxy_url).unwrap()))
+        .proxy_auth(Mechanism::Negotiate, Credentials::new(USER, PASS))
+        .build()
+        .unwrap();
+    let (status, body) = send(&client, "GET", &format!("{}/open/negotiate", p.url), "").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "open\n"));
+    assert_eq!(client.stats().handshakes, 1);
+    // CONNECT with Negotiate (NTLM inside SPNEGO) to a TLS origin.
+    let origin = Origin::local().await;
+    let proxy =
+        Proxy::parse(&p.proxy_url).unwrap().auth(ConnectAuth::new(Mechanism::Negotiate, Credentials::new(USER, PASS)));
+    let connector = ProxyConnector::new(Proxies::all(proxy));
+    let https =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(origin.tls().https(connector.clone()).unwrap());
+    let res = https.get(origin.url().parse().unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(connector.connect_exchanges(), 2);
+    // fetch --proxy-negotiate.
+    let run = fetch(
+        &[
+            "-x",
+            &p.proxy_url,
+            "--proxy-negotiate",
+            "-U",
+            &format!("{USER}:{PASS}"),
+            "-n",
+            "2",
+            &format!("{}/open/f", p.url),
+        ],
+        &[],
+    )
+    .await;
+    run.assert(0, "200:2", 3, PASS);
+}

@@ -212,10 +212,15 @@ class Handler(BaseHTTPRequestHandler):
         text = "%s %s user=%s len=%d body=%s\n" % (
             self.command, path, self.user, len(body), body.decode("utf-8", "replace"))
         headers = [("X-Ntlm-User", self.user), ("X-Ntlm-Connection", str(self.conn_no))]
-        if self.ctx_final:
-            scheme = "Negotiate" if self.ctx_scheme == "negotiate" else "NTLM"
-            headers.append((self.challenge_header, "%s %s" % (scheme, base64.b64encode(self.ctx_final).decode())))
+        headers.extend(self.final_token_header())
         self.reply(200, text.encode(), headers)
+
+    def final_token_header(self):
+        """SPNEGO's last token (accept-completed, mechListMIC) on the answer that ends a handshake."""
+        if not self.ctx_final:
+            return []
+        scheme = "Negotiate" if self.ctx_scheme == "negotiate" else "NTLM"
+        return [(self.challenge_header, "%s %s" % (scheme, base64.b64encode(self.ctx_final).decode()))]
 
     def forward(self, body):
         if self.command == "CONNECT":
@@ -233,6 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         out = [(k, v) for k, v in res.getheaders()
                if k.lower() not in ("content-length", "transfer-encoding", "connection")]
         out.append(("X-Ntlm-Proxy-User", self.user))
+        out.extend(self.final_token_header())
         self.reply(res.status, data, out)
         conn.close()
 
@@ -245,6 +251,8 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             return self.reply(502, b"cannot reach the target\n")
         self.send_response(200, "Connection established")
+        for name, value in self.final_token_header():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.flush()
         self.close_connection = True
