@@ -597,7 +597,18 @@ where
                 .with_status(res_parts.status)
                 .with_legs(legs));
             }
-            step = run_step(&mut ctx, Some(token), blocking).await.map_err(|e| step_error(e, &peer, legs))?;
+            let ntlm_in_spnego = blocking && !ctx.as_ref().is_some_and(SecContext::is_kerberos);
+            step = run_step(&mut ctx, Some(token), blocking).await.map_err(|e| {
+                let err = step_error(e, &peer, legs);
+                if ntlm_in_spnego {
+                    err.with_hint(
+                        "Negotiate ran NTLM inside SPNEGO (no Kerberos ticket could be had: is the KDC reachable, \
+                         the user REALM\\user?); a server that accepts only Kerberos refuses it",
+                    )
+                } else {
+                    err
+                }
+            })?;
             if step.token.is_empty() {
                 return Err(
                     Error::new(Kind::Protocol, &peer, "the handshake produced no token to send").with_legs(legs)

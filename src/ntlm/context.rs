@@ -274,6 +274,11 @@ impl SecContext {
         })
     }
 
+    /// Whether Negotiate chose Kerberos (else NTLM inside SPNEGO, or plain NTLM).
+    pub(crate) fn is_kerberos(&self) -> bool {
+        matches!(&self.mech, Mech::Negotiate { negotiate, .. } if negotiate.negotiated_protocol().is_kerberos())
+    }
+
     /// Whether the context is established (the last token was produced or verified).
     pub(crate) fn is_complete(&self) -> bool {
         self.complete

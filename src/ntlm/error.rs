@@ -58,6 +58,11 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_hint(mut self, hint: &str) -> Self {
+        self.detail = if self.detail.is_empty() { hint.to_owned() } else { format!("{}; {hint}", self.detail) };
+        self
+    }
+
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
