@@ -320,3 +320,51 @@ async fn requests_the_client_cannot_send() {
     assert!(err.is_connect(), "{err:?}");
     let _ = StatusCode::OK;
 }
+
+/// A proxy that answers the first `CONNECT` with a real NTLM challenge (from `sspi`'s acceptor)
+/// and `Connection: close`: NTLM cannot go on on another connection, so the tunnel must fail
+/// with a typed error after one `CONNECT`, not start over on a new connection.
+#[tokio::test]
+async fn connect_through_a_proxy_that_closes_mid_handshake_fails_typed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_auth::connect::{Proxies, Proxy, ProxyConnector, ProxyError};
+    use tower_auth::ntlm::{ConnectAuth, Credentials, Mechanism};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            let mut buf = vec![0u8; 4096];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let token = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Proxy-Authorization: NTLM ")
+                        .or_else(|| l.strip_prefix("proxy-authorization: NTLM "))
+                })
+                .map(|t| STANDARD.decode(t.trim()).unwrap())
+                .unwrap_or_default();
+            let mut conn = Conn { ntlm: None, authenticated: false, reauth_done: false, no: 1 };
+            let challenge = accept(&mut conn, &token).map(|(_, out)| out).unwrap_or_default();
+            let res = format!(
+                "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                STANDARD.encode(challenge)
+            );
+            let _ = stream.write_all(res.as_bytes()).await;
+        }
+    });
+    let proxy = Proxy::parse(&format!("http://{addr}"))
+        .unwrap()
+        .auth(ConnectAuth::new(Mechanism::Ntlm, Credentials::new(USER, PASS)));
+    let mut connector = ProxyConnector::new(Proxies::all(proxy));
+    let err = tower::Service::call(&mut connector, "https://127.0.0.1:1/".parse().unwrap()).await.unwrap_err();
+    let err: &ProxyError = &err;
+    assert!(err.is_closed(), "{err:?}");
+    assert!(err.to_string().contains("connection-bound"), "{err}");
+    assert_eq!(connector.connect_exchanges(), 1);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1, "no second connection");
+}
