@@ -302,7 +302,11 @@ async fn idle_connections_expire() {
     let (url, seen) = server().await;
     let client: Win = WindowsAuth::ntlm(USER, PASS).idle_timeout(Duration::from_millis(100)).build().unwrap();
     send(&client, "GET", &format!("{url}/a"), "").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(client.idle_connections(), 1);
+    // The reaper closes it after the idle timeout, without waiting for another request.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(client.idle_connections(), 0);
     send(&client, "GET", &format!("{url}/b"), "").await.unwrap();
     assert_eq!(seen.connections.load(Ordering::Relaxed), 2);
     assert_eq!(client.stats().handshakes, 2);

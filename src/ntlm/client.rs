@@ -299,6 +299,9 @@ struct HostPool<B> {
     idle: Mutex<Vec<Idle<B>>>,
     slots: Arc<Semaphore>,
     returned: Notify,
+    idle_timeout: Duration,
+    /// A task closes expired idle connections while any are kept.
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 struct Idle<B> {
@@ -333,8 +336,14 @@ enum Checkout<B> {
 }
 
 impl<B> HostPool<B> {
-    fn new(max: usize) -> Self {
-        HostPool { idle: Mutex::new(Vec::new()), slots: Arc::new(Semaphore::new(max)), returned: Notify::new() }
+    fn new(max: usize, idle_timeout: Duration) -> Self {
+        HostPool {
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(max)),
+            returned: Notify::new(),
+            idle_timeout,
+            reaping: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn pop_idle(&self, timeout: Duration) -> Option<Conn<B>> {
@@ -361,9 +370,40 @@ impl<B> HostPool<B> {
         }
     }
 
-    fn put(&self, conn: Conn<B>) {
+    /// Closes the idle connections kept longer than the idle timeout; whether any is left.
+    fn prune(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| c.since.elapsed() <= self.idle_timeout && !c.conn.sender.is_closed());
+        !idle.is_empty()
+    }
+}
+
+impl<B: Send + 'static> HostPool<B> {
+    fn put(self: &Arc<Self>, conn: Conn<B>) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(Idle { conn, since: Instant::now() });
         self.returned.notify_one();
+        if !self.reaping.swap(true, Ordering::AcqRel)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // One reaper per pool while it keeps idle connections; it holds the pool weakly, so
+            // dropping the client ends it.
+            let pool = Arc::downgrade(self);
+            let every = self.idle_timeout.max(Duration::from_millis(10));
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    if !pool.prune() {
+                        pool.reaping.store(false, Ordering::Release);
+                        // A connection put back meanwhile starts its own reaper (or finds us).
+                        if pool.prune() && !pool.reaping.swap(true, Ordering::AcqRel) {
+                            continue;
+                        }
+                        return;
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -407,7 +447,11 @@ where
 
     fn pool(&self, key: &str) -> Arc<HostPool<B>> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(pools.entry(key.to_owned()).or_insert_with(|| Arc::new(HostPool::new(self.config.max_connections))))
+        Arc::clone(
+            pools
+                .entry(key.to_owned())
+                .or_insert_with(|| Arc::new(HostPool::new(self.config.max_connections, self.config.idle_timeout))),
+        )
     }
 
     /// Opens a connection (TCP or the proxy's tunnel, then TLS for `https`), HTTP/1.1.
