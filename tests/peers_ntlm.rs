@@ -347,3 +347,24 @@ async fn negotiate_to_the_proxy_plain_http_and_connect() {
     .await;
     run.assert(0, "200:2", 3, PASS);
 }
+
+#[tokio::test]
+async fn ntlm_to_the_proxy_and_to_the_origin_inside_the_tunnel() {
+    let Some(p) = peer() else { return };
+    // CONNECT authenticated with NTLM by the proxy, then NTLM with channel binding to the HTTPS
+    // origin inside the tunnel: two handshakes of two kinds on one connection.
+    let client: Win = WindowsAuth::ntlm(USER, PASS)
+        .proxies(Proxies::all(Proxy::parse(&p.proxy_url).unwrap()))
+        .proxy_auth(Mechanism::Ntlm, Credentials::new("bob", "hunter2"))
+        .tls(tls_for(p))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let (status, body) = send(&client, "GET", &format!("{}/both", p.https_url), "").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r"user=TOWERAUTH\alice"), "{body}");
+    }
+    let s = client.stats();
+    assert_eq!((s.connections, s.handshakes, s.reused), (1, 1, 2), "{s:?}");
+    assert_eq!(client.connect_exchanges(), 2);
+}

@@ -25,6 +25,10 @@
 //!   [`Authenticator`] trait; it is
 //!   [connection-bound](crate::Authenticator::connection_bound), so the `CONNECT` loop keeps all
 //!   legs on one connection or fails.
+//!   Through a `CONNECT` tunnel, the origin's handshake then runs inside the tunnel (proxy and
+//!   origin both authenticated, one connection). For a plain-`http` target through a proxy, only
+//!   the proxy is authenticated: a forward proxy does not pin its upstream connection, so the
+//!   origin's `401` reaches the caller.
 //! - Channel binding: over HTTPS the NTLM authenticate message carries the RFC 5929
 //!   `tls-server-end-point` hash of the server's certificate (servers with Extended Protection
 //!   set to required refuse clients without it).
