@@ -107,6 +107,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<Mutex<Conn>>, seen: Arc<Seen>)
     let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let mut c = conn.lock().unwrap();
+    if path.starts_with("/open") {
+        // Needs no authentication: ignores the Authorization header.
+        return Response::new(Full::new(Bytes::from(format!("open conn={} len={}", c.no, body.len()))));
+    }
     if path.starts_with("/public") && auth.is_none() {
         return Response::new(Full::new(Bytes::from_static(b"public")));
     }
@@ -244,14 +248,26 @@ async fn an_authenticated_connection_asked_again_reauthenticates_and_replays_the
 }
 
 #[tokio::test]
-async fn a_server_that_needs_nothing_gets_one_leg() {
-    let (url, _) = server().await;
-    let client: Win = WindowsAuth::ntlm(USER, PASS).build().unwrap();
-    // The client opens with type 1; the server ignores it and answers.
-    let (status, body) = send(&client, "GET", &format!("{url}/public"), "").await.unwrap();
-    // The public path answers without auth only when no Authorization is sent: the handshake
-    // runs and the request is served on the authenticated connection.
-    assert_eq!(status, 200, "{body}");
+async fn a_server_that_needs_nothing_gets_one_leg_and_the_connection_stays_unauthenticated() {
+    let (url, seen) = server().await;
+    let ntlm: Win = WindowsAuth::ntlm(USER, PASS).build().unwrap();
+    let negotiate: Win = WindowsAuth::negotiate(USER, PASS).build().unwrap();
+    for client in [&ntlm, &negotiate] {
+        // The first leg carries the first token; the server answers without a challenge.
+        let (status, body) = send(client, "GET", &format!("{url}/open"), "").await.unwrap();
+        assert_eq!((status, body.starts_with("open")), (200, true), "{body}");
+        let s = client.stats();
+        assert_eq!((s.connections, s.handshakes, s.failed_handshakes, s.round_trips), (1, 0, 0, 1), "{s:?}");
+    }
+    // The connection is pooled, not authenticated: a challenge on it runs the handshake there.
+    let (status, _) = send(&ntlm, "GET", &format!("{url}/private"), "").await.unwrap();
+    assert_eq!(status, 200);
+    let s = ntlm.stats();
+    assert_eq!((s.connections, s.handshakes, s.reused), (1, 1, 1), "{s:?}");
+    // This server offers NTLM only: Negotiate says so.
+    let err = send(&negotiate, "GET", &format!("{url}/private"), "").await.unwrap_err();
+    assert!(err.is_no_scheme(), "{err:?}");
+    assert_eq!(seen.connections.load(Ordering::Relaxed), 2);
 }
 
 #[tokio::test]

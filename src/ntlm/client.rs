@@ -523,7 +523,8 @@ where
         })
     }
 
-    /// Runs the handshake on `conn` for `parts`, the real body sent on the last leg only.
+    /// Runs the handshake on `conn` for `parts`, the real body sent on the last leg only; whether
+    /// the connection ended authenticated.
     async fn handshake(
         &self,
         conn: &mut Conn<B>,
@@ -531,7 +532,7 @@ where
         route: &Route,
         parts: &http::request::Parts,
         body: &ReplayBody<B>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<(Response<Incoming>, bool), Error> {
         let (mechanism, creds) = match side {
             Side::Origin => self.config.origin.as_ref(),
             Side::Proxy => self.config.proxy.as_ref(),
@@ -550,7 +551,9 @@ where
         let mut legs = 0u32;
         let mut body_sent = false;
         loop {
-            let last = !step.more;
+            // After the leg that carries the body, a challenge means a refusal (SPNEGO still
+            // expects the server's mechListMIC or AP-REP, which come with the success).
+            let last = !step.more || step.send_body;
             if step.send_body && body_sent && !body.is_replayable() {
                 return Err(Error::new(
                     Kind::Body,
@@ -588,18 +591,13 @@ where
                             .with_legs(legs),
                         })?;
                     }
-                    None if !complete && res.status().is_success() => {
-                        return Err(Error::new(
-                            Kind::Protocol,
-                            &peer,
-                            "the server sent no final token: mutual authentication failed",
-                        )
-                        .with_status(res.status())
-                        .with_legs(legs));
-                    }
+                    // No final token, the context incomplete: the server did not authenticate this
+                    // connection (it needed nothing, as a public resource): it is not marked
+                    // authenticated, and a later challenge on it runs the handshake.
+                    None if !complete => return Ok((res, false)),
                     _ => {}
                 }
-                return Ok(res);
+                return Ok((res, true));
             }
             // A challenge: drain it, keep the connection, go on.
             let (res_parts, res_body) = res.into_parts();
@@ -709,8 +707,10 @@ where
             return Ok(self.finish(&pool, conn, res));
         };
         match self.handshake(&mut conn, side, &route, &parts, &body).await {
-            Ok(res) => {
-                self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+            Ok((res, authenticated)) => {
+                if authenticated {
+                    self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(self.finish(&pool, conn, res))
             }
             Err(err) => {

@@ -316,7 +316,11 @@ impl SecContext {
             self.complete = true;
         }
         let token = output.pop().map(|b| b.buffer).unwrap_or_default();
-        Ok(Step { token, more, send_body: !more || kerberos })
+        // The body goes with NTLM's authenticate message (inside SPNEGO too: the token answering
+        // the challenge) and with Kerberos' AP-REQ.
+        let negotiate = matches!(self.mech, Mech::Negotiate { .. });
+        let send_body = !more || kerberos || (negotiate && input.is_some());
+        Ok(Step { token, more, send_body })
     }
 }
 

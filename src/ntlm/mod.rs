@@ -58,7 +58,10 @@
 //! tokio's blocking pool (10 s timeouts). Users are `REALM\user` or `user@REALM` (the latter is
 //! turned into the former: `sspi` would send an enterprise name, which MIT KDCs do not know). The
 //! AP-REQ goes with the request's body (the server can answer on it), and the server's final
-//! token (the AP-REP) is verified: a `2xx` without it fails closed. When no ticket can be had (no
+//! token (the AP-REP, or SPNEGO's `mechListMIC`) is verified: one that does not verify fails the
+//! request ([`Error::is_protocol`]); an answer without one means the server did not authenticate
+//! the connection (a resource that needs nothing): it is returned, and the connection is pooled
+//! unauthenticated (a later challenge on it runs the handshake there). When no ticket can be had (no
 //! KDC, clock skew, unknown principal) or the target is an IP address, NTLM runs inside SPNEGO, as
 //! Windows does; [`WindowsAuthBuilder::kerberos_only`] turns that into a typed
 //! [`Error::is_credentials`] instead. There is no credential cache (`kinit`'s tickets): `sspi`
