@@ -280,6 +280,9 @@ class ProxyHandler(Handler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops the SYNs of 8 clients connecting at once (they
+    # come back after the kernel's 1 s retransmission).
+    request_queue_size = 128
     bindings = None
 
 
