@@ -160,3 +160,32 @@ async fn kerberos_with_a_keytab_made_by_kadmin() {
     let run = fetch(&["--negotiate", "--keytab", kt.to_str().unwrap(), "-u", ":", &url], &env).await;
     run.assert(0, "200:1", 1, "Passw0rd!");
 }
+
+#[tokio::test]
+async fn clock_skew_is_a_typed_error() {
+    let Some(p) = peer() else { return };
+    // kerberos.sh runs a second KDC of the realm 2 h ahead when Debian's faketime is installed.
+    let ports =
+        std::fs::read_to_string(std::path::Path::new(&p.krb5_config).with_file_name("ports")).unwrap_or_default();
+    let Some(port) = ports.lines().find_map(|l| l.strip_prefix("skewed ")) else {
+        let reason = "no skewed KDC (install faketime: apt-get install faketime)";
+        assert!(std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false" || v == "0"), "{reason}");
+        eprintln!("SKIPPED clock_skew_is_a_typed_error: {reason}");
+        return;
+    };
+    let url = format!("{}/negotiate/hello.txt", p.url);
+    let kdc = format!("tcp://127.0.0.1:{port}");
+    // sspi follows the KDC's clock (the time in its PREAUTH_REQUIRED error), so it gets a ticket;
+    // the server, 2 h behind that KDC, finds it not yet valid (mod_auth_gssapi logs "Ticket not
+    // yet valid") and refuses: a typed error after the one leg, the connection closed.
+    let client: Win = WindowsAuth::negotiate(USER, PASS).kdc(&kdc).kerberos_only().build().unwrap();
+    let err = send(&client, "GET", &url, "").await.unwrap_err();
+    assert!(err.is_rejected(), "{err:?}");
+    assert_eq!(err.legs(), 1, "{err:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(client.idle_connections(), 0);
+    // With the NTLM fallback, the Kerberos-only server refuses: a typed error, no loop.
+    let client: Win = WindowsAuth::negotiate(USER, PASS).kdc(&kdc).build().unwrap();
+    let err = send(&client, "GET", &url, "").await.unwrap_err();
+    assert!(err.legs() <= tower_auth::ntlm::MAX_LEGS, "{err:?}");
+}

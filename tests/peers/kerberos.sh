@@ -17,6 +17,9 @@
 #   tests/peers/kerberos.sh stop DIR    stop it (idempotent)
 #   tests/peers/kerberos.sh acquire|release|release-on-eof DIR PID   as tests/peers/apache.sh
 #
+# With Debian's faketime installed, a second KDC of the realm runs 2 h ahead on another port
+# (DIR/ports: "skewed PORT"), for the clock skew tests.
+#
 # The URL names `localhost` (the service principal is HTTP/localhost); it resolves to 127.0.0.1.
 
 set -euo pipefail
@@ -74,7 +77,7 @@ EOF
 
 stop_instance() {
     local pid i f
-    for f in "$DIR/run/httpd.pid" "$DIR/run/kdc.pid"; do
+    for f in "$DIR/run/httpd.pid" "$DIR/run/kdc.pid" "$DIR/run/kdc-skewed.pid"; do
         if pid=$(pid_of "$f"); then
             printf 'kerberos.sh: stopping pid %s (%s)\n' "$pid" "$(basename "$f")" >&2
             kill -TERM "$pid" 2>/dev/null || true
@@ -98,7 +101,7 @@ free_ports() {
     /usr/bin/python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(2):
+for _ in range(3):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -230,17 +233,27 @@ do_start() {
     done
     [ -e "$MODULES/mod_auth_gssapi.so" ] || die "mod_auth_gssapi not found: $INSTALL_HINT"
     mkdir -p "$DIR/run" "$DIR/users" "$DIR/logs"
-    read -r kdc port <<<"$(free_ports)"
+    read -r kdc port skewed <<<"$(free_ports)"
     make_realm "$kdc"
     setsid /usr/sbin/krb5kdc -n -P "$DIR/run/kdc.pid" </dev/null >>"$DIR/logs/krb5kdc.out" 2>&1 9>&- &
     pid=$!
     printf '%s\n' "$pid" >"$DIR/run/kdc.pid"
+    # A second KDC of the same realm whose clock runs 2 h ahead (libfaketime, Debian faketime),
+    # for the clock skew tests; only when faketime is installed (.ci/run installs it).
+    if [ -x /usr/bin/faketime ]; then
+        sed -e "s/127.0.0.1:$kdc/127.0.0.1:$skewed/g" -e "s|logs/kdc.log|logs/kdc-skewed.log|" \
+            "$DIR/kdc.conf" >"$DIR/kdc-skewed.conf"
+        KRB5_KDC_PROFILE=$DIR/kdc-skewed.conf setsid /usr/bin/faketime -f +2h /usr/sbin/krb5kdc -n \
+            </dev/null >>"$DIR/logs/krb5kdc-skewed.out" 2>&1 9>&- &
+        printf '%s\n' "$!" >"$DIR/run/kdc-skewed.pid"
+    fi
     write_apache "$port"
     "$APACHE_BIN" -t -f "$DIR/httpd.conf" >"$DIR/logs/configtest.log" 2>&1 ||
         die "Apache rejected its configuration (see $DIR/logs/configtest.log)"
     KRB5_CONFIG=$APACHE_KRB5_CONFIG "$APACHE_BIN" -f "$DIR/httpd.conf" -k start </dev/null >>"$DIR/logs/apache.out" 2>&1 9>&- ||
         die "Apache did not start (see $DIR/logs/)"
     printf 'kdc %s\nhttp %s\n' "$kdc" "$port" >"$DIR/ports"
+    [ -s "$DIR/run/kdc-skewed.pid" ] && printf 'skewed %s\n' "$skewed" >>"$DIR/ports"
     for i in $(seq 1 100); do
         healthy && break
         [ "$i" = 100 ] && die "the peer did not answer within 10 s (see $DIR/logs/)"
