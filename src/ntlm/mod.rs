@@ -64,7 +64,10 @@
 //! unauthenticated (a later challenge on it runs the handshake there). When no ticket can be had (no
 //! KDC, clock skew, unknown principal) or the target is an IP address, NTLM runs inside SPNEGO, as
 //! Windows does; [`WindowsAuthBuilder::kerberos_only`] turns that into a typed
-//! [`Error::is_credentials`] instead. There is no credential cache (`kinit`'s tickets): `sspi`
+//! [`Error::is_credentials`] instead. `sspi` follows the KDC's clock (the time in its
+//! pre-authentication error), so a client clock off by hours still gets a ticket; a server whose
+//! clock differs from the KDC's refuses it ("ticket not yet valid"): [`Error::is_rejected`],
+//! tested with a KDC running 2 h ahead. There is no credential cache (`kinit`'s tickets): `sspi`
 //! reads none. [`ConnectAuth`] runs its steps on the calling thread (the `CONNECT` loop is
 //! synchronous per step): with Kerberos, the KDC exchange blocks that thread for its duration.
 //!
