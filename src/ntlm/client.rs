@@ -576,6 +576,14 @@ where
             req.headers_mut().insert(side.credentials(), value);
             let res = self.send(conn, req, &peer, legs).await?;
             legs += 1;
+            tracing::debug!(
+                peer = %peer,
+                scheme = mechanism.name(),
+                leg = legs,
+                body = step.send_body,
+                status = res.status().as_u16(),
+                "handshake leg"
+            );
             if res.status() != side.status() {
                 let complete = ctx.as_ref().is_some_and(SecContext::is_complete);
                 match final_token(&res, side, *mechanism) {
