@@ -45,6 +45,7 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_auth::connect::tls::TlsConfig;
 use tower_auth::connect::{Proxies, Proxy, ProxyAuth, ProxyConnector, redact_userinfo};
 use tower_auth::engine::ModeBody;
+use tower_auth::ntlm::{ConnectAuth, Credentials as WinCredentials, Mechanism, WindowsAuth};
 use tower_auth::oauth2::{ClientAuth, JwtAlgorithm, OAuth2, PrivateKey, TokenProvider};
 use tower_auth::route::{RouteBuilder, Router};
 use tower_auth::{
@@ -55,7 +56,20 @@ use tower_auth::{BoxAuthenticator, NetrcAuth};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
 /// The one service type every scheme combination is erased to.
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<RespBody>, BoxError>;
+
+/// The response body every service is erased to: hyper's, or the connection-bound client's
+/// (which gives its connection back to its pool when read to the end).
+type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Erases a response body to [`RespBody`].
+fn erase_body<B>(res: Response<B>) -> Response<RespBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(|b| b.map_err(Into::into).boxed_unsync())
+}
 
 const USAGE: &str = "\
 usage: fetch [OPTIONS] URL
@@ -68,6 +82,13 @@ options:
       --basic                  send --user as Basic, pre-emptively (the default)
       --digest                 answer the server's Digest challenge with --user (RFC 7616)
       --anyauth                Digest if the server offers it, else Basic (Guess)
+      --ntlm                   NTLM with --user (USER, DOMAIN\\USER or USER@DOMAIN), on
+                               connections of fetch's own that stay authenticated
+      --negotiate              Negotiate (SPNEGO) with --user, likewise: Kerberos (the KDC of
+                               the realm in $KRB5_CONFIG or /etc/krb5.conf; user as
+                               REALM\\USER or USER@REALM), else NTLM inside SPNEGO
+      --keytab FILE            with --negotiate: the key of -u PRINCIPAL: (or of the file's
+                               first principal with -u :) from this MIT keytab, no password
   -x, --proxy URL              send requests through this proxy (http:// or https://, with
                                optional USER:PASS@): absolute form for http:// URLs, a CONNECT
                                tunnel for https:// URLs. Without it, the proxies of
@@ -81,6 +102,9 @@ options:
       --proxy-basic            send --proxy-user as Basic, pre-emptively (the default)
       --proxy-digest           answer the proxy's Digest challenge (407) with --proxy-user
       --proxy-anyauth          Digest if the proxy offers it, else Basic
+      --proxy-ntlm             NTLM to the proxy with --proxy-user (its own connections for
+                               http:// URLs, the CONNECT for https:// URLs)
+      --proxy-negotiate        Negotiate to the proxy with --proxy-user, likewise
       --bearer TOKEN           a bearer token
       --api-key NAME:VALUE     an API key in the header NAME
       --api-key-query NAME=VALUE
@@ -157,7 +181,10 @@ options:
 Several credential options combine: --api-key with --bearer sends both. The response body is
 printed on stdout when N is 1. Standard error ends with a summary line:
   summary requests=N ok=K statuses=200:K[,401:M...] round_trips=R token_requests=T elapsed_ms=E
-(round_trips counts the CONNECT exchanges with a proxy too).
+(round_trips counts the CONNECT exchanges with a proxy too). With --ntlm, --negotiate,
+--proxy-ntlm or --proxy-negotiate, round_trips counts every leg of every handshake, and a line
+before the summary tells the connections:
+  windows-auth connections=C handshakes=H failed_handshakes=F reused=R
 Exit status: 0 if every response was 2xx, 1 otherwise, 2 for a usage or configuration error.
 ";
 
@@ -247,6 +274,10 @@ struct Creds {
     oauth2: Option<OAuthOpts>,
     /// `--oauth1` and friends.
     oauth1: Option<tower_auth::oauth1::OAuth1>,
+    /// `--user` with `--ntlm` or `--negotiate`.
+    windows: Option<(Mechanism, WinCredentials)>,
+    /// `--proxy-user` with `--proxy-ntlm` or `--proxy-negotiate`.
+    windows_proxy: Option<(Mechanism, WinCredentials)>,
 }
 
 /// The OAuth2 options; the provider is built when the run starts (discovery is a request).
@@ -281,6 +312,10 @@ enum UserMode {
     Basic,
     Digest,
     Any,
+    /// NTLM, on fetch's own connections (`tower_auth::ntlm::WindowsAuth`).
+    Ntlm,
+    /// Negotiate (SPNEGO), likewise.
+    Negotiate,
 }
 
 /// A scheme that never retries.
@@ -364,6 +399,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut user_mode = UserMode::Basic;
     let mut proxy: Option<Proxy> = None;
     let mut noproxy: Option<String> = None;
+    let mut keytab: Option<String> = None;
     let mut tls = TlsConfig::new();
     let mut proxy_user: Option<(String, String)> = None;
     let mut proxy_mode = UserMode::Basic;
@@ -403,8 +439,13 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--basic" => "--basic",
             "--digest" => "--digest",
             "--anyauth" => "--anyauth",
+            "--ntlm" => "--ntlm",
+            "--negotiate" => "--negotiate",
+            "--proxy-ntlm" => "--proxy-ntlm",
+            "--proxy-negotiate" => "--proxy-negotiate",
             "-x" | "--proxy" => "--proxy",
             "--noproxy" => "--noproxy",
+            "--keytab" => "--keytab",
             "--cacert" => "--cacert",
             "-k" | "--insecure" => "--insecure",
             "--netrc" => "--netrc",
@@ -460,6 +501,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--basic"
                 | "--digest"
                 | "--anyauth"
+                | "--ntlm"
+                | "--negotiate"
+                | "--proxy-ntlm"
+                | "--proxy-negotiate"
                 | "--proxy-basic"
                 | "--proxy-digest"
                 | "--proxy-anyauth"
@@ -481,6 +526,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 "--basic" => user_mode = UserMode::Basic,
                 "--digest" => user_mode = UserMode::Digest,
                 "--anyauth" => user_mode = UserMode::Any,
+                "--ntlm" => user_mode = UserMode::Ntlm,
+                "--negotiate" => user_mode = UserMode::Negotiate,
+                "--proxy-ntlm" => proxy_mode = UserMode::Ntlm,
+                "--proxy-negotiate" => proxy_mode = UserMode::Negotiate,
                 "--proxy-basic" => proxy_mode = UserMode::Basic,
                 "--proxy-digest" => proxy_mode = UserMode::Digest,
                 "--location" => location = true,
@@ -517,6 +566,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--proxy" => proxy = Some(Proxy::parse(&value).map_err(|e| config(canonical, e))?),
             "--noproxy" => noproxy = Some(value),
+            "--keytab" => keytab = Some(value),
             "--cacert" => {
                 let pem = std::fs::read(&value).map_err(|e| format!("{canonical}: cannot read {value:?}: {e}"))?;
                 tls = tls.add_ca_pem(&pem).map_err(|e| config(canonical, e))?;
@@ -680,6 +730,22 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             UserMode::Digest => creds.digest = Some(Digest::new(u, p).map_err(|e| config(option, e))?),
             UserMode::Any => creds.digest = Some(Digest::guess(u, p).map_err(|e| config(option, e))?),
+            UserMode::Ntlm => creds.windows = Some((Mechanism::Ntlm, WinCredentials::new(u, p))),
+            UserMode::Negotiate => {
+                let c = match &keytab {
+                    Some(path) => {
+                        let principal = Some(u.as_str()).filter(|u| !u.is_empty());
+                        WinCredentials::from_keytab(principal, path).map_err(|e| config("--keytab", e))?
+                    }
+                    None if u.is_empty() && p.is_empty() => {
+                        return Err("--negotiate -u ':': no credential cache support (sspi reads none): give \
+                                    USER:PASS, or --keytab FILE"
+                            .into());
+                    }
+                    None => WinCredentials::new(u, p),
+                };
+                creds.windows = Some((Mechanism::Negotiate, c));
+            }
         }
     }
     if let Some(netrc) = netrc_from {
@@ -776,6 +842,8 @@ fn proxy_auth(mode: UserMode) -> ProxyAuth {
         UserMode::Basic => ProxyAuth::Basic,
         UserMode::Digest => ProxyAuth::Digest,
         UserMode::Any => ProxyAuth::Guess,
+        // The proxy URL's user info is then answered by the connection-bound client.
+        UserMode::Ntlm | UserMode::Negotiate => ProxyAuth::Basic,
     }
 }
 
@@ -785,6 +853,10 @@ fn proxy_scheme(user: &str, pass: &str, mode: UserMode) -> Result<BoxAuthenticat
         UserMode::Basic => BoxAuthenticator::new(Basic::proxy(user, pass)?),
         UserMode::Digest => BoxAuthenticator::new(Digest::proxy(user, pass)?),
         UserMode::Any => BoxAuthenticator::new(Digest::proxy_guess(user, pass)?),
+        UserMode::Ntlm => BoxAuthenticator::new(ConnectAuth::new(Mechanism::Ntlm, WinCredentials::new(user, pass))),
+        UserMode::Negotiate => {
+            BoxAuthenticator::new(ConnectAuth::new(Mechanism::Negotiate, WinCredentials::new(user, pass)))
+        }
     })
 }
 
@@ -803,6 +875,12 @@ fn connector(net: Net, url: &Uri, creds: &mut Creds) -> Result<(ProxyConnector, 
             UserMode::Basic => creds.statics.push(StaticScheme::Basic(Box::new(Basic::proxy(u, p).map_err(cfg)?))),
             UserMode::Digest => creds.proxy_digest = Some(Digest::proxy(u, p).map_err(cfg)?),
             UserMode::Any => creds.proxy_digest = Some(Digest::proxy_guess(u, p).map_err(cfg)?),
+            UserMode::Ntlm => {
+                creds.windows_proxy = Some((Mechanism::Ntlm, WinCredentials::new(u.as_str(), p.as_str())))
+            }
+            UserMode::Negotiate => {
+                creds.windows_proxy = Some((Mechanism::Negotiate, WinCredentials::new(u.as_str(), p.as_str())))
+            }
         }
     }
     let proxies = match &proxy_user {
@@ -815,6 +893,32 @@ fn connector(net: Net, url: &Uri, creds: &mut Creds) -> Result<(ProxyConnector, 
         connector = connector.proxy_tls(tls.client_config().map_err(|e| format!("TLS: {e}"))?);
     }
     Ok((connector, tls))
+}
+
+/// The connection-bound client of `--ntlm`, `--negotiate`, `--proxy-ntlm`, `--proxy-negotiate`
+/// (`None` without them): the same proxies and TLS as the rest, at most `concurrency`
+/// connections per origin.
+fn windows_client(
+    creds: &mut Creds,
+    connector: &ProxyConnector,
+    tls: &TlsConfig,
+    concurrency: usize,
+) -> Result<Option<WindowsAuth<Full<Bytes>>>, String> {
+    if creds.windows.is_none() && creds.windows_proxy.is_none() {
+        return Ok(None);
+    }
+    if creds.digest.is_some() || creds.proxy_digest.is_some() || creds.oauth2.is_some() || creds.routes.is_some() {
+        return Err("--ntlm/--negotiate: not with Digest, OAuth2 or --auth-for".into());
+    }
+    let mut builder = WindowsAuth::builder().proxies(connector.proxies().clone()).tls(tls.clone());
+    if let Some((m, c)) = creds.windows.take() {
+        builder = builder.origin(m, c);
+    }
+    if let Some((m, c)) = creds.windows_proxy.take() {
+        builder = builder.proxy_auth(m, c);
+    }
+    let client = builder.max_connections(concurrency).build().map_err(|e| format!("TLS: {e}"))?;
+    Ok(Some(client))
 }
 
 fn set_authz(from: &mut &'static str, option: &'static str) -> Result<(), String> {
@@ -919,15 +1023,15 @@ struct Count<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> Service<Request<B>> for Count<S>
+impl<S, B, RB> Service<Request<B>> for Count<S>
 where
-    S: Service<Request<B>, Response = Response<Incoming>>,
+    S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    type Response = Response<Incoming>;
+    type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Incoming>, BoxError>>;
+    type Future = BoxFuture<Result<Response<RB>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -1029,7 +1133,7 @@ where
 {
     let client = Client::builder(TokioExecutor::new()).build::<C, ModeBody<A, Full<Bytes>>>(connector);
     let svc = AuthLayer::new(auth).layer(count.layer(client));
-    BoxCloneService::new(svc.map_err(Into::into))
+    BoxCloneService::new(svc.map_err(Into::into).map_response(erase_body))
 }
 
 /// Turns the command line's credentials into one scheme: Digest for the server and for the
@@ -1216,9 +1320,9 @@ async fn run(opts: Opts) -> ExitCode {
     let stats = Arc::new(Stats::default());
     let redact = Redact { verbose, key_headers: creds.key_headers.clone(), key_queries: creds.key_queries.clone() };
     let count_layer = CountLayer { stats: Arc::clone(&stats), redact: Arc::new(redact), counter: Counter::RoundTrips };
-    let (proxy_connector, https) = match connector(net, &url, &mut creds).and_then(|(c, tls)| {
+    let (proxy_connector, https, tls_config) = match connector(net, &url, &mut creds).and_then(|(c, tls)| {
         let https = tls.https(c.clone()).map_err(|e| format!("TLS: {e}"))?;
-        Ok((c, https))
+        Ok((c, https, tls))
     }) {
         Ok(built) => built,
         Err(msg) => {
@@ -1236,7 +1340,26 @@ async fn run(opts: Opts) -> ExitCode {
             }
         },
     };
-    let svc = build(creds, oauth, &count_layer, https);
+    let windows = match windows_client(&mut creds, &proxy_connector, &tls_config, concurrency) {
+        Ok(w) => w,
+        Err(msg) => {
+            eprintln!("fetch: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let svc = match &windows {
+        // The connection-bound client replaces hyper-util's: static schemes still apply above it.
+        Some(w) => {
+            let statics = Statics(std::mem::take(&mut creds.statics));
+            Svc::new(
+                AuthLayer::new(statics)
+                    .layer(count_layer.layer(w.clone()))
+                    .map_err(Into::into)
+                    .map_response(erase_body),
+            )
+        }
+        None => build(creds, oauth, &count_layer, https),
+    };
     // `--rate`: one shared ticker; each request waits for its tick.
     let ticker = rate.map(|r| {
         let mut interval = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / r));
@@ -1315,7 +1438,16 @@ async fn run(opts: Opts) -> ExitCode {
     if let Some(err) = &tally.first_error {
         eprintln!("fetch: request failed: {err}");
     }
-    let round_trips = stats.round_trips.load(Ordering::Relaxed) + proxy_connector.connect_exchanges();
+    let mut round_trips = stats.round_trips.load(Ordering::Relaxed) + proxy_connector.connect_exchanges();
+    if let Some(w) = &windows {
+        // Every leg of every handshake, on the client's own connections and its CONNECTs.
+        let s = w.stats();
+        round_trips = s.round_trips + w.connect_exchanges();
+        eprintln!(
+            "windows-auth connections={} handshakes={} failed_handshakes={} reused={}",
+            s.connections, s.handshakes, s.failed_handshakes, s.reused
+        );
+    }
     let token_requests = stats.token_requests.load(Ordering::Relaxed);
     eprintln!("{}", tally.summary(count, round_trips, token_requests, elapsed_ms));
     if tally.ok() == count { ExitCode::SUCCESS } else { ExitCode::from(1) }

@@ -169,6 +169,15 @@ pub trait Authenticator: Send + Sync + 'static {
         true
     }
 
+    /// Whether the scheme authenticates a *connection* rather than a request (NTLM, Negotiate):
+    /// its legs must travel on one connection. The `CONNECT` loop of
+    /// [`ProxyConnector`](crate::connect::ProxyConnector) then fails with a typed error when the
+    /// proxy closes the connection mid-handshake, instead of sending the next leg on a new
+    /// connection (where it could only fail). The default is `false`.
+    fn connection_bound(&self) -> bool {
+        false
+    }
+
     /// Looks at a response; [`Action::Retry`] sends the request again, authorised anew.
     ///
     /// `req` is the request as the caller made it, before this scheme added anything. Called

@@ -70,6 +70,7 @@
 //! | OAuth 1.0a request signing (RFC 5849): HMAC-SHA1/256/512, RSA-SHA1/256/512, PLAINTEXT, body hash; header, query or form body | [`oauth1::OAuth1`], [`oauth1::OAuth1Session`] (three-legged dance) | [`AuthLayer::new`] | done (feature `oauth1`) |
 //! | OAuth2 for services: client credentials, password, refresh; a token refreshed in the background, shared lock-free | [`oauth2::OAuth2`], [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done |
 //! | OAuth2 for people: authorization code with PKCE, implicit, device code; presets | [`oauth2::TokenProvider`] | [`AuthLayer::oauth2`] | done (feature `oauth2-browser` for the browser flows) |
+//! | NTLM and Negotiate (Kerberos, SPNEGO), bound to the connection, to origins and proxies | `ntlm::WindowsAuth` (a client owning its connections), `ntlm::ConnectAuth` | `ntlm::WindowsAuth::ntlm`, `ntlm::WindowsAuth::negotiate` | done (feature `ntlm`) |
 //!
 //! # How it works
 //!
@@ -119,6 +120,9 @@ pub mod digest;
 pub mod engine;
 mod header;
 pub mod netrc;
+#[cfg(feature = "ntlm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ntlm")))]
+pub mod ntlm;
 #[cfg(feature = "oauth1")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth1")))]
 pub mod oauth1;

@@ -221,6 +221,10 @@ impl<M: BodyMode> Authenticator for BoxAuthenticator<M> {
         self.inner.needs_request_head()
     }
 
+    fn connection_bound(&self) -> bool {
+        self.inner.connection_bound()
+    }
+
     #[inline]
     fn on_response(&self, req: &Parts, res: &http::response::Parts, state: &mut BoxState) -> Action {
         self.inner.on_response(req, res, state)
@@ -250,6 +254,7 @@ trait DynAuth: Send + Sync + 'static {
     fn replays(&self) -> bool;
     fn sees_responses(&self) -> bool;
     fn needs_request_head(&self) -> bool;
+    fn connection_bound(&self) -> bool;
     fn type_name(&self) -> &'static str;
 }
 
@@ -305,6 +310,10 @@ impl<A: Authenticator> DynAuth for Erased<A> {
         self.0.needs_request_head()
     }
 
+    fn connection_bound(&self) -> bool {
+        self.0.connection_bound()
+    }
+
     fn type_name(&self) -> &'static str {
         std::any::type_name::<A>()
     }
@@ -340,6 +349,9 @@ impl DynAuth for Nothing {
         false
     }
     fn needs_request_head(&self) -> bool {
+        false
+    }
+    fn connection_bound(&self) -> bool {
         false
     }
     fn type_name(&self) -> &'static str {

@@ -5,7 +5,9 @@
 //! [`authorize`](crate::Authenticator::authorize) it, send it, show a `407` to
 //! [`on_response`](crate::Authenticator::on_response), and on
 //! [`Action::Retry`](crate::Action::Retry) go again, on the same connection if the proxy kept
-//! it open, else on a new one. At most [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) `CONNECT`s.
+//! it open, else on a new one. At most [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) `CONNECT`s. A
+//! [connection-bound](crate::Authenticator::connection_bound) scheme (NTLM, Negotiate) runs all
+//! its legs on the first connection: if the proxy closes it mid-handshake, the tunnel fails.
 
 use std::sync::atomic::Ordering;
 
@@ -138,6 +140,15 @@ pub(super) async fn connect(
             || res_parts.version == Version::HTTP_10;
         if !close && Limited::new(body, DRAIN_LIMIT).collect().await.is_ok() && !send.is_closed() {
             sender = Some(send);
+        } else if proxy.scheme.as_ref().is_some_and(|s| s.connection_bound()) {
+            // NTLM and Negotiate authenticate the connection: the next leg on a new connection
+            // could only fail (and start over, forever).
+            return Err(err(
+                Kind::Closed,
+                "the proxy closed the connection in the middle of a connection-bound handshake (NTLM, Negotiate)",
+            )
+            .with_status(status)
+            .with_exchanges(exchanges));
         } else {
             tracing::debug!(proxy = %name, "the proxy closed its connection after 407: answering on a new one");
         }

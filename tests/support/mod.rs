@@ -5,6 +5,7 @@ pub(crate) mod example;
 pub(crate) mod https;
 pub(crate) mod peers;
 pub(crate) mod redis_server;
+pub(crate) mod windows;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -842,3 +842,167 @@ fn find_squid() -> Result<Squid, String> {
     parse_squid_env(&stdout)
         .map_err(|e| format!("Squid peer unavailable: {e}\nstdout:\n{stdout}stderr:\n{stderr}{fix}"))
 }
+
+/// Env var holding the NTLM peer's server URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code, unreachable_pub)]
+pub const NTLM_URL_VAR: &str = "TOWER_AUTH_NTLM_URL";
+/// Env var holding the NTLM peer's proxy URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code, unreachable_pub)]
+pub const NTLM_PROXY_URL_VAR: &str = "TOWER_AUTH_NTLM_PROXY_URL";
+
+/// The NTLM peer (`tests/peers/ntlm_server.py`: pyspnego's acceptor behind an HTTP/1.1 front end
+/// that keeps connections authenticated, as IIS does). URLs have no trailing slash; users and
+/// paths are described at the top of `tests/peers/ntlm_server.py`.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ntlm {
+    /// The server (401 / `WWW-Authenticate: NTLM`, `Negotiate`).
+    pub url: String,
+    /// The proxy (407 / `Proxy-Authenticate`), forwarding plain http, tunnelling to 127.0.0.1.
+    pub proxy_url: String,
+    /// The server over HTTPS with Extended Protection required (channel binding),
+    /// `https://localhost:PORT`.
+    pub https_url: String,
+    /// The same, expecting another certificate's channel binding: every handshake fails.
+    pub https_badcbt_url: String,
+    /// The CA of the HTTPS certificate (PEM file).
+    pub ca: String,
+}
+
+/// The NTLM peer: from the `TOWER_AUTH_NTLM_*` env vars if set (both), otherwise acquired (once
+/// per process) with `tests/peers/ntlm.sh acquire target/peers/ntlm PID` and released when the
+/// process exits, as [`apache`] does.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when it cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn ntlm() -> Option<&'static Ntlm> {
+    static NTLM: OnceLock<Result<Ntlm, String>> = OnceLock::new();
+    match NTLM.get_or_init(find_ntlm) {
+        Ok(peer) => Some(peer),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn parse_ntlm_env(text: &str) -> Result<Ntlm, String> {
+    let get = |key: &str, prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| v.starts_with(prefix))
+            .map(trim_url)
+            .ok_or_else(|| format!("{key} missing or not starting with {prefix}"))
+    };
+    Ok(Ntlm {
+        url: get(NTLM_URL_VAR, "http://127.0.0.1:")?,
+        proxy_url: get(NTLM_PROXY_URL_VAR, "http://127.0.0.1:")?,
+        https_url: get("TOWER_AUTH_NTLM_HTTPS_URL", "https://localhost:")?,
+        https_badcbt_url: get("TOWER_AUTH_NTLM_HTTPS_BADCBT_URL", "https://localhost:")?,
+        ca: get("TOWER_AUTH_NTLM_CA", "/")?,
+    })
+}
+
+#[allow(dead_code)]
+fn find_ntlm() -> Result<Ntlm, String> {
+    let vars: Vec<String> = [
+        NTLM_URL_VAR,
+        NTLM_PROXY_URL_VAR,
+        "TOWER_AUTH_NTLM_HTTPS_URL",
+        "TOWER_AUTH_NTLM_HTTPS_BADCBT_URL",
+        "TOWER_AUTH_NTLM_CA",
+    ]
+    .iter()
+    .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
+    .collect();
+    match vars.len() {
+        5 => return parse_ntlm_env(&vars.join("\n")).map_err(|e| format!("NTLM peer unavailable: {e}")),
+        1..=4 => return Err("NTLM peer unavailable: set all the TOWER_AUTH_NTLM_* variables or none".into()),
+        _ => {}
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/ntlm.sh";
+    let dir = "target/peers/ntlm";
+    let fix = format!(
+        "to fix: `apt-get install python3-venv` (pyspnego comes from PyPI into {dir}/venv), then check \
+         `{script} start {dir}` by hand in {manifest}, or set {NTLM_URL_VAR} and {NTLM_PROXY_URL_VAR}",
+        manifest = manifest_dir.display(),
+    );
+    let (_, stdout, _) = acquire("NTLM", manifest_dir, script, dir, &fix)?;
+    parse_ntlm_env(&stdout)
+        .map_err(|e| format!("NTLM peer unavailable: `{script} acquire` printed {stdout:?}: {e}; {fix}"))
+}
+
+/// Env vars of the Kerberos peer: Apache's URL (`http://localhost:PORT`), the KDC
+/// (`tcp://127.0.0.1:PORT`) and the realm's `krb5.conf`.
+#[allow(dead_code, unreachable_pub)]
+pub const KERBEROS_VARS: [&str; 3] =
+    ["TOWER_AUTH_KERBEROS_URL", "TOWER_AUTH_KERBEROS_KDC", "TOWER_AUTH_KERBEROS_KRB5_CONFIG"];
+
+/// The Kerberos peer (`tests/peers/kerberos.sh`): MIT Kerberos with the realm `TOWERAUTH.TEST`
+/// (user `alice`, password `Passw0rd!`) and Apache with mod_auth_gssapi protecting
+/// `/negotiate/`.
+#[allow(dead_code, unreachable_pub)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kerberos {
+    /// Apache, `http://localhost:PORT` (the service principal is `HTTP/localhost`).
+    pub url: String,
+    /// The KDC, `tcp://127.0.0.1:PORT`.
+    pub kdc: String,
+    /// The realm's `krb5.conf` (for `KRB5_CONFIG`).
+    pub krb5_config: String,
+}
+
+/// The Kerberos peer: from the `TOWER_AUTH_KERBEROS_*` env vars if set (all three), otherwise
+/// acquired (once per process) with `tests/peers/kerberos.sh acquire target/peers/kerberos PID`
+/// and released when the process exits, as [`apache`] does.
+///
+/// Returns `None` (after writing `SKIPPED {test}: {reason}` to stderr) when it cannot be had;
+/// panics instead when running under CI.
+#[allow(dead_code, unreachable_pub)]
+pub fn kerberos() -> Option<&'static Kerberos> {
+    static KERBEROS: OnceLock<Result<Kerberos, String>> = OnceLock::new();
+    match KERBEROS.get_or_init(find_kerberos) {
+        Ok(peer) => Some(peer),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+#[allow(dead_code)]
+fn parse_kerberos_env(text: &str) -> Result<Kerberos, String> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{key} missing"))
+    };
+    Ok(Kerberos {
+        url: trim_url(&get(KERBEROS_VARS[0])?),
+        kdc: get(KERBEROS_VARS[1])?,
+        krb5_config: get(KERBEROS_VARS[2])?,
+    })
+}
+
+#[allow(dead_code)]
+fn find_kerberos() -> Result<Kerberos, String> {
+    let vars: Vec<String> = KERBEROS_VARS
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
+        .collect();
+    match vars.len() {
+        3 => return parse_kerberos_env(&vars.join("\n")).map_err(|e| format!("Kerberos peer unavailable: {e}")),
+        1 | 2 => return Err(format!("Kerberos peer unavailable: set all of {KERBEROS_VARS:?} or none")),
+        _ => {}
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = "tests/peers/kerberos.sh";
+    let dir = "target/peers/kerberos";
+    let fix = format!(
+        "to fix: `apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2`, then \
+         check `{script} start {dir}` by hand in {manifest}, or set {KERBEROS_VARS:?}",
+        manifest = manifest_dir.display(),
+    );
+    let (_, stdout, _) = acquire("Kerberos", manifest_dir, script, dir, &fix)?;
+    parse_kerberos_env(&stdout)
+        .map_err(|e| format!("Kerberos peer unavailable: `{script} acquire` printed {stdout:?}: {e}; {fix}"))
+}
