@@ -243,9 +243,13 @@ do_start() {
     if [ -x /usr/bin/faketime ]; then
         sed -e "s/127.0.0.1:$kdc/127.0.0.1:$skewed/g" -e "s|logs/kdc.log|logs/kdc-skewed.log|" \
             "$DIR/kdc.conf" >"$DIR/kdc-skewed.conf"
+        # faketime runs the KDC as its child: the KDC writes its own pid (-P), which `stop` kills.
         KRB5_KDC_PROFILE=$DIR/kdc-skewed.conf setsid /usr/bin/faketime -f +2h /usr/sbin/krb5kdc -n \
-            </dev/null >>"$DIR/logs/krb5kdc-skewed.out" 2>&1 9>&- &
-        printf '%s\n' "$!" >"$DIR/run/kdc-skewed.pid"
+            -P "$DIR/run/kdc-skewed.pid" </dev/null >>"$DIR/logs/krb5kdc-skewed.out" 2>&1 9>&- &
+        for i in $(seq 1 50); do
+            [ -s "$DIR/run/kdc-skewed.pid" ] && break
+            sleep 0.1
+        done
     fi
     write_apache "$port"
     "$APACHE_BIN" -t -f "$DIR/httpd.conf" >"$DIR/logs/configtest.log" 2>&1 ||
