@@ -22,8 +22,15 @@ use support::peers::{self, Squid};
 const USER: &str = "alice";
 const PASS: &str = "s3cret";
 
-fn squid() -> Option<&'static Squid> {
-    peers::squid()
+/// The tests of this file take turns on the shared Squid: Squid's Digest nonces and its cache of
+/// authenticated users are shared by every client, so a test counting round trips, or sending a
+/// wrong password, would otherwise see another test's traffic (a stale nonce, one more `407`; and
+/// once a wrong-password CONNECT let through while another test's right one was in flight).
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn squid() -> Option<(&'static Squid, tokio::sync::MutexGuard<'static, ()>)> {
+    let turn = TURNS.lock().await;
+    Some((peers::squid()?, turn))
 }
 
 type Https = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Empty<Bytes>>;
@@ -41,7 +48,7 @@ async fn get(client: &Https, url: &str) -> Result<String, hyper_util::client::le
 
 #[tokio::test(flavor = "multi_thread")]
 async fn library_basic_on_connect_through_squid() {
-    let Some(squid) = squid() else { return };
+    let Some((squid, _turn)) = squid().await else { return };
     let o = Origin::local().await;
     let (client, connector) =
         https_client(&o, Proxy::parse(&squid.basic_url).unwrap().auth(Basic::proxy(USER, PASS).unwrap()));
@@ -52,7 +59,7 @@ async fn library_basic_on_connect_through_squid() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn library_digest_on_connect_through_squid_then_pre_authorised() {
-    let Some(squid) = squid() else { return };
+    let Some((squid, _turn)) = squid().await else { return };
     let o = Origin::local().await;
     let proxy = Proxy::parse(&squid.digest_url).unwrap().auth(Digest::proxy(USER, PASS).unwrap());
     let (first, c1) = https_client(&o, proxy.clone());
@@ -73,7 +80,7 @@ async fn library_digest_on_connect_through_squid_then_pre_authorised() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn library_wrong_password_is_a_typed_error_after_two_connects() {
-    let Some(squid) = squid() else { return };
+    let Some((squid, _turn)) = squid().await else { return };
     let o = Origin::local().await;
     let (client, connector) =
         https_client(&o, Proxy::parse(&squid.digest_url).unwrap().auth(Digest::proxy(USER, "wrong-pw").unwrap()));
@@ -103,7 +110,7 @@ async fn fetch(args: &[&str], env: &[(&str, &str)]) -> (i32, HashMap<String, Str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_through_squid_basic_and_digest_on_connect() {
-    let Some(squid) = squid() else { return };
+    let Some((squid, _turn)) = squid().await else { return };
     let o = Origin::local().await;
     let url = o.server.url("/");
     let user = format!("{USER}:{PASS}");
@@ -134,7 +141,7 @@ async fn fetch_through_squid_basic_and_digest_on_connect() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_through_squid_from_the_environment() {
-    let Some(squid) = squid() else { return };
+    let Some((squid, _turn)) = squid().await else { return };
     let o = Origin::local().await;
     let url = o.server.url("/");
     let with_user = |base: &str| base.replacen("http://", &format!("http://{USER}:{PASS}@"), 1);
@@ -148,7 +155,7 @@ async fn fetch_through_squid_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_cross_check_through_the_same_squid() {
-    let Some(squid) = squid() else { return };
+    let Some((squid, _turn)) = squid().await else { return };
     let Some(curl) = peers::curl() else { return };
     let o = Origin::local().await;
     let url = o.server.url("/");
