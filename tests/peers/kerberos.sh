@@ -32,27 +32,14 @@ readonly APACHE_BIN=/usr/sbin/apache2
 readonly MODULES=/usr/lib/apache2/modules
 readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2"
 
-die() {
-    printf 'kerberos.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-
-usage() {
-    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
-    exit 2
-}
-
-[ $# -eq 2 ] || [ $# -eq 3 ] || usage
-cmd=$1
-pid_arg=${3:-}
+# die, say, usage, alive, lock_dir, live_users and the reference-counted commands (peer_main).
+# shellcheck source=tests/peers/refcount.sh
+. "$(dirname "${BASH_SOURCE[0]}")/refcount.sh"
+peer_args "$@"
 mkdir -p "$2"
-DIR=$(cd "$2" && pwd)
+DIR=$(cd "$2" && pwd -P)
 SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
 export KRB5_CONFIG=$DIR/krb5.conf KRB5_KDC_PROFILE=$DIR/kdc.conf
-
-alive() {
-    kill -0 "$1" 2>/dev/null
-}
 
 pid_of() { # $1 pid file
     local pid
@@ -273,42 +260,5 @@ do_start() {
     cat "$DIR/env"
 }
 
-release() {
-    local user
-    rm -f "$DIR/users/$pid_arg"
-    for user in "$DIR"/users/*; do
-        [ -e "$user" ] || continue
-        alive "$(basename "$user")" || rm -f "$user"
-    done
-    if [ -z "$(ls -A "$DIR/users" 2>/dev/null)" ] && [ -e "$DIR/run/tests-own" ]; then
-        stop_instance
-    fi
-}
-
 mkdir -p "$DIR/run" "$DIR/users"
-case $cmd in
-start | stop | acquire | release)
-    exec 9>"$DIR/lock"
-    flock 9
-    ;;
-esac
-case $cmd in
-start) do_start ;;
-stop) stop_instance ;;
-acquire)
-    [ -n "$pid_arg" ] || usage
-    do_start
-    [ "$STARTED" = 1 ] && : >"$DIR/run/tests-own"
-    : >"$DIR/users/$pid_arg"
-    ;;
-release)
-    [ -n "$pid_arg" ] || usage
-    release
-    ;;
-release-on-eof)
-    [ -n "$pid_arg" ] || usage
-    cat >/dev/null || true
-    exec bash "${BASH_SOURCE[0]}" release "$2" "$pid_arg"
-    ;;
-*) usage ;;
-esac
+peer_main

@@ -30,28 +30,15 @@ set -euo pipefail
 readonly PYSPNEGO=pyspnego==0.12.4
 readonly INSTALL_HINT="apt-get install python3-venv (and PyPI reachable for $PYSPNEGO)"
 
-die() {
-    printf 'ntlm.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-
-usage() {
-    printf 'usage: %s start|stop DIR\n       %s acquire|release|release-on-eof DIR PID\n' "$0" "$0" >&2
-    exit 2
-}
-
-[ $# -eq 2 ] || [ $# -eq 3 ] || usage
-cmd=$1
-pid_arg=${3:-}
+# die, say, usage, alive, lock_dir, live_users and the reference-counted commands (peer_main).
+# shellcheck source=tests/peers/refcount.sh
+. "$(dirname "${BASH_SOURCE[0]}")/refcount.sh"
+peer_args "$@"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$2"
-DIR=$(cd "$2" && pwd)
+DIR=$(cd "$2" && pwd -P)
 SCRIPT_MD5=$(cat "${BASH_SOURCE[0]}" "$HERE/ntlm_server.py" | md5sum | cut -d' ' -f1)
 PYTHON=$DIR/venv/bin/python
-
-alive() {
-    kill -0 "$1" 2>/dev/null
-}
 
 running_pid() {
     local pid
@@ -139,42 +126,5 @@ do_start() {
     cat "$DIR/env"
 }
 
-release() {
-    local user
-    rm -f "$DIR/users/$pid_arg"
-    for user in "$DIR"/users/*; do
-        [ -e "$user" ] || continue
-        alive "$(basename "$user")" || rm -f "$user"
-    done
-    if [ -z "$(ls -A "$DIR/users" 2>/dev/null)" ] && [ -e "$DIR/run/tests-own" ]; then
-        stop_instance
-    fi
-}
-
 mkdir -p "$DIR/run" "$DIR/users"
-case $cmd in
-start | stop | acquire | release)
-    exec 9>"$DIR/lock"
-    flock 9
-    ;;
-esac
-case $cmd in
-start) do_start ;;
-stop) stop_instance ;;
-acquire)
-    [ -n "$pid_arg" ] || usage
-    do_start
-    [ "$STARTED" = 1 ] && : >"$DIR/run/tests-own"
-    : >"$DIR/users/$pid_arg"
-    ;;
-release)
-    [ -n "$pid_arg" ] || usage
-    release
-    ;;
-release-on-eof)
-    [ -n "$pid_arg" ] || usage
-    cat >/dev/null || true
-    exec bash "${BASH_SOURCE[0]}" release "$2" "$pid_arg"
-    ;;
-*) usage ;;
-esac
+peer_main

@@ -1,4 +1,4 @@
-# Shared by the peer scripts (apache.sh, glewlwyd.sh, redis.sh, squid.sh, oauthlib.sh), sourced, never run: process
+# Shared by the peer scripts (apache, glewlwyd, redis, squid, oauthlib, ntlm, kerberos .sh), sourced, never run: process
 # liveness, free ports, and the reference-counted commands
 #
 #   start DIR | stop DIR | acquire DIR PID | release DIR PID | release-on-eof DIR PID
