@@ -54,22 +54,13 @@ healthy() {
     local port
     [ -s "$DIR/ports" ] || return 1
     port=$(awk '$1 == "server" { print $2 }' "$DIR/ports")
-    "$PYTHON" - "$port" <<'EOF' 2>/dev/null
-import sys, urllib.request
-urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=5).read()
-EOF
+    health_ok "$port"
 }
 
 stop_instance() {
-    local pid i
+    local pid
     if pid=$(running_pid); then
-        printf 'ntlm.sh: stopping the peer (pid %s) in %s\n' "$pid" "$DIR" >&2
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+        terminate "$pid" "the peer"
     fi
     rm -f "$DIR/env" "$DIR/ports" "$DIR/run/pid" "$DIR/script.md5" "$DIR/run/tests-own"
 }

@@ -64,6 +64,26 @@ alive() {
     [ "$state" != Z ] && [ "$state" != X ]
 }
 
+# Stops process $1 ($2 says what it is): TERM, up to 5 s, then KILL.
+terminate() {
+    local i
+    say "stopping $2 (pid $1) in $DIR"
+    kill -TERM "$1" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        alive "$1" || return 0
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+}
+
+# True if the peer on 127.0.0.1:$1 answers GET /health (with $PYTHON, the peer's own Python).
+health_ok() {
+    "$PYTHON" - "$1" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=5).read()
+PY
+}
+
 # Registered users (test process ids) that are still alive; the dead ones are
 # removed.
 live_users() {
