@@ -86,7 +86,9 @@ options:
                                connections of fetch's own that stay authenticated
       --negotiate              Negotiate (SPNEGO) with --user, likewise: Kerberos (the KDC of
                                the realm in $KRB5_CONFIG or /etc/krb5.conf; user as
-                               REALM\\USER or USER@REALM), else NTLM inside SPNEGO
+                               REALM\\USER or USER@REALM), else NTLM inside SPNEGO; with
+                               -u : the ticket of the credential cache (kinit, $KRB5CCNAME;
+                               needs --features gssapi: the system's Kerberos library)
       --keytab FILE            with --negotiate: the key of -u PRINCIPAL: (or of the file's
                                first principal with -u :) from this MIT keytab, no password
   -x, --proxy URL              send requests through this proxy (http:// or https://, with
@@ -104,7 +106,8 @@ options:
       --proxy-anyauth          Digest if the proxy offers it, else Basic
       --proxy-ntlm             NTLM to the proxy with --proxy-user (its own connections for
                                http:// URLs, the CONNECT for https:// URLs)
-      --proxy-negotiate        Negotiate to the proxy with --proxy-user, likewise
+      --proxy-negotiate        Negotiate to the proxy with --proxy-user, likewise (-U :
+                               for the credential cache's ticket)
       --bearer TOKEN           a bearer token
       --api-key NAME:VALUE     an API key in the header NAME
       --api-key-query NAME=VALUE
@@ -737,12 +740,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                         let principal = Some(u.as_str()).filter(|u| !u.is_empty());
                         WinCredentials::from_keytab(principal, path).map_err(|e| config("--keytab", e))?
                     }
-                    None if u.is_empty() && p.is_empty() => {
-                        return Err("--negotiate -u ':': no credential cache support (sspi reads none): give \
-                                    USER:PASS, or --keytab FILE"
-                            .into());
-                    }
-                    None => WinCredentials::new(u, p),
+                    None => negotiate_credentials("--user", &u, &p)?,
                 };
                 creds.windows = Some((Mechanism::Negotiate, c));
             }
@@ -854,10 +852,27 @@ fn proxy_scheme(user: &str, pass: &str, mode: UserMode) -> Result<BoxAuthenticat
         UserMode::Digest => BoxAuthenticator::new(Digest::proxy(user, pass)?),
         UserMode::Any => BoxAuthenticator::new(Digest::proxy_guess(user, pass)?),
         UserMode::Ntlm => BoxAuthenticator::new(ConnectAuth::new(Mechanism::Ntlm, WinCredentials::new(user, pass))),
-        UserMode::Negotiate => {
-            BoxAuthenticator::new(ConnectAuth::new(Mechanism::Negotiate, WinCredentials::new(user, pass)))
-        }
+        UserMode::Negotiate => BoxAuthenticator::new(ConnectAuth::new(
+            Mechanism::Negotiate,
+            negotiate_credentials("--proxy-user", user, pass).map_err(ConfigError::new)?,
+        )),
     })
+}
+
+/// Negotiate's credentials: `USER:PASS`, or with `:` (empty user and password) the ticket of the
+/// Kerberos credential cache (`kinit`), as curl's `--negotiate -u :`.
+fn negotiate_credentials(option: &str, user: &str, pass: &str) -> Result<WinCredentials, String> {
+    if !user.is_empty() || !pass.is_empty() {
+        return Ok(WinCredentials::new(user, pass));
+    }
+    if cfg!(feature = "gssapi") {
+        Ok(WinCredentials::from_cache())
+    } else {
+        Err(format!(
+            "{option} ':' (the ticket of the Kerberos credential cache) needs the `gssapi` feature: \
+             cargo run --features gssapi --example fetch; or give USER:PASS, or --keytab FILE"
+        ))
+    }
 }
 
 /// The connector and, for a plain-`http://` URL through a proxy, the proxy scheme the layer
@@ -879,7 +894,7 @@ fn connector(net: Net, url: &Uri, creds: &mut Creds) -> Result<(ProxyConnector, 
                 creds.windows_proxy = Some((Mechanism::Ntlm, WinCredentials::new(u.as_str(), p.as_str())))
             }
             UserMode::Negotiate => {
-                creds.windows_proxy = Some((Mechanism::Negotiate, WinCredentials::new(u.as_str(), p.as_str())))
+                creds.windows_proxy = Some((Mechanism::Negotiate, negotiate_credentials("--proxy-user", u, p)?))
             }
         }
     }

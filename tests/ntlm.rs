@@ -388,3 +388,66 @@ async fn connect_through_a_proxy_that_closes_mid_handshake_fails_typed() {
     assert_eq!(connector.connect_exchanges(), 1);
     assert_eq!(accepted.load(Ordering::Relaxed), 1, "no second connection");
 }
+
+/// Pools of origins with no connection left are forgotten when a new origin comes: a client
+/// that talks to many origins over time keeps only the live ones.
+#[tokio::test]
+async fn pools_without_connections_are_forgotten() {
+    let client: Win = WindowsAuth::ntlm(USER, PASS).idle_timeout(Duration::from_millis(50)).build().unwrap();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let (url, _) = server().await;
+        send(&client, "GET", &format!("{url}/a"), "").await.unwrap();
+        urls.push(url);
+    }
+    assert_eq!(client.pools(), 3);
+    // The reaper closes the idle connections; the pools stay until a new origin comes.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(client.idle_connections(), 0);
+    assert_eq!(client.pools(), 3);
+    let (url, _) = server().await;
+    send(&client, "GET", &format!("{url}/a"), "").await.unwrap();
+    assert_eq!(client.pools(), 1, "only the new origin's pool is left");
+    // A pool with a live connection is kept.
+    let (other, _) = server().await;
+    send(&client, "GET", &format!("{other}/a"), "").await.unwrap();
+    assert_eq!(client.pools(), 2);
+}
+
+/// A proxy that accepts the first `CONNECT` (SPNEGO's first token) with `200` and a final
+/// Negotiate token that cannot verify: the tunnel is refused with a typed error, never used.
+#[tokio::test]
+async fn connect_with_a_final_token_that_does_not_verify_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_auth::connect::{Proxies, Proxy, ProxyConnector, ProxyError};
+    use tower_auth::ntlm::{ConnectAuth, Credentials, Mechanism};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let saw_token = Arc::new(AtomicUsize::new(0));
+    let saw = Arc::clone(&saw_token);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            if head.contains("proxy-authorization: negotiate ") {
+                saw.fetch_add(1, Ordering::Relaxed);
+            }
+            let garbage = STANDARD.encode([0xa1, 0x05, 0x30, 0x03, 0x0a, 0x01, 0x07]);
+            let res = format!("HTTP/1.1 200 Connection established\r\nProxy-Authenticate: Negotiate {garbage}\r\n\r\n");
+            let _ = stream.write_all(res.as_bytes()).await;
+        }
+    });
+    // No KDC answers on port 9: SPNEGO's first token carries NTLM.
+    let scheme = ConnectAuth::new(Mechanism::Negotiate, Credentials::new(USER, PASS)).kdc("tcp://127.0.0.1:9");
+    let proxy = Proxy::parse(&format!("http://{addr}")).unwrap().auth(scheme);
+    let mut connector = ProxyConnector::new(Proxies::all(proxy));
+    let err = tower::Service::call(&mut connector, "https://127.0.0.1:1/".parse().unwrap()).await.unwrap_err();
+    let err: &ProxyError = &err;
+    assert!(err.is_protocol(), "{err:?}");
+    assert!(err.to_string().contains("mutual authentication"), "{err}");
+    assert!(!err.to_string().contains(PASS));
+    assert_eq!(saw_token.load(Ordering::Relaxed), 1);
+    assert_eq!(connector.connect_exchanges(), 1);
+}

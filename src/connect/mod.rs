@@ -87,7 +87,7 @@ use tower_service::Service;
 use self::error::Kind;
 pub use self::error::ProxyError;
 pub use self::forward::{ForwardProxy, ProxiedStream};
-pub use self::proxy::{Proxies, Proxy, ProxyAuth, redact_userinfo};
+pub use self::proxy::{Proxies, Proxy, ProxyAuth, ViaProxy, redact_userinfo};
 
 /// The default bound on the whole proxy handshake (TCP, TLS to the proxy, every `CONNECT`).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -176,6 +176,39 @@ impl Proxy {
     }
 }
 
+/// The proxy a `CONNECT` request goes to, in that request's extensions: a scheme answering the
+/// proxy's `407` reads it to know whom it talks to (Negotiate's service name is `HTTP/` and the
+/// proxy's host, not the target's).
+///
+/// ```
+/// use tower_auth::connect::ViaProxy;
+///
+/// fn service_name(req: &http::request::Parts) -> Option<String> {
+///     req.extensions.get::<ViaProxy>().map(|via| format!("HTTP/{}", via.host()))
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViaProxy {
+    host: String,
+    port: u16,
+}
+
+impl ViaProxy {
+    pub(crate) fn new(proxy: &Proxy) -> Self {
+        ViaProxy { host: proxy.host.clone(), port: proxy.port }
+    }
+
+    /// The proxy's host name or address (an IPv6 address without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 impl fmt::Display for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.https { "https" } else { "http" };

@@ -59,6 +59,7 @@ pub(super) async fn connect(
         .uri(target)
         .version(Version::HTTP_11)
         .header(HOST, target)
+        .extension(super::ViaProxy::new(proxy))
         .body(())
         .map_err(|e| err(Kind::Protocol, "invalid target").with_source(e))?
         .into_parts()
@@ -103,6 +104,23 @@ pub(super) async fn connect(
             Some(scheme) => scheme.on_response(&head, &res_parts, &mut state),
             None => Action::Done,
         };
+        if status.is_success() && action == Action::Retry {
+            // The scheme refuses the success (Negotiate's final token did not verify: mutual
+            // authentication failed); `authorize` says why. Never a tunnel to an unverified proxy.
+            let mut parts = head.clone();
+            let why = match proxy
+                .scheme
+                .as_ref()
+                .map(|s| s.authorize(&mut AuthRequest::new(&mut parts, BodyView::Empty, exchanges), &mut state))
+            {
+                Some(Err(e)) => {
+                    let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                    err(Kind::Protocol, &format!("the proxy's answer did not verify: {why}"))
+                }
+                _ => err(Kind::Protocol, "the scheme refused the proxy's answer"),
+            };
+            return Err(why.with_status(status).with_exchanges(exchanges));
+        }
         if status.is_success() {
             let res = http::Response::from_parts(res_parts, body);
             return hyper::upgrade::on(res).await.map_err(|e| {

@@ -121,10 +121,10 @@ impl WindowsAuthBuilder {
 
     /// Authenticates to the proxy (`407`) with this mechanism and these credentials: on the
     /// client's connections to the proxy for plain-`http` targets, and on the `CONNECT` of
-    /// `https` targets (the scheme is set on every proxy of [`proxies`](Self::proxies); call
-    /// this after it).
+    /// `https` targets (a [`ConnectAuth`](super::ConnectAuth) with the same Kerberos options is
+    /// set on every proxy of [`proxies`](Self::proxies) when the client is built). The service
+    /// name is `HTTP/` and the proxy's host.
     pub fn proxy_auth(mut self, mechanism: Mechanism, credentials: Credentials) -> Self {
-        self.proxies = self.proxies.auth(super::ConnectAuth::new(mechanism, credentials.clone()));
         self.proxy = Some((mechanism, credentials));
         self
     }
@@ -188,9 +188,16 @@ impl WindowsAuthBuilder {
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Some(Arc::new(config))
         };
+        let proxies = match &self.proxy {
+            Some((mechanism, credentials)) => self
+                .proxies
+                .clone()
+                .auth(super::ConnectAuth::new(*mechanism, credentials.clone()).with_kerberos(&self.kerberos)),
+            None => self.proxies.clone(),
+        };
         Ok(WindowsAuth {
             inner: Arc::new(Inner {
-                connector: ProxyConnector::new(self.proxies.clone()),
+                connector: ProxyConnector::new(proxies),
                 #[cfg(feature = "tls")]
                 tls,
                 pools: Mutex::new(HashMap::new()),
@@ -276,6 +283,12 @@ impl<B> WindowsAuth<B> {
     /// more), as [`ProxyConnector::connect_exchanges`].
     pub fn connect_exchanges(&self) -> u64 {
         self.inner.connector.connect_exchanges()
+    }
+
+    /// Per-origin (or per-proxy) pools kept now. A pool is forgotten once it has no connection
+    /// and no request, when a request for a new origin comes.
+    pub fn pools(&self) -> usize {
+        self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Idle authenticated connections kept now, over all origins and proxies.
@@ -415,6 +428,8 @@ struct Route {
     https: bool,
     /// The request goes to a proxy in absolute form (plain `http` through a proxy).
     proxied: bool,
+    /// The proxy's host when `proxied`: the service name of a handshake with the proxy.
+    proxy_host: Option<String>,
     key: String,
 }
 
@@ -442,16 +457,29 @@ where
             (true, Some(p)) => format!("proxy {p}"),
             _ => origin.clone(),
         };
-        Ok(Route { origin, host: host.trim_start_matches('[').trim_end_matches(']').to_owned(), https, proxied, key })
+        let proxy_host = proxy.filter(|_| proxied).map(|p| p.host.clone());
+        Ok(Route {
+            origin,
+            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            https,
+            proxied,
+            proxy_host,
+            key,
+        })
     }
 
     fn pool(&self, key: &str) -> Arc<HostPool<B>> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            pools
-                .entry(key.to_owned())
-                .or_insert_with(|| Arc::new(HostPool::new(self.config.max_connections, self.config.idle_timeout))),
-        )
+        if let Some(pool) = pools.get(key) {
+            return Arc::clone(pool);
+        }
+        // A new origin: first forget the pools nobody holds (no connection, open or idle, and no
+        // request holds them: the map's is the only reference), so a client talking to many
+        // origins over time keeps only the live ones.
+        pools.retain(|_, pool| Arc::strong_count(pool) > 1);
+        let pool = Arc::new(HostPool::new(self.config.max_connections, self.config.idle_timeout));
+        pools.insert(key.to_owned(), Arc::clone(&pool));
+        pool
     }
 
     /// Opens a connection (TCP or the proxy's tunnel, then TLS for `https`), HTTP/1.1.
@@ -544,7 +572,12 @@ where
         };
         let binding = if side == Side::Origin { conn.binding.as_deref() } else { None };
         let blocking = *mechanism == Mechanism::Negotiate;
-        let ctx = SecContext::new(*mechanism, creds, &route.host, binding, &self.config.kerberos)
+        // The service is `HTTP/` and the host of whoever asks: the origin, or the proxy.
+        let host = match side {
+            Side::Origin => &route.host,
+            Side::Proxy => route.proxy_host.as_ref().unwrap_or(&route.host),
+        };
+        let ctx = SecContext::new(*mechanism, creds, host, binding, &self.config.kerberos)
             .map_err(|e| step_error(e, &peer, 0))?;
         let mut ctx = Some(ctx);
         let mut step = run_step(&mut ctx, None, blocking).await.map_err(|e| step_error(e, &peer, 0))?;

@@ -113,8 +113,17 @@ impl sspi::network_client::NetworkClient for KdcClient {
 }
 
 enum Mech {
-    Ntlm { ntlm: Box<sspi::Ntlm>, handle: <sspi::Ntlm as SspiImpl>::CredentialsHandle },
-    Negotiate { negotiate: Box<sspi::Negotiate>, handle: <sspi::Negotiate as SspiImpl>::CredentialsHandle },
+    /// The system GSS-API with the credential cache's ticket (feature `gssapi`).
+    #[cfg(feature = "gssapi")]
+    Gss(super::gss::GssContext),
+    Ntlm {
+        ntlm: Box<sspi::Ntlm>,
+        handle: <sspi::Ntlm as SspiImpl>::CredentialsHandle,
+    },
+    Negotiate {
+        negotiate: Box<sspi::Negotiate>,
+        handle: <sspi::Negotiate as SspiImpl>::CredentialsHandle,
+    },
 }
 
 /// One handshake's client context.
@@ -221,6 +230,9 @@ impl SecContext {
         binding: Option<&[u8]>,
         kerberos: &KerberosOptions,
     ) -> Result<Self, StepError> {
+        if creds.is_from_cache() {
+            return Self::from_cache(mechanism, host, binding);
+        }
         let identity = AuthIdentity {
             username: username(&user_for(mechanism, creds.user()))?,
             password: creds.password().expose().to_owned().into(),
@@ -274,8 +286,34 @@ impl SecContext {
         })
     }
 
+    /// The credential cache's ticket through the system GSS-API.
+    #[cfg(feature = "gssapi")]
+    fn from_cache(mechanism: Mechanism, host: &str, binding: Option<&[u8]>) -> Result<Self, StepError> {
+        if mechanism == Mechanism::Ntlm {
+            return Err(StepError::Credentials("a credential cache holds Kerberos tickets: use Negotiate".into()));
+        }
+        Ok(SecContext {
+            mech: Mech::Gss(super::gss::GssContext::new(host, binding)),
+            target: format!("HTTP@{host}"),
+            bindings: None,
+            started: false,
+            complete: false,
+        })
+    }
+
+    #[cfg(not(feature = "gssapi"))]
+    fn from_cache(_: Mechanism, _: &str, _: Option<&[u8]>) -> Result<Self, StepError> {
+        Err(StepError::Credentials(
+            "a ticket from the credential cache needs the `gssapi` feature (the system's Kerberos library)".into(),
+        ))
+    }
+
     /// Whether Negotiate chose Kerberos (else NTLM inside SPNEGO, or plain NTLM).
     pub(crate) fn is_kerberos(&self) -> bool {
+        #[cfg(feature = "gssapi")]
+        if let Mech::Gss(_) = &self.mech {
+            return true;
+        }
         matches!(&self.mech, Mech::Negotiate { negotiate, .. } if negotiate.negotiated_protocol().is_kerberos())
     }
 
@@ -293,6 +331,13 @@ impl SecContext {
             return Err(StepError::Protocol("a token after the handshake was complete".into()));
         }
         self.started = true;
+        #[cfg(feature = "gssapi")]
+        if let Mech::Gss(gss) = &mut self.mech {
+            let (token, more) = gss.step(input)?;
+            self.complete = !more;
+            // SPNEGO's first token carries the AP-REQ: the body goes with it.
+            return Ok(Step { token, more, send_body: true });
+        }
         let mut inputs = vec![SecurityBuffer::new(input.unwrap_or_default().to_vec(), BufferType::Token)];
         if let Some(b) = &self.bindings {
             inputs.push(SecurityBuffer::new(b.clone(), BufferType::ChannelBindings));
@@ -302,6 +347,8 @@ impl SecContext {
         // Inputs from the first step on: NTLM ignores them until the challenge (then reads the
         // bindings there), Negotiate's Kerberos reads the bindings at once.
         let status = match &mut self.mech {
+            #[cfg(feature = "gssapi")]
+            Mech::Gss(_) => return Err(StepError::Protocol("unreachable".into())),
             Mech::Ntlm { ntlm, handle } => {
                 guard("NTLM", || initialize(&mut **ntlm, handle, &target, &mut inputs, &mut output))?
             }

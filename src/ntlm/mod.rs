@@ -67,9 +67,23 @@
 //! [`Error::is_credentials`] instead. `sspi` follows the KDC's clock (the time in its
 //! pre-authentication error), so a client clock off by hours still gets a ticket; a server whose
 //! clock differs from the KDC's refuses it ("ticket not yet valid"): [`Error::is_rejected`],
-//! tested with a KDC running 2 h ahead. There is no credential cache (`kinit`'s tickets): `sspi`
-//! reads none. [`ConnectAuth`] runs its steps on the calling thread (the `CONNECT` loop is
-//! synchronous per step): with Kerberos, the KDC exchange blocks that thread for its duration.
+//! tested with a KDC running 2 h ahead.
+//!
+//! # The credential cache (`kinit`), feature `gssapi`
+//!
+//! `sspi` reads no credential cache. [`Credentials::from_cache`] (`fetch --negotiate -u :`, as
+//! curl) runs the handshake in the system's GSS-API library instead (MIT Kerberos or Heimdal,
+//! through the `libgssapi` crate): it reads the cache (`KRB5CCNAME`, any cache type it knows) and
+//! `krb5.conf`, gets the `HTTP@host` ticket from the KDC, binds the token to the TLS channel over
+//! HTTPS, and verifies the server's final token. No cache, or an expired ticket: a typed
+//! [`Error::is_credentials`] that says to run `kinit`, before anything is sent.
+//!
+//! # Proxies
+//!
+//! The service name of a handshake with a proxy is `HTTP/` and the proxy's host.
+//! [`ConnectAuth`] makes its first token on tokio's blocking pool (with Kerberos, the KDC
+//! exchange) while the connector's task waits; a final Negotiate token on the proxy's `200` must
+//! verify, or the tunnel is refused.
 //!
 //! # Security
 //!
@@ -100,6 +114,8 @@ mod binding;
 mod client;
 mod context;
 mod error;
+#[cfg(feature = "gssapi")]
+mod gss;
 mod keytab;
 
 use std::fmt;
@@ -111,7 +127,7 @@ use http::{HeaderValue, Method, StatusCode};
 pub use self::client::{MAX_LEGS, ResponseBody, Stats, WindowsAuth, WindowsAuthBuilder};
 use self::context::SecContext;
 pub use self::error::Error;
-use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize, NoWait};
+use crate::authenticator::{Action, AuthRequest, Authenticator, Authorize};
 use crate::secret::Secret;
 
 /// The scheme: `NTLM` or `Negotiate` (SPNEGO).
@@ -140,12 +156,13 @@ pub struct Credentials {
     user: String,
     password: Secret,
     keytab: Option<std::sync::Arc<keytab::KeytabKey>>,
+    cache: bool,
 }
 
 impl Credentials {
     /// The user (`user`, `DOMAIN\user` or `user@domain`) and password.
     pub fn new(user: impl Into<String>, password: impl Into<Secret>) -> Self {
-        Credentials { user: user.into(), password: password.into(), keytab: None }
+        Credentials { user: user.into(), password: password.into(), keytab: None, cache: false }
     }
 
     /// A principal's long-term key from an MIT keytab file (`kadmin ktadd`, `ktutil`), for
@@ -172,7 +189,37 @@ impl Credentials {
             user: key.principal.clone(),
             password: Secret::new(""),
             keytab: Some(std::sync::Arc::new(key)),
+            cache: false,
         })
+    }
+
+    /// The ticket in the Kerberos credential cache (`kinit`; `KRB5CCNAME`, else the system's
+    /// default cache), for Negotiate, as `curl --negotiate -u :` uses it. Needs the feature
+    /// `gssapi`: the handshake then runs in the system's GSS-API library (MIT Kerberos or
+    /// Heimdal), which reads the cache and `krb5.conf`, asks the KDC for the `HTTP@host` ticket
+    /// and checks the server's final token. Without that feature the handshake fails with
+    /// [`Error::is_credentials`]. [`user`](Self::user) is empty: the cache names the principal.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use tower::ServiceExt;
+    /// use tower_auth::ntlm::{Credentials, Mechanism, WindowsAuth};
+    ///
+    /// // After `kinit alice@CORP.EXAMPLE`:
+    /// let client = WindowsAuth::builder()
+    ///     .origin(Mechanism::Negotiate, Credentials::from_cache())
+    ///     .build::<http_body_util::Empty<bytes::Bytes>>()?;
+    /// let res = client.oneshot(http::Request::get("http://intranet.corp.example/").body(Default::default())?).await?;
+    /// assert!(res.status().is_success());
+    /// # Ok(()) }
+    /// ```
+    pub fn from_cache() -> Self {
+        Credentials { user: String::new(), password: Secret::new(""), keytab: None, cache: true }
+    }
+
+    /// Whether these are [`from_cache`](Self::from_cache)'s.
+    pub fn is_from_cache(&self) -> bool {
+        self.cache
     }
 
     /// The user as given.
@@ -195,6 +242,7 @@ impl fmt::Debug for Credentials {
             .field("user", &self.user)
             .field("password", &self.password)
             .field("keytab", &self.keytab.is_some())
+            .field("cache", &self.cache)
             .finish()
     }
 }
@@ -204,6 +252,12 @@ impl fmt::Debug for Credentials {
 /// first token, the `407`'s challenge gives the next one, all on one connection. It applies to
 /// `CONNECT` requests only (an authenticated connection belongs to the connection-bound client,
 /// [`WindowsAuth`], never to a pooled one).
+///
+/// The service name is `HTTP/` and the proxy's host (from [`ViaProxy`](crate::connect::ViaProxy)
+/// in the request's extensions). The first token is made on tokio's blocking pool (with
+/// Kerberos it asks the KDC for a ticket): the connector's task waits for it without blocking its
+/// thread. A final Negotiate token on the proxy's `200` is verified (mutual authentication): one
+/// that does not verify fails the tunnel, which is never used.
 ///
 /// ```
 /// use tower_auth::connect::Proxy;
@@ -225,13 +279,36 @@ impl ConnectAuth {
     pub fn new(mechanism: Mechanism, credentials: Credentials) -> Self {
         ConnectAuth { mechanism, credentials, kerberos: context::KerberosOptions::default() }
     }
+
+    /// The KDC for Negotiate's Kerberos, as [`WindowsAuthBuilder::kdc`].
+    pub fn kdc(mut self, url: impl Into<String>) -> Self {
+        self.kerberos.kdc = Some(url.into());
+        self
+    }
+
+    /// Kerberos only, no NTLM inside SPNEGO, as [`WindowsAuthBuilder::kerberos_only`].
+    pub fn kerberos_only(mut self) -> Self {
+        self.kerberos.no_ntlm = true;
+        self
+    }
+
+    pub(crate) fn with_kerberos(mut self, kerberos: &context::KerberosOptions) -> Self {
+        self.kerberos = kerberos.clone();
+        self
+    }
 }
+
+type FirstStep = std::sync::Arc<std::sync::Mutex<Option<(SecContext, Vec<u8>)>>>;
 
 /// The progress of one `CONNECT` handshake.
 #[derive(Debug, Default)]
 pub struct ConnectState {
     ctx: Option<SecContext>,
     next: Option<Vec<u8>>,
+    /// The first step, made on the blocking pool while the connector waits.
+    first: Option<FirstStep>,
+    /// Why the proxy's last answer was refused (a final token that did not verify).
+    refused: Option<String>,
 }
 
 impl ConnectAuth {
@@ -242,13 +319,30 @@ impl ConnectAuth {
         value.set_sensitive(true);
         Some(value)
     }
+
+    /// The first step: a context for `host`, its first token.
+    fn first_step(&self, host: &str) -> Result<(SecContext, Vec<u8>), crate::Error> {
+        let mut ctx = SecContext::new(self.mechanism, &self.credentials, host, None, &self.kerberos)
+            .map_err(|e| crate::Error::scheme(step_text(e)))?;
+        let step = ctx.step(None).map_err(|e| crate::Error::scheme(step_text(e)))?;
+        Ok((ctx, step.token))
+    }
 }
+
+fn step_text(e: context::StepError) -> String {
+    match e {
+        context::StepError::Protocol(d) | context::StepError::Credentials(d) => d,
+    }
+}
+
+/// The wait of [`ConnectAuth`]: its first step on tokio's blocking pool.
+pub type ConnectWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::Error>> + Send>>;
 
 impl Authenticator for ConnectAuth {
     type Mode = crate::Replay;
     type Error = crate::Error;
     type State = ConnectState;
-    type Wait = NoWait<crate::Error>;
+    type Wait = ConnectWait;
 
     fn authorize(
         &self,
@@ -258,14 +352,42 @@ impl Authenticator for ConnectAuth {
         if req.method() != Method::CONNECT {
             return Ok(Authorize::Done);
         }
+        if let Some(why) = &state.refused {
+            return Err(crate::Error::scheme(why.clone()));
+        }
         let token = match (&state.ctx, state.next.take()) {
             (None, _) => {
-                let host = req.uri().host().unwrap_or("").to_owned();
-                let mut ctx = SecContext::new(self.mechanism, &self.credentials, &host, None, &self.kerberos)
-                    .map_err(|e| crate::Error::scheme(format!("{e:?}")))?;
-                let step = ctx.step(None).map_err(|e| crate::Error::scheme(format!("{e:?}")))?;
-                state.ctx = Some(ctx);
-                step.token
+                if let Some(slot) = state.first.take() {
+                    let made = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let Some((ctx, token)) = made else {
+                        return Err(crate::Error::scheme("the first handshake step did not finish"));
+                    };
+                    state.ctx = Some(ctx);
+                    token
+                } else {
+                    // The proxy's host names the service (`HTTP/proxy`), not the target.
+                    let host = req
+                        .parts()
+                        .extensions
+                        .get::<crate::connect::ViaProxy>()
+                        .map(|via| via.host().to_owned())
+                        .or_else(|| req.uri().host().map(str::to_owned))
+                        .unwrap_or_default();
+                    let slot = FirstStep::default();
+                    state.first = Some(std::sync::Arc::clone(&slot));
+                    let this = self.clone();
+                    return Ok(Authorize::Wait(Box::pin(async move {
+                        let made = match tokio::runtime::Handle::try_current() {
+                            Ok(rt) => rt
+                                .spawn_blocking(move || this.first_step(&host))
+                                .await
+                                .map_err(|e| crate::Error::scheme(format!("the handshake step failed: {e}")))??,
+                            Err(_) => this.first_step(&host)?,
+                        };
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(made);
+                        Ok(())
+                    })));
+                }
             }
             (Some(_), Some(token)) => token,
             (Some(_), None) => return Ok(Authorize::Done),
@@ -285,19 +407,37 @@ impl Authenticator for ConnectAuth {
     }
 
     fn on_response(&self, _: &Parts, res: &http::response::Parts, state: &mut ConnectState) -> Action {
-        if res.status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-            return Action::Done;
-        }
         let Some(ctx) = state.ctx.as_mut() else { return Action::Done };
-        if ctx.is_complete() {
-            return Action::Done; // refused after the last leg
-        }
         use base64::Engine as _;
         let token = crate::challenge::parse_headers(&res.headers, PROXY_AUTHENTICATE)
             .iter()
             .filter(|c| c.is_scheme(self.mechanism.name()))
             .find_map(|c| c.token68())
             .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+        if res.status.is_success() {
+            // Negotiate's mutual authentication: a final token must verify; the tunnel is refused
+            // otherwise (`Retry` on a success: `authorize` then fails with the reason).
+            return match token {
+                Some(token) if !token.is_empty() && !ctx.is_complete() => match ctx.step(Some(&token)) {
+                    Ok(_) => Action::Done,
+                    Err(e) => {
+                        state.refused = Some(format!(
+                            "the proxy's final {} token did not verify (mutual authentication): {}",
+                            self.mechanism.name(),
+                            step_text(e)
+                        ));
+                        Action::Retry
+                    }
+                },
+                _ => Action::Done,
+            };
+        }
+        if res.status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Action::Done;
+        }
+        if ctx.is_complete() {
+            return Action::Done; // refused after the last leg
+        }
         let Some(token) = token else { return Action::Done };
         match ctx.step(Some(&token)) {
             Ok(step) if !step.token.is_empty() => {
