@@ -18,15 +18,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sspi::{
-    AuthIdentity, BufferType, CredentialUse, DataRepresentation, SecurityBuffer, SecurityStatus, ServerRequestFlags,
-    Sspi, SspiImpl, Username,
-};
+use sspi::SecurityStatus;
 use tokio::net::TcpListener;
 use tower_auth::ntlm::WindowsAuth;
 
 mod support;
 
+use support::ntlm_acceptor::Acceptor;
 use support::windows::{Win, send};
 
 const USER: &str = r"TOWERAUTH\alice";
@@ -45,19 +43,17 @@ struct Leg {
 struct Seen {
     legs: Mutex<Vec<Leg>>,
     connections: AtomicUsize,
+    /// Connections the client closed.
+    closed: AtomicUsize,
     authenticated: AtomicU64,
 }
 
 /// Per connection: the acceptor in progress, and whether the connection is authenticated.
 struct Conn {
-    ntlm: Option<(sspi::Ntlm, <sspi::Ntlm as SspiImpl>::CredentialsHandle)>,
+    ntlm: Acceptor,
     authenticated: bool,
     reauth_done: bool,
     no: usize,
-}
-
-fn identity() -> AuthIdentity {
-    AuthIdentity { username: Username::parse(USER).unwrap(), password: PASS.to_owned().into() }
 }
 
 fn challenge(token: Option<&[u8]>) -> Response<Full<Bytes>> {
@@ -74,31 +70,7 @@ fn challenge(token: Option<&[u8]>) -> Response<Full<Bytes>> {
 
 /// Runs `sspi`'s acceptor on one token.
 fn accept(conn: &mut Conn, token: &[u8]) -> Result<(SecurityStatus, Vec<u8>), sspi::Error> {
-    if token.get(8) == Some(&1) || conn.ntlm.is_none() {
-        let mut ntlm = sspi::Ntlm::new();
-        let handle = ntlm
-            .acquire_credentials_handle()
-            .with_credential_use(CredentialUse::Inbound)
-            .with_auth_data(&identity())
-            .execute(&mut ntlm)?
-            .credentials_handle;
-        conn.ntlm = Some((ntlm, handle));
-    }
-    let (ntlm, handle) = conn.ntlm.as_mut().unwrap();
-    let mut input = vec![SecurityBuffer::new(token.to_vec(), BufferType::Token)];
-    let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
-    let builder = ntlm
-        .accept_security_context()
-        .with_credentials_handle(handle)
-        .with_context_requirements(ServerRequestFlags::ALLOCATE_MEMORY)
-        .with_target_data_representation(DataRepresentation::Native)
-        .with_input(&mut input)
-        .with_output(&mut output);
-    let result = ntlm.accept_security_context_impl(builder)?.resolve_to_result()?;
-    if matches!(result.status, SecurityStatus::CompleteNeeded | SecurityStatus::CompleteAndContinue) {
-        ntlm.complete_auth_token(&mut output)?;
-    }
-    Ok((result.status, output.pop().unwrap().buffer))
+    conn.ntlm.accept(token)
 }
 
 async fn handle(req: Request<Incoming>, conn: Arc<Mutex<Conn>>, seen: Arc<Seen>) -> Response<Full<Bytes>> {
@@ -189,14 +161,16 @@ async fn server() -> (String, Arc<Seen>) {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let no = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-            let conn = Arc::new(Mutex::new(Conn { ntlm: None, authenticated: false, reauth_done: false, no }));
+            let conn = Arc::new(Mutex::new(Conn { ntlm: Acceptor::new(USER, PASS), authenticated: false, reauth_done: false, no }));
             let seen = Arc::clone(&shared);
+            let shared_closed = Arc::clone(&shared);
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let (conn, seen) = (Arc::clone(&conn), Arc::clone(&seen));
                     async move { Ok::<_, Infallible>(handle(req, conn, seen).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                shared_closed.closed.fetch_add(1, Ordering::Relaxed);
             });
         }
     });
@@ -368,7 +342,7 @@ async fn connect_through_a_proxy_that_closes_mid_handshake_fails_typed() {
                 })
                 .map(|t| STANDARD.decode(t.trim()).unwrap())
                 .unwrap_or_default();
-            let mut conn = Conn { ntlm: None, authenticated: false, reauth_done: false, no: 1 };
+            let mut conn = Conn { ntlm: Acceptor::new(USER, PASS), authenticated: false, reauth_done: false, no: 1 };
             let challenge = accept(&mut conn, &token).map(|(_, out)| out).unwrap_or_default();
             let res = format!(
                 "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
@@ -450,4 +424,19 @@ async fn connect_with_a_final_token_that_does_not_verify_is_refused() {
     assert!(!err.to_string().contains(PASS));
     assert_eq!(saw_token.load(Ordering::Relaxed), 1);
     assert_eq!(connector.connect_exchanges(), 1);
+}
+
+/// Dropping the client closes its idle connections at once (an idle connection holds its pool,
+/// which must not keep them open until the idle timeout).
+#[tokio::test]
+async fn dropping_the_client_closes_its_connections() {
+    let (url, seen) = server().await;
+    let client: Win = WindowsAuth::ntlm(USER, PASS).build().unwrap();
+    send(&client, "GET", &format!("{url}/a"), "").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(client.idle_connections(), 1);
+    assert_eq!(seen.closed.load(Ordering::Relaxed), 0);
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(seen.closed.load(Ordering::Relaxed), 1, "the idle connection was closed");
 }

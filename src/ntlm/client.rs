@@ -180,14 +180,17 @@ impl WindowsAuthBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`](crate::ConfigError) if the TLS configuration cannot be built.
+    /// A [`ConfigError`](crate::ConfigError) if the TLS configuration given to
+    /// [`tls`](Self::tls) cannot be built. Without one, the default configuration (the
+    /// platform's roots, which take milliseconds to read) is built on the first `https` origin,
+    /// and an error there fails that request.
     pub fn build<B>(self) -> Result<WindowsAuth<B>, crate::ConfigError> {
         #[cfg(feature = "tls")]
-        let tls = {
-            let mut config = self.tls.clone().unwrap_or_default().client_config()?;
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Some(Arc::new(config))
-        };
+        let tls = std::sync::OnceLock::new();
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.tls {
+            let _ = tls.set(Ok(http1_tls(config)?));
+        }
         let proxies = match &self.proxy {
             Some((mechanism, credentials)) => self
                 .proxies
@@ -301,10 +304,20 @@ impl<B> WindowsAuth<B> {
 struct Inner<B> {
     config: WindowsAuthBuilder,
     connector: ProxyConnector,
+    /// Made by `build` from the builder's configuration, else on the first `https` origin.
     #[cfg(feature = "tls")]
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     pools: Mutex<HashMap<String, Arc<HostPool<B>>>>,
     counters: Counters,
+}
+
+impl<B> Drop for Inner<B> {
+    fn drop(&mut self) {
+        let pools = std::mem::take(&mut *self.pools.lock().unwrap_or_else(|p| p.into_inner()));
+        for pool in pools.values() {
+            pool.close();
+        }
+    }
 }
 
 /// The connections of one origin (or proxy).
@@ -315,6 +328,8 @@ struct HostPool<B> {
     idle_timeout: Duration,
     /// A task closes expired idle connections while any are kept.
     reaping: std::sync::atomic::AtomicBool,
+    /// The client is gone: connections coming back are closed, not kept.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 struct Idle<B> {
@@ -356,7 +371,17 @@ impl<B> HostPool<B> {
             returned: Notify::new(),
             idle_timeout,
             reaping: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Closes the idle connections and every one that comes back later. An idle connection
+    /// holds its pool (through its slot), so without this a dropped client's pools and open
+    /// connections would live until the reaper's idle timeout.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(idle);
     }
 
     fn pop_idle(&self, timeout: Duration) -> Option<Conn<B>> {
@@ -393,7 +418,13 @@ impl<B> HostPool<B> {
 
 impl<B: Send + 'static> HostPool<B> {
     fn put(self: &Arc<Self>, conn: Conn<B>) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(Idle { conn, since: Instant::now() });
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if self.closed.load(Ordering::Acquire) {
+                return; // the client is gone: `conn` closes here
+            }
+            idle.push(Idle { conn, since: Instant::now() });
+        }
         self.returned.notify_one();
         if !self.reaping.swap(true, Ordering::AcqRel)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -514,7 +545,9 @@ where
         stream: crate::connect::ProxyStream,
     ) -> Result<(SendRequest<ReplayBody<B>>, Option<Vec<u8>>), Error> {
         let config =
-            self.tls.clone().ok_or_else(|| Error::new(Kind::Connect, &route.origin, "no TLS configuration"))?;
+            self.tls.get_or_init(|| http1_tls(&Default::default()).map_err(|e| e.to_string())).clone().map_err(|e| {
+                Error::new(Kind::Connect, &route.origin, format!("the TLS configuration could not be built: {e}"))
+            })?;
         let name = rustls::pki_types::ServerName::try_from(route.host.clone())
             .map_err(|e| Error::new(Kind::Request, &route.origin, "invalid TLS server name").with_source(e))?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -842,6 +875,15 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The rustls configuration of `config`, offering `http/1.1` only by ALPN (Windows
+/// authentication cannot run over HTTP/2).
+#[cfg(feature = "tls")]
+fn http1_tls(config: &crate::connect::tls::TlsConfig) -> Result<Arc<rustls::ClientConfig>, crate::ConfigError> {
+    let mut config = config.client_config()?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// One step of the context; on tokio's blocking pool when it may talk to a KDC (Negotiate).
