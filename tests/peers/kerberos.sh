@@ -16,12 +16,20 @@
 # principal is HTTP/localhost too) wants `Proxy-Authorization: Negotiate` (Kerberos only; an NTLM
 # token inside SPNEGO is refused) for plain requests and CONNECT, to 127.0.0.1 (or localhost)
 # only, any port; no cache; logs in DIR/squid/logs (access.log: user and status of each request).
+# And tests/peers/kerberos_cbt.py (Debian python3-gssapi: MIT's acceptor, with the same keytab)
+# serves Negotiate over HTTPS with channel binding required (RFC 5929 tls-server-end-point; a
+# context that is not channel-bound is refused too) on https://localhost:HTTPS_PORT, and the same
+# expecting another certificate's binding on https://localhost:BADCBT_PORT (mod_auth_gssapi 1.6.4
+# cannot check channel bindings); its certificate (CN and SAN localhost) is signed by DIR/ca.pem.
 #
 #   tests/peers/kerberos.sh start DIR   start (or reuse) the peer, print
 #                                       TOWER_AUTH_KERBEROS_URL=http://localhost:PORT
 #                                       TOWER_AUTH_KERBEROS_KDC=tcp://127.0.0.1:KDC_PORT
 #                                       TOWER_AUTH_KERBEROS_KRB5_CONFIG=DIR/krb5.conf
 #                                       TOWER_AUTH_KERBEROS_PROXY_URL=http://localhost:SQUID_PORT
+#                                       TOWER_AUTH_KERBEROS_HTTPS_URL=https://localhost:HTTPS_PORT
+#                                       TOWER_AUTH_KERBEROS_HTTPS_BADCBT_URL=https://localhost:BADCBT_PORT
+#                                       TOWER_AUTH_KERBEROS_CA=DIR/ca.pem
 #   tests/peers/kerberos.sh stop DIR    stop it (idempotent)
 #   tests/peers/kerberos.sh acquire|release|release-on-eof DIR PID   as tests/peers/apache.sh
 #
@@ -40,7 +48,7 @@ readonly APACHE_BIN=/usr/sbin/apache2
 readonly MODULES=/usr/lib/apache2/modules
 readonly SQUID_BIN=/usr/sbin/squid
 readonly SQUID_HELPER=/usr/lib/squid/negotiate_kerberos_auth
-readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2 squid"
+readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2 squid python3-gssapi openssl"
 
 # die, say, usage, alive, lock_dir, live_users and the reference-counted commands (peer_main).
 # shellcheck source=tests/peers/refcount.sh
@@ -48,7 +56,8 @@ readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user liba
 peer_args "$@"
 mkdir -p "$2"
 DIR=$(cd "$2" && pwd -P)
-SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCRIPT_MD5=$(cat "${BASH_SOURCE[0]}" "$HERE/kerberos_cbt.py" | md5sum | cut -d' ' -f1)
 export KRB5_CONFIG=$DIR/krb5.conf KRB5_KDC_PROFILE=$DIR/kdc.conf
 
 pid_of() { # $1 pid file
@@ -66,22 +75,30 @@ healthy() {
     pid_of "$DIR/run/kdc.pid" >/dev/null || return 1
     pid_of "$DIR/run/httpd.pid" >/dev/null || return 1
     pid_of "$DIR/squid/run/squid.pid" >/dev/null || return 1
+    pid_of "$DIR/run/cbt.pid" >/dev/null || return 1
+    [ -s "$DIR/cbt-ports" ] || return 1
     port=$(awk '$1 == "http" { print $2 }' "$DIR/ports")
     squid=$(awk '$1 == "squid" { print $2 }' "$DIR/ports")
-    /usr/bin/python3 - "$port" "$squid" <<'EOF' 2>/dev/null
-import http.client, sys, urllib.request
+    /usr/bin/python3 - "$port" "$squid" "$DIR/cbt-ports" <<'EOF' 2>/dev/null
+import http.client, ssl, sys, urllib.request
 urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=5).read()
 # Squid: an unauthenticated CONNECT is answered 407 Negotiate.
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[2]), timeout=5)
 c.request("CONNECT", "127.0.0.1:9", headers={"Host": "127.0.0.1:9"})
 r = c.getresponse()
 assert r.status == 407 and r.getheader("Proxy-Authenticate", "").startswith("Negotiate"), r.status
+# kerberos_cbt.py: both HTTPS ports.
+for line in open(sys.argv[3]):
+    port = int(line.split()[1])
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ssl._create_unverified_context())
+    c.request("GET", "/health")
+    assert c.getresponse().status == 200
 EOF
 }
 
 stop_instance() {
     local pid i f
-    for f in "$DIR/squid/run/squid.pid" "$DIR/run/httpd.pid" "$DIR/run/kdc.pid" "$DIR/run/kdc-skewed.pid"; do
+    for f in "$DIR/run/cbt.pid" "$DIR/squid/run/squid.pid" "$DIR/run/httpd.pid" "$DIR/run/kdc.pid" "$DIR/run/kdc-skewed.pid"; do
         if pid=$(pid_of "$f"); then
             printf 'kerberos.sh: stopping pid %s (%s)\n' "$pid" "$(basename "$f")" >&2
             kill -TERM "$pid" 2>/dev/null || true
@@ -98,7 +115,7 @@ stop_instance() {
         case $f in /tmp/tower-auth-kerberos.*) rm -rf -- "$f" ;; esac
         rm -f "$DIR/pub-dir"
     fi
-    rm -f "$DIR/env" "$DIR/ports" "$DIR/script.md5" "$DIR/run/tests-own"
+    rm -f "$DIR/env" "$DIR/ports" "$DIR/cbt-ports" "$DIR/script.md5" "$DIR/run/tests-own"
 }
 
 free_ports() {
@@ -264,6 +281,23 @@ EOF
     fi
 }
 
+make_certificates() {
+    # A CA and a certificate for localhost signed by it (rustls refuses a self-signed CA as the
+    # server's certificate), SHA-256 (the binding hashes the certificate with SHA-256).
+    [ -s "$DIR/ca.pem" ] && [ -s "$DIR/tls.pem" ] && [ -s "$DIR/tls.key" ] && return 0
+    (
+        set -e
+        cd "$DIR"
+        openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=tower-auth Kerberos peer CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -sha256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext
+        openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile tls.ext -out tls.pem
+    ) >"$DIR/logs/openssl.log" 2>&1 || die "openssl could not make the certificates (see $DIR/logs/openssl.log)"
+}
+
 do_start() {
     local pid i kdc port skewed squid
     STARTED=0
@@ -280,6 +314,8 @@ do_start() {
     for bin in "$SQUID_BIN" "$SQUID_HELPER"; do
         [ -x "$bin" ] || die "$bin not found: $INSTALL_HINT"
     done
+    /usr/bin/python3 -c 'import gssapi' 2>/dev/null || die "no python3-gssapi: $INSTALL_HINT"
+    command -v openssl >/dev/null || die "no openssl: $INSTALL_HINT"
     read -r kdc port skewed squid <<<"$(free_ports)"
     make_realm "$kdc"
     setsid /usr/sbin/krb5kdc -n -P "$DIR/run/kdc.pid" </dev/null >>"$DIR/logs/krb5kdc.out" 2>&1 9>&- &
@@ -307,6 +343,11 @@ do_start() {
     # The helper reads the realm's krb5.conf (KRB5_CONFIG, inherited); -k sets its keytab.
     KRB5_CONFIG=$DIR/squid/krb5.conf "$SQUID_BIN" -f "$DIR/squid/squid.conf" </dev/null >"$DIR/squid/logs/start.log" 2>&1 9>&- ||
         die "Squid did not start (see $DIR/squid/logs/)"
+    make_certificates
+    rm -f "$DIR/cbt-ports"
+    KRB5_CONFIG=$DIR/krb5.conf setsid /usr/bin/python3 "$HERE/kerberos_cbt.py" --keytab "$DIR/http.keytab" \
+        --cert "$DIR/tls.pem" --key "$DIR/tls.key" --ports "$DIR/cbt-ports" </dev/null >>"$DIR/logs/cbt.log" 2>&1 9>&- &
+    printf '%s\n' "$!" >"$DIR/run/cbt.pid"
     printf 'kdc %s\nhttp %s\nsquid %s\n' "$kdc" "$port" "$squid" >"$DIR/ports"
     [ -s "$DIR/run/kdc-skewed.pid" ] && printf 'skewed %s\n' "$skewed" >>"$DIR/ports"
     for i in $(seq 1 100); do
@@ -319,6 +360,9 @@ do_start() {
         printf 'TOWER_AUTH_KERBEROS_KDC=tcp://127.0.0.1:%s\n' "$kdc"
         printf 'TOWER_AUTH_KERBEROS_KRB5_CONFIG=%s\n' "$DIR/krb5.conf"
         printf 'TOWER_AUTH_KERBEROS_PROXY_URL=http://localhost:%s\n' "$squid"
+        printf 'TOWER_AUTH_KERBEROS_HTTPS_URL=https://localhost:%s\n' "$(awk '$1 == "https" { print $2 }' "$DIR/cbt-ports")"
+        printf 'TOWER_AUTH_KERBEROS_HTTPS_BADCBT_URL=https://localhost:%s\n' "$(awk '$1 == "https_badcbt" { print $2 }' "$DIR/cbt-ports")"
+        printf 'TOWER_AUTH_KERBEROS_CA=%s\n' "$DIR/ca.pem"
     } >"$DIR/env"
     printf '%s\n' "$SCRIPT_MD5" >"$DIR/script.md5"
     STARTED=1
