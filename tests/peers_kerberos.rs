@@ -502,9 +502,9 @@ async fn cbt_stats(p: &Kerberos) -> serde_json::Value {
 
 // Crate bug (in sspi 0.23.1, which the crate hands the bindings to): with channel bindings, the
 // Kerberos authenticator carries the MS-KILE AP-options authorization data (ad-type 143,
-X
-// and MIT (src/lib/gssapi/krb5/accept_sec_context.c, check_cbt) want a 32-bit little-endian
-// integer, `00 40 00 00`. MIT krb5 >= 1.19 refuses an ap-options element whose length is not 4
+// KERB_AP_OPTIONS_CBT = 0x4000) as the 2 bytes `40 00` (picky-krb 0.13's constant), where MIT
+// (src/lib/gssapi/krb5/accept_sec_context.c, check_cbt) reads a 32-bit little-endian flags value,
+// `00 40 00 00`, as MS-KILE (3.2.5.8) defines it. MIT krb5 >= 1.19 refuses an ap-options element whose length is not 4
 // with KRB5KRB_AP_ERR_MSG_TYPE ("Invalid message type"), whatever bindings the acceptor passes:
 // Negotiate with Kerberos over HTTPS fails against every MIT acceptor (mod_auth_gssapi over TLS
 // too, see kerberos_over_https_to_mod_auth_gssapi).
