@@ -578,3 +578,52 @@ async fn curl_negotiate_without_channel_binding_is_refused_over_https() {
     assert!(text.contains("x-refused: not-channel-bound"), "{text}");
     assert!(text.ends_with("refused: not-channel-bound\n"), "{text}");
 }
+
+/// Apache's HTTPS port (mod_ssl, the same `/negotiate/`), from `DIR/ports` ("https PORT").
+fn apache_https_url(p: &Kerberos) -> Option<String> {
+    let ports =
+        std::fs::read_to_string(std::path::Path::new(&p.krb5_config).with_file_name("ports")).unwrap_or_default();
+    let port = ports.lines().find_map(|l| l.strip_prefix("https "));
+    if port.is_none() {
+        let reason = "the Kerberos peer has no HTTPS port (an older tests/peers/kerberos.sh?)";
+        assert!(std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false" || v == "0"), "{reason}");
+        eprintln!("SKIPPED: {reason}");
+    }
+    port.map(|port| format!("https://localhost:{port}"))
+}
+
+// The sspi bug above, against the most common MIT acceptor: Apache with mod_auth_gssapi over TLS
+// passes no channel bindings, yet MIT's check_cbt refuses the 2-byte AP-options element of the
+// AP-REQ that the crate sends over HTTPS (the error log has "Invalid message type"). curl (MIT,
+// no bindings) gets in: curl_negotiate_over_https_to_mod_auth_gssapi.
+#[tokio::test]
+#[ignore = "crate bug: sspi sends KERB_AP_OPTIONS_CBT as 2 bytes; MIT refuses every AP-REQ sent over HTTPS"]
+async fn kerberos_over_https_to_mod_auth_gssapi() {
+    let Some(p) = peer() else { return };
+    let Some(base) = apache_https_url(p) else { return };
+    let client: Win = WindowsAuth::negotiate(UPN, PASS).kdc(&p.kdc).kerberos_only().tls(tls_for(p)).build().unwrap();
+    let res = send(&client, "GET", &format!("{base}/negotiate/hello.txt"), "").await;
+    let (status, headers, body) = res.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((status, body.as_str()), (200, "hello kerberos\n"));
+    assert_eq!(headers["x-remote-user"], UPN);
+    let s = client.stats();
+    assert_eq!((s.connections, s.handshakes, s.round_trips), (1, 1, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn curl_negotiate_over_https_to_mod_auth_gssapi() {
+    let Some(p) = peer() else { return };
+    let Some(base) = apache_https_url(p) else { return };
+    let Some(curl) = peers::curl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ccache = format!("FILE:{}/cc", dir.path().display());
+    kinit(p, &ccache);
+    let out = std::process::Command::new(curl)
+        .args(["-sS", "--max-time", "10", "--cacert", &p.ca, "--negotiate", "-u", ":"])
+        .arg(format!("{base}/negotiate/hello.txt"))
+        .env("KRB5_CONFIG", &p.krb5_config)
+        .env("KRB5CCNAME", &ccache)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello kerberos\n", "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -12,6 +12,8 @@
 # listens on TCP and UDP 127.0.0.1:KDC_PORT; Apache on 127.0.0.1:PORT serves
 #   /health                 200 "ok", no authentication
 #   /negotiate/hello.txt    Negotiate (krb5 only), 200 "hello kerberos", X-Remote-User header
+# and the same over HTTPS on 127.0.0.1:HTTPS_PORT (mod_ssl; DIR/ports: "https PORT"; certificate
+# for localhost signed by DIR/ca.pem; mod_auth_gssapi passes no channel bindings),
 # and Squid on 127.0.0.1:SQUID_PORT (addressed as http://localhost:SQUID_PORT: its service
 # principal is HTTP/localhost too) wants `Proxy-Authorization: Negotiate` (Kerberos only; an NTLM
 # token inside SPNEGO is refused) for plain requests and CONNECT, to 127.0.0.1 (or localhost)
@@ -122,7 +124,7 @@ free_ports() {
     /usr/bin/python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(5):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -178,8 +180,8 @@ EOF
     [ -s "$DIR/http.keytab" ] || die "no keytab made (see $DIR/logs/kadmin.log)"
 }
 
-write_apache() { # $1 http port
-    local port=$1 user_lines="" pub=$DIR
+write_apache() { # $1 http port, $2 https port
+    local port=$1 tls_port=$2 user_lines="" pub=$DIR
     mkdir -p "$DIR/www/negotiate" "$DIR/run" "$DIR/logs"
     printf 'ok\n' >"$DIR/www/health"
     printf 'hello kerberos\n' >"$DIR/www/negotiate/hello.txt"
@@ -221,7 +223,10 @@ LoadModule authz_user_module  $MODULES/mod_authz_user.so
 LoadModule authn_core_module  $MODULES/mod_authn_core.so
 LoadModule headers_module     $MODULES/mod_headers.so
 LoadModule auth_gssapi_module $MODULES/mod_auth_gssapi.so
+LoadModule socache_shmcb_module $MODULES/mod_socache_shmcb.so
+LoadModule ssl_module         $MODULES/mod_ssl.so
 Listen 127.0.0.1:$port
+Listen 127.0.0.1:$tls_port
 KeepAlive On
 MaxKeepAliveRequests 1000
 DocumentRoot "$pub/www"
@@ -238,6 +243,14 @@ DocumentRoot "$pub/www"
     Require valid-user
     Header always set X-Remote-User "expr=%{REMOTE_USER}"
 </Location>
+# The same over HTTPS (mod_auth_gssapi 1.6.4 passes no channel bindings: it has no directive for
+# them).
+SSLSessionCache "shmcb:$DIR/run/ssl_scache(512000)"
+<VirtualHost 127.0.0.1:$tls_port>
+    SSLEngine on
+    SSLCertificateFile "$DIR/tls.pem"
+    SSLCertificateKeyFile "$DIR/tls.key"
+</VirtualHost>
 EOF
 }
 
@@ -299,7 +312,7 @@ make_certificates() {
 }
 
 do_start() {
-    local pid i kdc port skewed squid
+    local pid i kdc port skewed squid tls_port
     STARTED=0
     if healthy && [ "$(cat "$DIR/script.md5" 2>/dev/null)" = "$SCRIPT_MD5" ]; then
         cat "$DIR/env"
@@ -316,7 +329,7 @@ do_start() {
     done
     /usr/bin/python3 -c 'import gssapi' 2>/dev/null || die "no python3-gssapi: $INSTALL_HINT"
     command -v openssl >/dev/null || die "no openssl: $INSTALL_HINT"
-    read -r kdc port skewed squid <<<"$(free_ports)"
+    read -r kdc port skewed squid tls_port <<<"$(free_ports)"
     make_realm "$kdc"
     setsid /usr/sbin/krb5kdc -n -P "$DIR/run/kdc.pid" </dev/null >>"$DIR/logs/krb5kdc.out" 2>&1 9>&- &
     pid=$!
@@ -334,7 +347,8 @@ do_start() {
             sleep 0.1
         done
     fi
-    write_apache "$port"
+    make_certificates
+    write_apache "$port" "$tls_port"
     "$APACHE_BIN" -t -f "$DIR/httpd.conf" >"$DIR/logs/configtest.log" 2>&1 ||
         die "Apache rejected its configuration (see $DIR/logs/configtest.log)"
     KRB5_CONFIG=$APACHE_KRB5_CONFIG "$APACHE_BIN" -f "$DIR/httpd.conf" -k start </dev/null >>"$DIR/logs/apache.out" 2>&1 9>&- ||
@@ -343,12 +357,11 @@ do_start() {
     # The helper reads the realm's krb5.conf (KRB5_CONFIG, inherited); -k sets its keytab.
     KRB5_CONFIG=$DIR/squid/krb5.conf "$SQUID_BIN" -f "$DIR/squid/squid.conf" </dev/null >"$DIR/squid/logs/start.log" 2>&1 9>&- ||
         die "Squid did not start (see $DIR/squid/logs/)"
-    make_certificates
     rm -f "$DIR/cbt-ports"
     KRB5_CONFIG=$DIR/krb5.conf setsid /usr/bin/python3 "$HERE/kerberos_cbt.py" --keytab "$DIR/http.keytab" \
         --cert "$DIR/tls.pem" --key "$DIR/tls.key" --ports "$DIR/cbt-ports" </dev/null >>"$DIR/logs/cbt.log" 2>&1 9>&- &
     printf '%s\n' "$!" >"$DIR/run/cbt.pid"
-    printf 'kdc %s\nhttp %s\nsquid %s\n' "$kdc" "$port" "$squid" >"$DIR/ports"
+    printf 'kdc %s\nhttp %s\nsquid %s\nhttps %s\n' "$kdc" "$port" "$squid" "$tls_port" >"$DIR/ports"
     [ -s "$DIR/run/kdc-skewed.pid" ] && printf 'skewed %s\n' "$skewed" >>"$DIR/ports"
     for i in $(seq 1 100); do
         healthy && break
