@@ -239,9 +239,10 @@ async fn kerberos_to_squid_for_plain_http() {
     // connection.
     assert_eq!((s.connections, s.round_trips, s.reused, s.failed_handshakes), (1, 3, 2, 0), "{s:?}");
     assert_eq!(s.handshakes, 0, "{s:?}");
-    let gets = squid_lines(p, &format!(" {url} "), 3).await;
+    // (Another test's refused request for the same URL is logged without a user.)
+    let gets = squid_lines(p, &format!(" {url} {UPN} "), 3).await;
     assert_eq!(gets.len(), 3, "{gets:?}");
-    assert!(gets.iter().all(|l| l.contains("TCP_MISS/200") && l.contains(UPN)), "{gets:?}");
+    assert!(gets.iter().all(|l| l.contains("TCP_MISS/200")), "{gets:?}");
 }
 
 /// The lines of [`squid_log`] that contain `needle`, once there are `n`, or after 5 s (Squid
@@ -297,7 +298,9 @@ async fn kerberos_on_connect_through_squid() {
     let Some(p) = peer() else { return };
     let tunnels = || {
         let log = squid_log(p);
-        log.lines().filter(|l| l.contains("TCP_TUNNEL/200 ") && l.contains(" CONNECT localhost:") && l.contains(UPN)).count()
+        log.lines()
+            .filter(|l| l.contains("TCP_TUNNEL/200 ") && l.contains(" CONNECT localhost:") && l.contains(UPN))
+            .count()
     };
     let before = tunnels();
     if !with_krb5_config(p, "kerberos_on_connect_through_squid") {
@@ -322,7 +325,10 @@ async fn kerberos_on_connect_through_squid() {
         assert!(body.starts_with("HTTP/1.1 authorization=-"), "{body}");
     }
     let s = client.stats();
-    eprintln!("WindowsAuth, CONNECT with Negotiate (Kerberos) to Squid: {} exchanges, {s:?}", client.connect_exchanges());
+    eprintln!(
+        "WindowsAuth, CONNECT with Negotiate (Kerberos) to Squid: {} exchanges, {s:?}",
+        client.connect_exchanges()
+    );
     // One tunnel, kept: the CONNECT carried the AP-REQ at once (one exchange, no 407).
     assert_eq!(client.connect_exchanges(), 1);
     assert_eq!((s.connections, s.round_trips), (1, 3), "{s:?}");
@@ -428,8 +434,10 @@ async fn curl_proxy_negotiate_cross_check() {
         .take_while(|l| !l.contains("CONNECT phase completed"))
         .collect();
     // (The AP-REQ is a credential: not printed.)
-    let shown: Vec<&str> =
-        connect.iter().map(|l| if l.starts_with("> Proxy-Authorization:") { "> Proxy-Authorization: [redacted]" } else { l }).collect();
+    let shown: Vec<&str> = connect
+        .iter()
+        .map(|l| if l.starts_with("> Proxy-Authorization:") { "> Proxy-Authorization: [redacted]" } else { l })
+        .collect();
     eprintln!("curl's CONNECT and Squid's answer:\n{}", shown.join("\n").replace('\r', ""));
     assert!(connect.iter().any(|l| l.starts_with("< HTTP/1.1 200")), "{verbose}");
     assert!(!connect.iter().any(|l| l.to_ascii_lowercase().starts_with("< proxy-authenticate")), "{verbose}");
@@ -504,10 +512,10 @@ async fn cbt_stats(p: &Kerberos) -> serde_json::Value {
 // Kerberos authenticator carries the MS-KILE AP-options authorization data (ad-type 143,
 // KERB_AP_OPTIONS_CBT = 0x4000) as the 2 bytes `40 00` (picky-krb 0.13's constant), where MIT
 // (src/lib/gssapi/krb5/accept_sec_context.c, check_cbt) reads a 32-bit little-endian flags value,
-// `00 40 00 00`, as MS-KILE (3.2.5.8) defines it. MIT krb5 >= 1.19 refuses an ap-options element whose length is not 4
-// with KRB5KRB_AP_ERR_MSG_TYPE ("Invalid message type"), whatever bindings the acceptor passes:
-// Negotiate with Kerberos over HTTPS fails against every MIT acceptor (mod_auth_gssapi over TLS
-// too, see kerberos_over_https_to_mod_auth_gssapi).
+// `00 40 00 00`, as MS-KILE (3.2.5.8) defines it. MIT krb5 >= 1.19 refuses an ap-options
+// element whose length is not 4 with KRB5KRB_AP_ERR_MSG_TYPE ("Invalid message type"), whatever
+// bindings the acceptor passes: Negotiate with Kerberos over HTTPS fails against every MIT
+// acceptor (mod_auth_gssapi over TLS too, see kerberos_over_https_to_mod_auth_gssapi).
 #[tokio::test]
 #[ignore = "crate bug: sspi sends KERB_AP_OPTIONS_CBT as 2 bytes; MIT refuses the AP-REQ (Invalid message type)"]
 async fn kerberos_over_https_with_channel_binding_required() {
