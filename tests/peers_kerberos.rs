@@ -5,12 +5,25 @@
 //! realm's `krb5.conf` through `KRB5_CONFIG` by `fetch`), the server's final token verified,
 //! connections authenticated once and pooled; `curl --negotiate` with a `kinit` ticket as a
 //! cross-check of the set-up.
+//!
+//! The same peer runs a Squid asking for Negotiate proxy auth (`negotiate_kerberos_auth`): Kerberos
+//! to a proxy for plain http and on `CONNECT` (`WindowsAuth::proxy_auth`, and `ProxyConnector` with
+//! `ConnectAuth`, whose KDC comes from `KRB5_CONFIG` only: those tests re-run themselves in a child
+//! process with it set), refusals without a loop, `curl --proxy-negotiate` as a cross-check (Squid
+//! sends no final token on its 200s); and MIT's acceptor over HTTPS with channel binding required
+//! (`tests/peers/kerberos_cbt.py`; mod_auth_gssapi cannot check bindings) and Apache over HTTPS.
+//! Tests marked `#[ignore = "crate bug: ..."]` describe bugs found on the way.
 
 mod support;
 
-use tower_auth::ntlm::WindowsAuth;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_auth::connect::{Proxies, Proxy, ProxyConnector};
+use tower_auth::ntlm::{ConnectAuth, Credentials, Mechanism, WindowsAuth};
 
-use support::https::fetch;
+use support::https::{Origin, fetch};
 use support::peers::{self, Kerberos};
 use support::windows::{Win, send_full as send};
 
@@ -188,4 +201,455 @@ async fn clock_skew_is_a_typed_error() {
     let client: Win = WindowsAuth::negotiate(USER, PASS).kdc(&kdc).build().unwrap();
     let err = send(&client, "GET", &url, "").await.unwrap_err();
     assert!(err.legs() <= tower_auth::ntlm::MAX_LEGS, "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Negotiate (Kerberos) to a proxy: Squid with negotiate_kerberos_auth and the HTTP/localhost
+// keytab, addressed as http://localhost:PORT (kerberos.sh).
+
+const UPN: &str = "alice@TOWERAUTH.TEST";
+
+fn via_squid(p: &Kerberos) -> tower_auth::ntlm::WindowsAuthBuilder {
+    WindowsAuth::builder()
+        .proxies(Proxies::all(Proxy::parse(&p.proxy_url).unwrap()))
+        .proxy_auth(Mechanism::Negotiate, Credentials::new(UPN, PASS))
+        .kdc(&p.kdc)
+        .kerberos_only()
+}
+
+/// Squid's access log (`DIR/squid/logs/access.log`): its lines, for counting what it saw.
+fn squid_log(p: &Kerberos) -> String {
+    let log = std::path::Path::new(&p.krb5_config).with_file_name("squid/logs/access.log");
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn kerberos_to_squid_for_plain_http() {
+    let Some(p) = peer() else { return };
+    // The target is Apache (http://localhost:PORT/health, no authentication of its own).
+    let url = format!("{}/health", p.url);
+    // Squid's log lines of this test's requests (the log lives as long as the peer: a peer started
+    // by hand has earlier runs' lines; another test's refused request for the same URL is logged
+    // without a user).
+    let needle = format!(" {url} {UPN} ");
+    let before = squid_lines(p, &needle, 0).await.len();
+    let client: Win = via_squid(p).build().unwrap();
+    for _ in 0..3 {
+        let (status, headers, body) = send(&client, "GET", &url, "").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert!(headers.get("via").is_some_and(|v| v.to_str().unwrap().contains("squid")), "{headers:?}");
+        // Squid 5.7 sends no final token (neither Proxy-Authenticate nor the
+        // Proxy-Authentication-Info its source has for one), though its helper returns the AP-REP:
+        // nothing to verify.
+        assert!(!headers.contains_key("proxy-authenticate"), "{headers:?}");
+        assert!(!headers.contains_key("proxy-authentication-info"), "{headers:?}");
+    }
+    // kerberos_only: a ticket for HTTP/localhost from the KDC, else a typed error (no NTLM);
+    // negotiate_kerberos_auth accepts nothing but Kerberos, and Squid logs the user.
+    let s = client.stats();
+    eprintln!("Negotiate (Kerberos) to Squid, 3 plain-http GETs: {s:?}");
+    // The AP-REQ goes on the first request (no 407 first), Squid answers 200 and keeps the
+    // connection authenticated: the other two go on it without a token. One round trip each.
+    // Squid's 200 has no final token, so the client counts no completed handshake (it takes an
+    // answer without one for a resource that needed no authentication) but still reuses the
+    // connection.
+    assert_eq!((s.connections, s.round_trips, s.reused, s.failed_handshakes), (1, 3, 2, 0), "{s:?}");
+    assert_eq!(s.handshakes, 0, "{s:?}");
+    let gets: Vec<String> = squid_lines(p, &needle, before + 3).await.split_off(before);
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    assert!(gets.iter().all(|l| l.contains("TCP_MISS/200")), "{gets:?}");
+}
+
+/// The lines of [`squid_log`] that contain `needle`, once there are `n`, or after 5 s (Squid
+/// logs a tunnel when it closes).
+async fn squid_lines(p: &Kerberos, needle: &str, n: usize) -> Vec<String> {
+    let lines = || squid_log(p).lines().filter(|l| l.contains(needle)).map(str::to_owned).collect::<Vec<_>>();
+    for _ in 0..50 {
+        if lines().len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    lines()
+}
+
+/// The variable that tells a re-run of this test binary that it is the child of
+/// [`with_krb5_config`].
+const CHILD_VAR: &str = "TOWER_AUTH_KERBEROS_TEST_CHILD";
+
+/// `ConnectAuth` has no KDC setting (`WindowsAuthBuilder::kdc` is not passed to the `ConnectAuth`
+/// that `proxy_auth` sets either): `sspi` finds the KDC in the realm's `krb5.conf` through
+/// `KRB5_CONFIG`, which a test cannot set in its own process (the crate forbids unsafe code,
+/// `std::env::set_var` is unsafe). So the test runs again as a child process of this test binary
+/// with `KRB5_CONFIG` set: true in that child (run the test's body), false in the parent (which
+/// has checked that the child ran the test and passed).
+fn with_krb5_config(p: &Kerberos, test: &str) -> bool {
+    if std::env::var_os(CHILD_VAR).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, "1")
+        .env("KRB5_CONFIG", &p.krb5_config)
+        .envs(peers::KERBEROS_VARS.iter().zip([
+            &p.url,
+            &p.kdc,
+            &p.krb5_config,
+            &p.proxy_url,
+            &p.https_url,
+            &p.https_badcbt_url,
+            &p.ca,
+        ]))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprint!("{stderr}");
+    assert!(out.status.success() && stdout.contains("1 passed"), "the child failed:\n{stdout}\n{stderr}");
+    false
+}
+
+#[tokio::test]
+async fn kerberos_on_connect_through_squid() {
+    let Some(p) = peer() else { return };
+    let tunnels = || {
+        let log = squid_log(p);
+        log.lines()
+            .filter(|l| l.contains("TCP_TUNNEL/200 ") && l.contains(" CONNECT localhost:") && l.contains(UPN))
+            .count()
+    };
+    let before = tunnels();
+    if !with_krb5_config(p, "kerberos_on_connect_through_squid") {
+        // The child has exited, its tunnels are closed: Squid has logged them, with the user.
+        for _ in 0..50 {
+            if tunnels() >= before + 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(tunnels() >= before + 2, "{}", squid_log(p));
+        return;
+    }
+    let origin = Origin::local().await;
+    // The origin as https://localhost:PORT/ (see kerberos_connect_spn_is_the_proxys_host).
+    let url = origin.url().replace("127.0.0.1", "localhost");
+    // WindowsAuth: the ConnectAuth that proxy_auth sets answers Squid's 407 on the CONNECT.
+    let client: Win = via_squid(p).tls(origin.tls()).build().unwrap();
+    for _ in 0..3 {
+        let (status, _, body) = send(&client, "GET", &url, "").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("HTTP/1.1 authorization=-"), "{body}");
+    }
+    let s = client.stats();
+    eprintln!(
+        "WindowsAuth, CONNECT with Negotiate (Kerberos) to Squid: {} exchanges, {s:?}",
+        client.connect_exchanges()
+    );
+    // One tunnel, kept: the CONNECT carried the AP-REQ at once (one exchange, no 407).
+    assert_eq!(client.connect_exchanges(), 1);
+    assert_eq!((s.connections, s.round_trips), (1, 3), "{s:?}");
+    origin.assert_no_leak();
+    // ProxyConnector with ConnectAuth, under hyper's pooling client.
+    let proxy =
+        Proxy::parse(&p.proxy_url).unwrap().auth(ConnectAuth::new(Mechanism::Negotiate, Credentials::new(UPN, PASS)));
+    let connector = ProxyConnector::new(Proxies::all(proxy));
+    let https =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(origin.tls().https(connector.clone()).unwrap());
+    let res = https.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    eprintln!("ProxyConnector + ConnectAuth(Negotiate): {} exchanges", connector.connect_exchanges());
+    assert_eq!(connector.connect_exchanges(), 1);
+    origin.assert_no_leak();
+}
+
+#[tokio::test]
+async fn kerberos_to_squid_wrong_password_or_ntlm_is_a_typed_error_no_loop() {
+    let Some(p) = peer() else { return };
+    if !with_krb5_config(p, "kerberos_to_squid_wrong_password_or_ntlm_is_a_typed_error_no_loop") {
+        return;
+    }
+    let url = format!("{}/health", p.url);
+    // Plain http: the KDC refuses the password (pre-authentication): no ticket, a typed error.
+    let client: Win = WindowsAuth::builder()
+        .proxies(Proxies::all(Proxy::parse(&p.proxy_url).unwrap()))
+        .proxy_auth(Mechanism::Negotiate, Credentials::new(UPN, "wrong-pass-42"))
+        .kdc(&p.kdc)
+        .kerberos_only()
+        .build()
+        .unwrap();
+    let err = send(&client, "GET", &url, "").await.unwrap_err();
+    assert!(err.is_credentials(), "{err:?}");
+    assert!(!format!("{err}{err:?}").contains("wrong-pass-42"));
+    let s = client.stats();
+    eprintln!("wrong password to Squid (plain http): {err}; {s:?}");
+    // The KDC refused before anything went to the proxy: no request sent.
+    assert_eq!((s.round_trips, s.handshakes, s.failed_handshakes), (0, 0, 1), "{s:?}");
+    // Without kerberos_only, and no KDC: NTLM inside SPNEGO, which negotiate_kerberos_auth refuses.
+    let client: Win = WindowsAuth::builder()
+        .proxies(Proxies::all(Proxy::parse(&p.proxy_url).unwrap()))
+        .proxy_auth(Mechanism::Negotiate, Credentials::new(USER, PASS))
+        .kdc("tcp://127.0.0.1:9")
+        .build()
+        .unwrap();
+    let err = send(&client, "GET", &url, "").await.unwrap_err();
+    let s = client.stats();
+    eprintln!("NTLM inside SPNEGO to Squid: {err}; {s:?}");
+    // One leg (the NTLM negotiate message in SPNEGO), refused with a bare 407: no second try.
+    assert_eq!(err.legs(), 1, "{err:?}");
+    assert_eq!((s.round_trips, s.handshakes, s.failed_handshakes), (1, 0, 1), "{s:?}");
+    assert_eq!(err.status(), Some(http::StatusCode::PROXY_AUTHENTICATION_REQUIRED), "{err:?}");
+    // CONNECT with a wrong password: ConnectAuth gets no ticket (sspi's KDC from KRB5_CONFIG).
+    let origin = Origin::local().await;
+    let https_url = origin.url().replace("127.0.0.1", "localhost");
+    let proxy = Proxy::parse(&p.proxy_url)
+        .unwrap()
+        .auth(ConnectAuth::new(Mechanism::Negotiate, Credentials::new(UPN, "wrong-pass-42")));
+    let connector = ProxyConnector::new(Proxies::all(proxy));
+    let https =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(origin.tls().https(connector.clone()).unwrap());
+    let err = https.get(https_url.parse().unwrap()).await.unwrap_err();
+    let proxy_err = tower_auth::connect::ProxyError::find(&err).unwrap_or_else(|| panic!("{err:?}"));
+    eprintln!("CONNECT, wrong password: {proxy_err}; {} exchanges", connector.connect_exchanges());
+    assert!(!format!("{err:?}").contains("wrong-pass-42"));
+    // No ticket, so no CONNECT sent at all.
+    assert_eq!(connector.connect_exchanges(), 0);
+    origin.assert_no_leak();
+}
+
+// curl runs while the origin's task answers: more than the current thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_proxy_negotiate_cross_check() {
+    let Some(p) = peer() else { return };
+    let Some(curl) = peers::curl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ccache = format!("FILE:{}/cc", dir.path().display());
+    kinit(p, &ccache);
+    let target = format!("{}/health", p.url.replace("localhost", "127.0.0.1"));
+    let run = |extra: &[&str], url: &str| {
+        let out = std::process::Command::new(&curl)
+            .args(["-sS", "-v", "--max-time", "10", "--proxy-negotiate", "-U", ":", "--proxy", &p.proxy_url])
+            .args(extra)
+            .arg(url)
+            .env("KRB5_CONFIG", &p.krb5_config)
+            .env("KRB5CCNAME", &ccache)
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (body, verbose) = run(&[], &target);
+    assert_eq!(body, "ok\n", "{verbose}");
+    // What Squid answers on success: no final Negotiate token (no mutual authentication token).
+    let answer: Vec<&str> = verbose.lines().filter(|l| l.starts_with("< ")).collect();
+    eprintln!("Squid's answer to a plain GET with Negotiate:\n{}", answer.join("\n"));
+    assert!(answer[0].starts_with("< HTTP/1.1 200"), "{verbose}");
+    assert!(!answer.iter().any(|l| l.to_ascii_lowercase().starts_with("< proxy-authenticat")), "{verbose}");
+    // CONNECT to an HTTPS origin.
+    let origin = Origin::local().await;
+    let (body, verbose) = run(&["--cacert", origin.ca()], &origin.url().replace("127.0.0.1", "localhost"));
+    assert!(body.ends_with(" authorization=-"), "{body} {verbose}");
+    let connect: Vec<&str> = verbose
+        .lines()
+        .skip_while(|l| !l.starts_with("> CONNECT "))
+        .take_while(|l| !l.contains("CONNECT phase completed"))
+        .collect();
+    // (The AP-REQ is a credential: not printed.)
+    let shown: Vec<&str> = connect
+        .iter()
+        .map(|l| if l.starts_with("> Proxy-Authorization:") { "> Proxy-Authorization: [redacted]" } else { l })
+        .collect();
+    eprintln!("curl's CONNECT and Squid's answer:\n{}", shown.join("\n").replace('\r', ""));
+    assert!(connect.iter().any(|l| l.starts_with("< HTTP/1.1 200")), "{verbose}");
+    assert!(!connect.iter().any(|l| l.to_ascii_lowercase().starts_with("< proxy-authenticat")), "{verbose}");
+    origin.assert_no_leak();
+}
+
+/// `kinit alice` into `ccache` with the realm's krb5.conf (Debian krb5-user).
+fn kinit(p: &Kerberos, ccache: &str) {
+    let mut kinit = std::process::Command::new("kinit")
+        .arg(UPN)
+        .env("KRB5_CONFIG", &p.krb5_config)
+        .env("KRB5CCNAME", ccache)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("kinit (krb5-user)");
+    use std::io::Write as _;
+    writeln!(kinit.stdin.take().unwrap(), "{PASS}").unwrap();
+    assert!(kinit.wait().unwrap().success());
+}
+
+// Crate bug: the SPN for the proxy is `HTTP/<target host>` (src/ntlm/client.rs passes
+// `route.host`, the origin's host, to `SecContext::new` for `Side::Proxy` too; `ConnectAuth`
+// takes `req.uri().host()`, the CONNECT's target). It must be the proxy's host.
+#[tokio::test]
+#[ignore = "crate bug: the proxy's Kerberos ticket is asked for HTTP/<target host>, not HTTP/<proxy host>"]
+async fn kerberos_proxy_spn_is_the_proxys_host_plain_http() {
+    let Some(p) = peer() else { return };
+    // The proxy is http://localhost:PORT (HTTP/localhost); the target is named by its address.
+    // Today the ticket is asked for HTTP/127.0.0.1: the KDC answers "server not found in Kerberos
+    // database" (a Credentials error before anything is sent).
+    let url = format!("{}/health", p.url.replace("localhost", "127.0.0.1"));
+    let client: Win = via_squid(p).build().unwrap();
+    let res = send(&client, "GET", &url, "").await;
+    assert_eq!(res.as_ref().map(|r| r.0).map_err(|e| format!("{e:?}")), Ok(200), "{res:?}");
+}
+
+#[tokio::test]
+#[ignore = "crate bug: ConnectAuth asks for a ticket for HTTP/<CONNECT target host>, not HTTP/<proxy host>"]
+async fn kerberos_proxy_spn_is_the_proxys_host_on_connect() {
+    let Some(p) = peer() else { return };
+    if !with_krb5_config(p, "kerberos_proxy_spn_is_the_proxys_host_on_connect") {
+        return;
+    }
+    // https://127.0.0.1:PORT through http://localhost:PORT: the ticket must be for
+    // HTTP/localhost.
+    let origin = Origin::local().await;
+    let client: Win = via_squid(p).tls(origin.tls()).build().unwrap();
+    let res = send(&client, "GET", &origin.url(), "").await;
+    assert_eq!(res.as_ref().map(|r| r.0).map_err(|e| format!("{e:?}")), Ok(200), "{res:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kerberos channel binding over HTTPS: MIT's acceptor (tests/peers/kerberos_cbt.py) given the
+// RFC 5929 tls-server-end-point bindings of its certificate, refusing a context that is not
+// channel-bound (MIT accepts an initiator that sent no bindings otherwise).
+
+fn tls_for(p: &Kerberos) -> tower_auth::connect::tls::TlsConfig {
+    let pem = std::fs::read(&p.ca).unwrap();
+    tower_auth::connect::tls::TlsConfig::new().roots(tower_auth::connect::tls::Roots::None).add_ca_pem(&pem).unwrap()
+}
+
+/// The CBT peer's counters (`/stats`, no authentication).
+async fn cbt_stats(p: &Kerberos) -> serde_json::Value {
+    let client: Win = WindowsAuth::negotiate(UPN, PASS).tls(tls_for(p)).build().unwrap();
+    let (status, _, body) = send(&client, "GET", &format!("{}/stats", p.https_url), "").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+// Crate bug (in sspi 0.23.1, which the crate hands the bindings to): with channel bindings, the
+// Kerberos authenticator carries the MS-KILE AP-options authorization data (ad-type 143,
+// KERB_AP_OPTIONS_CBT = 0x4000) as the 2 bytes `40 00` (picky-krb 0.13's constant), where MIT
+// (src/lib/gssapi/krb5/accept_sec_context.c, check_cbt) reads a 32-bit little-endian flags value,
+// `00 40 00 00`, as MS-KILE (3.2.5.8) defines it. MIT krb5 >= 1.19 refuses an ap-options
+// element whose length is not 4 with KRB5KRB_AP_ERR_MSG_TYPE ("Invalid message type"), whatever
+// bindings the acceptor passes: Negotiate with Kerberos over HTTPS fails against every MIT
+// acceptor (mod_auth_gssapi over TLS too, see kerberos_over_https_to_mod_auth_gssapi).
+#[tokio::test]
+#[ignore = "crate bug: sspi sends KERB_AP_OPTIONS_CBT as 2 bytes; MIT refuses the AP-REQ (Invalid message type)"]
+async fn kerberos_over_https_with_channel_binding_required() {
+    let Some(p) = peer() else { return };
+    let before = cbt_stats(p).await;
+    let client: Win = WindowsAuth::negotiate(UPN, PASS).kdc(&p.kdc).kerberos_only().tls(tls_for(p)).build().unwrap();
+    let url = format!("{}/cbt", p.https_url);
+    let (status, headers, body) = send(&client, "POST", &url, "over tls").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello cbt user=alice@TOWERAUTH.TEST len=8\n"), "{headers:?}");
+    // The acceptor's final token (SPNEGO accept-completed with the AP-REP) came with the 200.
+    assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Negotiate "), "{headers:?}");
+    let (status, _, _) = send(&client, "GET", &url, "").await.unwrap();
+    assert_eq!(status, 200);
+    let s = client.stats();
+    eprintln!("Kerberos over HTTPS with channel binding required: {s:?}");
+    assert_eq!((s.connections, s.handshakes, s.round_trips, s.reused), (1, 1, 2, 1), "{s:?}");
+    // The server accepted a channel-bound context (it refuses one that is not: a client that
+    // stopped sending bindings fails here, as curl does in
+    // curl_negotiate_without_channel_binding_is_refused_over_https).
+    let after = cbt_stats(p).await;
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(delta("not_channel_bound"), 0, "{before} {after}");
+
+    // Another certificate's binding: refused for the bindings (GSS_S_BAD_BINDINGS), not for their
+    // absence.
+    let client: Win = WindowsAuth::negotiate(UPN, PASS).kdc(&p.kdc).kerberos_only().tls(tls_for(p)).build().unwrap();
+    let err = send(&client, "GET", &format!("{}/cbt", p.https_badcbt_url), "").await.unwrap_err();
+    assert!(err.is_rejected(), "{err:?}");
+    let last = cbt_stats(p).await;
+    assert_eq!(last["bad_bindings"].as_u64().unwrap() - after["bad_bindings"].as_u64().unwrap(), 1, "{last}");
+}
+
+#[tokio::test]
+async fn kerberos_channel_binding_of_another_certificate_is_refused_no_loop() {
+    let Some(p) = peer() else { return };
+    // A server expecting another certificate's binding (a TLS-intercepting box in between): a
+    // typed rejection (401) after the one leg, no loop, the connection closed. (Today MIT refuses
+    // the AP-REQ for its AP-options element before looking at the bindings; see the bug above.)
+    let client: Win = WindowsAuth::negotiate(UPN, PASS).kdc(&p.kdc).kerberos_only().tls(tls_for(p)).build().unwrap();
+    let err = send(&client, "GET", &format!("{}/cbt", p.https_badcbt_url), "").await.unwrap_err();
+    let s = client.stats();
+    eprintln!("Kerberos to a server expecting another certificate's binding: {err}; {s:?}");
+    assert!(err.is_rejected(), "{err:?}");
+    assert_eq!((err.status(), err.legs()), (Some(http::StatusCode::UNAUTHORIZED), 1), "{err:?}");
+    assert_eq!((s.round_trips, s.failed_handshakes, s.handshakes), (1, 1, 0), "{s:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(client.idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn curl_negotiate_without_channel_binding_is_refused_over_https() {
+    let Some(p) = peer() else { return };
+    let Some(curl) = peers::curl() else { return };
+    // curl (GSSAPI, MIT) sends no channel bindings: MIT's acceptor would accept its context, the
+    // peer refuses it as not channel-bound. That is what makes the crate's test above fail if
+    // the crate stopped sending bindings.
+    let dir = tempfile::tempdir().unwrap();
+    let ccache = format!("FILE:{}/cc", dir.path().display());
+    kinit(p, &ccache);
+    let out = std::process::Command::new(curl)
+        .args(["-sS", "-i", "--max-time", "10", "--cacert", &p.ca, "--negotiate", "-u", ":"])
+        .arg(format!("{}/curl", p.https_url))
+        .env("KRB5_CONFIG", &p.krb5_config)
+        .env("KRB5CCNAME", &ccache)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.contains("x-refused: not-channel-bound"), "{text}");
+    assert!(text.ends_with("refused: not-channel-bound\n"), "{text}");
+}
+
+/// Apache's HTTPS port (mod_ssl, the same `/negotiate/`), from `DIR/ports` ("https PORT").
+fn apache_https_url(p: &Kerberos) -> Option<String> {
+    let ports =
+        std::fs::read_to_string(std::path::Path::new(&p.krb5_config).with_file_name("ports")).unwrap_or_default();
+    let port = ports.lines().find_map(|l| l.strip_prefix("https "));
+    if port.is_none() {
+        let reason = "the Kerberos peer has no HTTPS port (an older tests/peers/kerberos.sh?)";
+        assert!(std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false" || v == "0"), "{reason}");
+        eprintln!("SKIPPED: {reason}");
+    }
+    port.map(|port| format!("https://localhost:{port}"))
+}
+
+// The sspi bug above, against the most common MIT acceptor: Apache with mod_auth_gssapi over TLS
+// passes no channel bindings, yet MIT's check_cbt refuses the 2-byte AP-options element of the
+// AP-REQ that the crate sends over HTTPS (the error log has "Invalid message type"). curl (MIT,
+// no bindings) gets in: curl_negotiate_over_https_to_mod_auth_gssapi.
+#[tokio::test]
+#[ignore = "crate bug: sspi sends KERB_AP_OPTIONS_CBT as 2 bytes; MIT refuses every AP-REQ sent over HTTPS"]
+async fn kerberos_over_https_to_mod_auth_gssapi() {
+    let Some(p) = peer() else { return };
+    let Some(base) = apache_https_url(p) else { return };
+    let client: Win = WindowsAuth::negotiate(UPN, PASS).kdc(&p.kdc).kerberos_only().tls(tls_for(p)).build().unwrap();
+    let res = send(&client, "GET", &format!("{base}/negotiate/hello.txt"), "").await;
+    let (status, headers, body) = res.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((status, body.as_str()), (200, "hello kerberos\n"));
+    assert_eq!(headers["x-remote-user"], UPN);
+    let s = client.stats();
+    assert_eq!((s.connections, s.handshakes, s.round_trips), (1, 1, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn curl_negotiate_over_https_to_mod_auth_gssapi() {
+    let Some(p) = peer() else { return };
+    let Some(base) = apache_https_url(p) else { return };
+    let Some(curl) = peers::curl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ccache = format!("FILE:{}/cc", dir.path().display());
+    kinit(p, &ccache);
+    let out = std::process::Command::new(curl)
+        .args(["-sS", "--max-time", "10", "--cacert", &p.ca, "--negotiate", "-u", ":"])
+        .arg(format!("{base}/negotiate/hello.txt"))
+        .env("KRB5_CONFIG", &p.krb5_config)
+        .env("KRB5CCNAME", &ccache)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello kerberos\n", "{}", String::from_utf8_lossy(&out.stderr));
 }

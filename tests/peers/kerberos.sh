@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
 # Kerberos peer for tower-auth's integration tests: MIT Kerberos (Debian krb5-kdc, krb5-user;
-# krb5-admin-server's kadmin.local) with a realm made at start-up, and Apache httpd with
-# mod_auth_gssapi (Debian libapache2-mod-auth-gssapi) protecting /negotiate/ with Negotiate.
-# Everything in DIR, on 127.0.0.1, nothing from /etc/krb5.conf or /etc/apache2 is read.
+# krb5-admin-server's kadmin.local) with a realm made at start-up, Apache httpd with
+# mod_auth_gssapi (Debian libapache2-mod-auth-gssapi) protecting /negotiate/ with Negotiate, and
+# a Squid forward proxy (Debian squid) asking for Negotiate proxy auth, checked by its
+# negotiate_kerberos_auth helper with the same HTTP/localhost keytab.
+# Everything in DIR, on 127.0.0.1, nothing from /etc/krb5.conf, /etc/apache2 or /etc/squid is
+# read.
 #
 # Realm TOWERAUTH.TEST; principals alice@TOWERAUTH.TEST (password Passw0rd!, also in
 # DIR/alice.keytab) and HTTP/localhost@TOWERAUTH.TEST (DIR/http.keytab, Apache's). The KDC
 # listens on TCP and UDP 127.0.0.1:KDC_PORT; Apache on 127.0.0.1:PORT serves
 #   /health                 200 "ok", no authentication
 #   /negotiate/hello.txt    Negotiate (krb5 only), 200 "hello kerberos", X-Remote-User header
+# and the same over HTTPS on 127.0.0.1:HTTPS_PORT (mod_ssl; DIR/ports: "https PORT"; certificate
+# for localhost signed by DIR/ca.pem; mod_auth_gssapi passes no channel bindings),
+# and Squid on 127.0.0.1:SQUID_PORT (addressed as http://localhost:SQUID_PORT: its service
+# principal is HTTP/localhost too) wants `Proxy-Authorization: Negotiate` (Kerberos only; an NTLM
+# token inside SPNEGO is refused) for plain requests and CONNECT, to 127.0.0.1 (or localhost)
+# only, any port; no cache; logs in DIR/squid/logs (access.log: user and status of each request).
+# And tests/peers/kerberos_cbt.py (Debian python3-gssapi: MIT's acceptor, with the same keytab)
+# serves Negotiate over HTTPS with channel binding required (RFC 5929 tls-server-end-point; a
+# context that is not channel-bound is refused too) on https://localhost:HTTPS_PORT, and the same
+# expecting another certificate's binding on https://localhost:BADCBT_PORT (mod_auth_gssapi 1.6.4
+# cannot check channel bindings); its certificate (CN and SAN localhost) is signed by DIR/ca.pem.
 #
 #   tests/peers/kerberos.sh start DIR   start (or reuse) the peer, print
 #                                       TOWER_AUTH_KERBEROS_URL=http://localhost:PORT
 #                                       TOWER_AUTH_KERBEROS_KDC=tcp://127.0.0.1:KDC_PORT
 #                                       TOWER_AUTH_KERBEROS_KRB5_CONFIG=DIR/krb5.conf
+#                                       TOWER_AUTH_KERBEROS_PROXY_URL=http://localhost:SQUID_PORT
+#                                       TOWER_AUTH_KERBEROS_HTTPS_URL=https://localhost:HTTPS_PORT
+#                                       TOWER_AUTH_KERBEROS_HTTPS_BADCBT_URL=https://localhost:BADCBT_PORT
+#                                       TOWER_AUTH_KERBEROS_CA=DIR/ca.pem
 #   tests/peers/kerberos.sh stop DIR    stop it (idempotent)
 #   tests/peers/kerberos.sh acquire|release|release-on-eof DIR PID   as tests/peers/apache.sh
 #
@@ -30,7 +48,9 @@ readonly REALM=TOWERAUTH.TEST
 readonly USER_PASS='Passw0rd!'
 readonly APACHE_BIN=/usr/sbin/apache2
 readonly MODULES=/usr/lib/apache2/modules
-readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2"
+readonly SQUID_BIN=/usr/sbin/squid
+readonly SQUID_HELPER=/usr/lib/squid/negotiate_kerberos_auth
+readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2 squid python3-gssapi openssl"
 
 # die, say, usage, alive, lock_dir, live_users and the reference-counted commands (peer_main).
 # shellcheck source=tests/peers/refcount.sh
@@ -38,7 +58,8 @@ readonly INSTALL_HINT="apt-get install krb5-kdc krb5-admin-server krb5-user liba
 peer_args "$@"
 mkdir -p "$2"
 DIR=$(cd "$2" && pwd -P)
-SCRIPT_MD5=$(md5sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCRIPT_MD5=$(cat "${BASH_SOURCE[0]}" "$HERE/kerberos_cbt.py" | md5sum | cut -d' ' -f1)
 export KRB5_CONFIG=$DIR/krb5.conf KRB5_KDC_PROFILE=$DIR/kdc.conf
 
 pid_of() { # $1 pid file
@@ -51,20 +72,35 @@ pid_of() { # $1 pid file
 }
 
 healthy() {
-    local port
+    local port squid
     [ -s "$DIR/ports" ] || return 1
     pid_of "$DIR/run/kdc.pid" >/dev/null || return 1
     pid_of "$DIR/run/httpd.pid" >/dev/null || return 1
+    pid_of "$DIR/squid/run/squid.pid" >/dev/null || return 1
+    pid_of "$DIR/run/cbt.pid" >/dev/null || return 1
+    [ -s "$DIR/cbt-ports" ] || return 1
     port=$(awk '$1 == "http" { print $2 }' "$DIR/ports")
-    /usr/bin/python3 - "$port" <<'EOF' 2>/dev/null
-import sys, urllib.request
+    squid=$(awk '$1 == "squid" { print $2 }' "$DIR/ports")
+    /usr/bin/python3 - "$port" "$squid" "$DIR/cbt-ports" <<'EOF' 2>/dev/null
+import http.client, ssl, sys, urllib.request
 urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=5).read()
+# Squid: an unauthenticated CONNECT is answered 407 Negotiate.
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[2]), timeout=5)
+c.request("CONNECT", "127.0.0.1:9", headers={"Host": "127.0.0.1:9"})
+r = c.getresponse()
+assert r.status == 407 and r.getheader("Proxy-Authenticate", "").startswith("Negotiate"), r.status
+# kerberos_cbt.py: both HTTPS ports.
+for line in open(sys.argv[3]):
+    port = int(line.split()[1])
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ssl._create_unverified_context())
+    c.request("GET", "/health")
+    assert c.getresponse().status == 200
 EOF
 }
 
 stop_instance() {
     local pid i f
-    for f in "$DIR/run/httpd.pid" "$DIR/run/kdc.pid" "$DIR/run/kdc-skewed.pid"; do
+    for f in "$DIR/run/cbt.pid" "$DIR/squid/run/squid.pid" "$DIR/run/httpd.pid" "$DIR/run/kdc.pid" "$DIR/run/kdc-skewed.pid"; do
         if pid=$(pid_of "$f"); then
             printf 'kerberos.sh: stopping pid %s (%s)\n' "$pid" "$(basename "$f")" >&2
             kill -TERM "$pid" 2>/dev/null || true
@@ -81,14 +117,14 @@ stop_instance() {
         case $f in /tmp/tower-auth-kerberos.*) rm -rf -- "$f" ;; esac
         rm -f "$DIR/pub-dir"
     fi
-    rm -f "$DIR/env" "$DIR/ports" "$DIR/script.md5" "$DIR/run/tests-own"
+    rm -f "$DIR/env" "$DIR/ports" "$DIR/cbt-ports" "$DIR/script.md5" "$DIR/run/tests-own"
 }
 
 free_ports() {
     /usr/bin/python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(5):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -144,8 +180,8 @@ EOF
     [ -s "$DIR/http.keytab" ] || die "no keytab made (see $DIR/logs/kadmin.log)"
 }
 
-write_apache() { # $1 http port
-    local port=$1 user_lines="" pub=$DIR
+write_apache() { # $1 http port, $2 https port
+    local port=$1 tls_port=$2 user_lines="" pub=$DIR
     mkdir -p "$DIR/www/negotiate" "$DIR/run" "$DIR/logs"
     printf 'ok\n' >"$DIR/www/health"
     printf 'hello kerberos\n' >"$DIR/www/negotiate/hello.txt"
@@ -187,7 +223,10 @@ LoadModule authz_user_module  $MODULES/mod_authz_user.so
 LoadModule authn_core_module  $MODULES/mod_authn_core.so
 LoadModule headers_module     $MODULES/mod_headers.so
 LoadModule auth_gssapi_module $MODULES/mod_auth_gssapi.so
+LoadModule socache_shmcb_module $MODULES/mod_socache_shmcb.so
+LoadModule ssl_module         $MODULES/mod_ssl.so
 Listen 127.0.0.1:$port
+Listen 127.0.0.1:$tls_port
 KeepAlive On
 MaxKeepAliveRequests 1000
 DocumentRoot "$pub/www"
@@ -204,11 +243,76 @@ DocumentRoot "$pub/www"
     Require valid-user
     Header always set X-Remote-User "expr=%{REMOTE_USER}"
 </Location>
+# The same over HTTPS (mod_auth_gssapi 1.6.4 passes no channel bindings: it has no directive for
+# them).
+SSLSessionCache "shmcb:$DIR/run/ssl_scache(512000)"
+<VirtualHost 127.0.0.1:$tls_port>
+    SSLEngine on
+    SSLCertificateFile "$DIR/tls.pem"
+    SSLCertificateKeyFile "$DIR/tls.key"
+</VirtualHost>
 EOF
 }
 
+write_squid() { # $1 port
+    local port=$1 d=$DIR/squid
+    rm -rf "$d" && mkdir -p "$d/logs" "$d/run"
+    # The helper runs as Squid's user (`proxy` when started as root): its own copies of the
+    # keytab and krb5.conf, in a directory it owns.
+    cp "$DIR/http.keytab" "$DIR/krb5.conf" "$d/"
+    cat >"$d/squid.conf" <<EOF
+# Generated by tests/peers/kerberos.sh on every start; edit that script instead.
+http_port 127.0.0.1:$port
+pid_filename $d/run/squid.pid
+access_log stdio:$d/logs/access.log
+cache_log $d/logs/cache.log
+cache_store_log none
+coredump_dir $d/run
+netdb_filename none
+pinger_enable off
+cache deny all
+cache_mem 8 MB
+logfile_rotate 0
+shutdown_lifetime 1 seconds
+visible_hostname localhost
+# -s: the keytab's principal; -t none: no replay cache (the tests send many AP-REQs a second).
+auth_param negotiate program $SQUID_HELPER -s HTTP/localhost@$REALM -k $d/http.keytab -t none
+auth_param negotiate children 4
+auth_param negotiate keep_alive on
+acl local_dst dst 127.0.0.1/32 ::1
+acl authed proxy_auth REQUIRED
+http_access deny !local_dst
+http_access allow authed
+http_access deny all
+EOF
+    chmod 0644 "$d/squid.conf" "$d/krb5.conf"
+    chmod 0600 "$d/http.keytab"
+    if [ "$(id -u)" = 0 ]; then
+        printf 'cache_effective_user proxy\n' >>"$d/squid.conf"
+        chown -R proxy:proxy "$d"
+        chmod 0755 "$DIR"
+    fi
+}
+
+make_certificates() {
+    # A CA and a certificate for localhost signed by it (rustls refuses a self-signed CA as the
+    # server's certificate), SHA-256 (the binding hashes the certificate with SHA-256).
+    [ -s "$DIR/ca.pem" ] && [ -s "$DIR/tls.pem" ] && [ -s "$DIR/tls.key" ] && return 0
+    (
+        set -e
+        cd "$DIR"
+        openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=tower-auth Kerberos peer CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -sha256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext
+        openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile tls.ext -out tls.pem
+    ) >"$DIR/logs/openssl.log" 2>&1 || die "openssl could not make the certificates (see $DIR/logs/openssl.log)"
+}
+
 do_start() {
-    local pid i kdc port
+    local pid i kdc port skewed squid tls_port
     STARTED=0
     if healthy && [ "$(cat "$DIR/script.md5" 2>/dev/null)" = "$SCRIPT_MD5" ]; then
         cat "$DIR/env"
@@ -220,7 +324,12 @@ do_start() {
     done
     [ -e "$MODULES/mod_auth_gssapi.so" ] || die "mod_auth_gssapi not found: $INSTALL_HINT"
     mkdir -p "$DIR/run" "$DIR/users" "$DIR/logs"
-    read -r kdc port skewed <<<"$(free_ports)"
+    for bin in "$SQUID_BIN" "$SQUID_HELPER"; do
+        [ -x "$bin" ] || die "$bin not found: $INSTALL_HINT"
+    done
+    /usr/bin/python3 -c 'import gssapi' 2>/dev/null || die "no python3-gssapi: $INSTALL_HINT"
+    command -v openssl >/dev/null || die "no openssl: $INSTALL_HINT"
+    read -r kdc port skewed squid tls_port <<<"$(free_ports)"
     make_realm "$kdc"
     setsid /usr/sbin/krb5kdc -n -P "$DIR/run/kdc.pid" </dev/null >>"$DIR/logs/krb5kdc.out" 2>&1 9>&- &
     pid=$!
@@ -238,12 +347,21 @@ do_start() {
             sleep 0.1
         done
     fi
-    write_apache "$port"
+    make_certificates
+    write_apache "$port" "$tls_port"
     "$APACHE_BIN" -t -f "$DIR/httpd.conf" >"$DIR/logs/configtest.log" 2>&1 ||
         die "Apache rejected its configuration (see $DIR/logs/configtest.log)"
     KRB5_CONFIG=$APACHE_KRB5_CONFIG "$APACHE_BIN" -f "$DIR/httpd.conf" -k start </dev/null >>"$DIR/logs/apache.out" 2>&1 9>&- ||
         die "Apache did not start (see $DIR/logs/)"
-    printf 'kdc %s\nhttp %s\n' "$kdc" "$port" >"$DIR/ports"
+    write_squid "$squid"
+    # The helper reads the realm's krb5.conf (KRB5_CONFIG, inherited); -k sets its keytab.
+    KRB5_CONFIG=$DIR/squid/krb5.conf "$SQUID_BIN" -f "$DIR/squid/squid.conf" </dev/null >"$DIR/squid/logs/start.log" 2>&1 9>&- ||
+        die "Squid did not start (see $DIR/squid/logs/)"
+    rm -f "$DIR/cbt-ports"
+    KRB5_CONFIG=$DIR/krb5.conf setsid /usr/bin/python3 "$HERE/kerberos_cbt.py" --keytab "$DIR/http.keytab" \
+        --cert "$DIR/tls.pem" --key "$DIR/tls.key" --ports "$DIR/cbt-ports" </dev/null >>"$DIR/logs/cbt.log" 2>&1 9>&- &
+    printf '%s\n' "$!" >"$DIR/run/cbt.pid"
+    printf 'kdc %s\nhttp %s\nsquid %s\nhttps %s\n' "$kdc" "$port" "$squid" "$tls_port" >"$DIR/ports"
     [ -s "$DIR/run/kdc-skewed.pid" ] && printf 'skewed %s\n' "$skewed" >>"$DIR/ports"
     for i in $(seq 1 100); do
         healthy && break
@@ -254,6 +372,10 @@ do_start() {
         printf 'TOWER_AUTH_KERBEROS_URL=http://localhost:%s\n' "$port"
         printf 'TOWER_AUTH_KERBEROS_KDC=tcp://127.0.0.1:%s\n' "$kdc"
         printf 'TOWER_AUTH_KERBEROS_KRB5_CONFIG=%s\n' "$DIR/krb5.conf"
+        printf 'TOWER_AUTH_KERBEROS_PROXY_URL=http://localhost:%s\n' "$squid"
+        printf 'TOWER_AUTH_KERBEROS_HTTPS_URL=https://localhost:%s\n' "$(awk '$1 == "https" { print $2 }' "$DIR/cbt-ports")"
+        printf 'TOWER_AUTH_KERBEROS_HTTPS_BADCBT_URL=https://localhost:%s\n' "$(awk '$1 == "https_badcbt" { print $2 }' "$DIR/cbt-ports")"
+        printf 'TOWER_AUTH_KERBEROS_CA=%s\n' "$DIR/ca.pem"
     } >"$DIR/env"
     printf '%s\n' "$SCRIPT_MD5" >"$DIR/script.md5"
     STARTED=1

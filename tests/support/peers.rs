@@ -933,14 +933,23 @@ fn find_ntlm() -> Result<Ntlm, String> {
 }
 
 /// Env vars of the Kerberos peer: Apache's URL (`http://localhost:PORT`), the KDC
-/// (`tcp://127.0.0.1:PORT`) and the realm's `krb5.conf`.
+/// (`tcp://127.0.0.1:PORT`), the realm's `krb5.conf`, the Negotiate Squid's URL
+/// (`http://localhost:PORT`), the two channel-binding HTTPS URLs and their CA.
 #[allow(dead_code, unreachable_pub)]
-pub const KERBEROS_VARS: [&str; 3] =
-    ["TOWER_AUTH_KERBEROS_URL", "TOWER_AUTH_KERBEROS_KDC", "TOWER_AUTH_KERBEROS_KRB5_CONFIG"];
+pub const KERBEROS_VARS: [&str; 7] = [
+    "TOWER_AUTH_KERBEROS_URL",
+    "TOWER_AUTH_KERBEROS_KDC",
+    "TOWER_AUTH_KERBEROS_KRB5_CONFIG",
+    "TOWER_AUTH_KERBEROS_PROXY_URL",
+    "TOWER_AUTH_KERBEROS_HTTPS_URL",
+    "TOWER_AUTH_KERBEROS_HTTPS_BADCBT_URL",
+    "TOWER_AUTH_KERBEROS_CA",
+];
 
 /// The Kerberos peer (`tests/peers/kerberos.sh`): MIT Kerberos with the realm `TOWERAUTH.TEST`
-/// (user `alice`, password `Passw0rd!`) and Apache with mod_auth_gssapi protecting
-/// `/negotiate/`.
+/// (user `alice`, password `Passw0rd!`), Apache with mod_auth_gssapi protecting
+/// `/negotiate/`, Squid asking for Negotiate (Kerberos) proxy auth, and MIT's acceptor over HTTPS
+/// with channel binding required (`tests/peers/kerberos_cbt.py`).
 #[allow(dead_code, unreachable_pub)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kerberos {
@@ -950,9 +959,21 @@ pub struct Kerberos {
     pub kdc: String,
     /// The realm's `krb5.conf` (for `KRB5_CONFIG`).
     pub krb5_config: String,
+    /// Squid wanting `Proxy-Authorization: Negotiate` (Kerberos, `negotiate_kerberos_auth`),
+    /// `http://localhost:PORT` (its service principal is `HTTP/localhost`); forwards and tunnels
+    /// to 127.0.0.1 and localhost only.
+    pub proxy_url: String,
+    /// Negotiate (Kerberos) over HTTPS with channel binding required, `https://localhost:PORT`:
+    /// any path but `/health` answers `hello cbt user=U len=N`; a refusal is a `401` with the
+    /// reason in `X-Refused` (`bad-bindings`, `not-channel-bound`, `gss-error`).
+    pub https_url: String,
+    /// The same, expecting another certificate's binding: every channel-bound context fails.
+    pub https_badcbt_url: String,
+    /// The CA of both HTTPS certificates (PEM file).
+    pub ca: String,
 }
 
-/// The Kerberos peer: from the `TOWER_AUTH_KERBEROS_*` env vars if set (all three), otherwise
+/// The Kerberos peer: from the `TOWER_AUTH_KERBEROS_*` env vars if set (all seven), otherwise
 /// acquired (once per process) with `tests/peers/kerberos.sh acquire target/peers/kerberos PID`
 /// and released when the process exits, as [`apache`] does.
 ///
@@ -980,6 +1001,10 @@ fn parse_kerberos_env(text: &str) -> Result<Kerberos, String> {
         url: trim_url(&get(KERBEROS_VARS[0])?),
         kdc: get(KERBEROS_VARS[1])?,
         krb5_config: get(KERBEROS_VARS[2])?,
+        proxy_url: trim_url(&get(KERBEROS_VARS[3])?),
+        https_url: trim_url(&get(KERBEROS_VARS[4])?),
+        https_badcbt_url: trim_url(&get(KERBEROS_VARS[5])?),
+        ca: get(KERBEROS_VARS[6])?,
     })
 }
 
@@ -990,15 +1015,16 @@ fn find_kerberos() -> Result<Kerberos, String> {
         .filter_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| format!("{name}={v}")))
         .collect();
     match vars.len() {
-        3 => return parse_kerberos_env(&vars.join("\n")).map_err(|e| format!("Kerberos peer unavailable: {e}")),
-        1 | 2 => return Err(format!("Kerberos peer unavailable: set all of {KERBEROS_VARS:?} or none")),
+        7 => return parse_kerberos_env(&vars.join("\n")).map_err(|e| format!("Kerberos peer unavailable: {e}")),
+        1..=6 => return Err(format!("Kerberos peer unavailable: set all of {KERBEROS_VARS:?} or none")),
         _ => {}
     }
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = "tests/peers/kerberos.sh";
     let dir = "target/peers/kerberos";
     let fix = format!(
-        "to fix: `apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2`, then \
+        "to fix: `apt-get install krb5-kdc krb5-admin-server krb5-user libapache2-mod-auth-gssapi apache2 squid \
+         python3-gssapi openssl`, then \
          check `{script} start {dir}` by hand in {manifest}, or set {KERBEROS_VARS:?}",
         manifest = manifest_dir.display(),
     );
