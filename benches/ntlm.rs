@@ -163,7 +163,8 @@ fn start_server(rt: &tokio::runtime::Runtime) -> SocketAddr {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, Infallible>(answer(&req, &state)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -171,10 +172,7 @@ fn start_server(rt: &tokio::runtime::Runtime) -> SocketAddr {
     })
 }
 
-fn answer<T>(
-    req: &Request<T>,
-    state: &Mutex<(ntlm_acceptor::Acceptor, bool)>,
-) -> Response<Full<Bytes>> {
+fn answer<T>(req: &Request<T>, state: &Mutex<(ntlm_acceptor::Acceptor, bool)>) -> Response<Full<Bytes>> {
     let mut state = state.lock().unwrap();
     if req.uri().path() == "/open" || state.1 {
         return Response::new(Full::new(Bytes::from_static(b"ok")));

@@ -161,7 +161,12 @@ async fn server() -> (String, Arc<Seen>) {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let no = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-            let conn = Arc::new(Mutex::new(Conn { ntlm: Acceptor::new(USER, PASS), authenticated: false, reauth_done: false, no }));
+            let conn = Arc::new(Mutex::new(Conn {
+                ntlm: Acceptor::new(USER, PASS),
+                authenticated: false,
+                reauth_done: false,
+                no,
+            }));
             let seen = Arc::clone(&shared);
             let shared_closed = Arc::clone(&shared);
             tokio::spawn(async move {

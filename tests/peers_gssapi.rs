@@ -62,9 +62,15 @@ fn in_child(test: &str, p: &Kerberos, ccache: &str) -> bool {
         .env(CHILD, "1")
         .env("KRB5_CONFIG", &p.krb5_config)
         .env("KRB5CCNAME", ccache)
-        .env("TOWER_AUTH_KERBEROS_URL", &p.url)
-        .env("TOWER_AUTH_KERBEROS_KDC", &p.kdc)
-        .env("TOWER_AUTH_KERBEROS_KRB5_CONFIG", &p.krb5_config)
+        .envs(peers::KERBEROS_VARS.iter().zip([
+            &p.url,
+            &p.kdc,
+            &p.krb5_config,
+            &p.proxy_url,
+            &p.https_url,
+            &p.https_badcbt_url,
+            &p.ca,
+        ]))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -286,4 +292,61 @@ async fn a_final_token_altered_in_transit_fails_the_request_gssapi() {
     assert_mutual_authentication_fails(&client, &url).await;
     let (status, _, _) = send(&client, "GET", &format!("{}/negotiate/hello.txt", p.url), "").await.unwrap();
     assert_eq!(status, 200);
+}
+
+#[cfg(feature = "gssapi")]
+fn tls_for(p: &Kerberos) -> tower_auth::connect::tls::TlsConfig {
+    let pem = std::fs::read(&p.ca).unwrap();
+    tower_auth::connect::tls::TlsConfig::new().roots(tower_auth::connect::tls::Roots::None).add_ca_pem(&pem).unwrap()
+}
+
+/// The channel-binding peer's counters (`/stats`, no authentication).
+#[cfg(feature = "gssapi")]
+async fn cbt_stats(client: &Win, p: &Kerberos) -> serde_json::Value {
+    let (status, _, body) = send(client, "GET", &format!("{}/stats", p.https_url), "").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The system's Kerberos binds the AP-REQ to the TLS channel as MIT reads it: MIT's acceptor
+/// that requires bindings (tests/peers/kerberos_cbt.py) accepts a channel-bound context, and one
+/// that expects another certificate's bindings refuses it for the bindings, with no retry.
+#[cfg(feature = "gssapi")]
+#[tokio::test]
+async fn channel_bound_kerberos_over_https_from_the_credential_cache() {
+    let Some(p) = peer() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ccache = if std::env::var_os(CHILD).is_some() { String::new() } else { kinit(p, dir.path(), None) };
+    if !in_child("channel_bound_kerberos_over_https_from_the_credential_cache", p, &ccache) {
+        return;
+    }
+    let build = || -> Win {
+        WindowsAuth::builder()
+            .origin(tower_auth::ntlm::Mechanism::Negotiate, tower_auth::ntlm::Credentials::from_cache())
+            .tls(tls_for(p))
+            .build()
+            .unwrap()
+    };
+    let stats = build();
+    let before = cbt_stats(&stats, p).await;
+    let client = build();
+    let url = format!("{}/cbt", p.https_url);
+    let (status, headers, body) = send(&client, "POST", &url, "over tls").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello cbt user=alice@TOWERAUTH.TEST len=8\n"), "{headers:?}");
+    let (status, _, _) = send(&client, "GET", &url, "").await.unwrap();
+    assert_eq!(status, 200);
+    let s = client.stats();
+    println!("Kerberos (system GSS-API) over HTTPS with channel binding required: {s:?}");
+    assert_eq!((s.connections, s.handshakes, s.round_trips, s.reused, s.failed_handshakes), (1, 1, 2, 1, 0), "{s:?}");
+    let after = cbt_stats(&stats, p).await;
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!((delta("handshakes"), delta("not_channel_bound"), delta("bad_bindings")), (1, 0, 0), "{after}");
+    // Another certificate's bindings expected: refused for the bindings, one attempt.
+    let client = build();
+    let err = send(&client, "GET", &format!("{}/cbt", p.https_badcbt_url), "").await.unwrap_err();
+    assert!(err.is_rejected(), "{err:?}");
+    let s = client.stats();
+    assert_eq!((s.round_trips, s.failed_handshakes), (1, 1), "{s:?}");
+    let last = cbt_stats(&stats, p).await;
+    assert_eq!(last["bad_bindings"].as_u64().unwrap() - after["bad_bindings"].as_u64().unwrap(), 1, "{last}");
 }

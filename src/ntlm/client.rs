@@ -103,6 +103,7 @@ pub struct WindowsAuthBuilder {
     idle_timeout: Duration,
     body_limit: usize,
     kerberos: KerberosOptions,
+    strict_channel_binding: bool,
 }
 
 impl WindowsAuthBuilder {
@@ -164,6 +165,21 @@ impl WindowsAuthBuilder {
     /// `SSPI_KDC_URL`. The realm is the user's (`user@REALM`).
     pub fn kdc(mut self, url: impl Into<String>) -> Self {
         self.kerberos.kdc = Some(url.into());
+        self
+    }
+
+    /// Never retry Kerberos without channel bindings. By default, when an `https` origin
+    /// refuses `sspi`'s Kerberos AP-REQ that carries them, the request is tried once more on a
+    /// new connection without them, and that origin gets none from then on: `sspi` (0.23) writes
+    /// the MS-KILE `KERB_AP_OPTIONS_CBT` element in 2 bytes where MIT Kerberos (krb5 >= 1.19,
+    /// behind Apache's mod_auth_gssapi, nginx and most Linux services) reads 4, and refuses every
+    /// such AP-REQ. The retry gives up the binding's protection against a relay for that origin
+    /// when an attacker can make the first attempt fail; with this option the refusal is the
+    /// request's error instead. (NTLM's bindings are not concerned; with
+    /// [`Credentials::from_cache`](super::Credentials::from_cache) the system's Kerberos sends
+    /// bindings MIT reads, and never retries.)
+    pub fn strict_channel_binding(mut self) -> Self {
+        self.strict_channel_binding = true;
         self
     }
 
@@ -254,6 +270,7 @@ impl WindowsAuth<()> {
             idle_timeout: Duration::from_secs(90),
             body_limit: crate::DEFAULT_BODY_LIMIT,
             kerberos: KerberosOptions::default(),
+            strict_channel_binding: false,
         }
     }
 
@@ -330,6 +347,8 @@ struct HostPool<B> {
     reaping: std::sync::atomic::AtomicBool,
     /// The client is gone: connections coming back are closed, not kept.
     closed: std::sync::atomic::AtomicBool,
+    /// This origin refused `sspi`'s Kerberos with channel bindings once: it gets none.
+    kerberos_without_bindings: std::sync::atomic::AtomicBool,
 }
 
 struct Idle<B> {
@@ -372,6 +391,7 @@ impl<B> HostPool<B> {
             idle_timeout,
             reaping: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
+            kerberos_without_bindings: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -545,9 +565,9 @@ where
         stream: crate::connect::ProxyStream,
     ) -> Result<(SendRequest<ReplayBody<B>>, Option<Vec<u8>>), Error> {
         let config =
-            self.tls.get_or_init(|| http1_tls(&Default::default()).map_err(|e| e.to_string())).clone().map_err(|e| {
-                Error::new(Kind::Connect, &route.origin, format!("the TLS configuration could not be built: {e}"))
-            })?;
+            self.tls.get_or_init(|| http1_tls(&Default::default()).map_err(|e| e.to_string())).clone().map_err(
+                |e| Error::new(Kind::Connect, &route.origin, format!("the TLS configuration could not be built: {e}")),
+            )?;
         let name = rustls::pki_types::ServerName::try_from(route.host.clone())
             .map_err(|e| Error::new(Kind::Request, &route.origin, "invalid TLS server name").with_source(e))?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -593,6 +613,7 @@ where
         route: &Route,
         parts: &http::request::Parts,
         body: &ReplayBody<B>,
+        bindings: bool,
     ) -> Result<(Response<Incoming>, bool), Error> {
         let (mechanism, creds) = match side {
             Side::Origin => self.config.origin.as_ref(),
@@ -603,7 +624,7 @@ where
             Side::Origin => route.origin.clone(),
             Side::Proxy => route.key.trim_start_matches("proxy ").to_owned(),
         };
-        let binding = if side == Side::Origin { conn.binding.as_deref() } else { None };
+        let binding = if side == Side::Origin && bindings { conn.binding.as_deref() } else { None };
         let blocking = *mechanism == Mechanism::Negotiate;
         // The service is `HTTP/` and the host of whoever asks: the origin, or the proxy.
         let host = match side {
@@ -678,9 +699,11 @@ where
             let close = wants_close(&res_parts);
             let token = challenge_token(&res_parts, side, *mechanism);
             if last {
+                let bindings = ctx.as_ref().is_some_and(SecContext::sspi_kerberos_with_bindings);
                 return Err(Error::new(Kind::Rejected, &peer, "the credentials were refused")
                     .with_status(res_parts.status)
-                    .with_legs(legs));
+                    .with_legs(legs)
+                    .with_kerberos_bindings_refused(bindings));
             }
             let Some(token) = token else {
                 let offered = !crate::challenge::parse_headers(&res_parts.headers, side.challenge())
@@ -780,20 +803,53 @@ where
                 self.send(&mut conn, build(&parts, &route, body.clone_for_replay(), false), &route.origin, 0).await?;
             return Ok(self.finish(&pool, conn, res));
         };
-        match self.handshake(&mut conn, side, &route, &parts, &body).await {
-            Ok((res, authenticated)) => {
-                if authenticated {
-                    self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(self.finish(&pool, conn, res))
-            }
-            Err(err) => {
+        let bindings = !pool.kerberos_without_bindings.load(Ordering::Relaxed);
+        let err = match self.handshake(&mut conn, side, &route, &parts, &body, bindings).await {
+            Ok((res, authenticated)) => return Ok(self.authenticated(&pool, conn, res, authenticated)),
+            Err(err) => err,
+        };
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %err, "handshake failed: closing the connection");
+        drop(conn);
+        if !err.kerberos_bindings_refused() || self.config.strict_channel_binding || !body.is_replayable() {
+            return Err(err);
+        }
+        // `sspi` writes the MS-KILE `KERB_AP_OPTIONS_CBT` element of a channel-bound AP-REQ in 2
+        // bytes where MIT (krb5 >= 1.19: Apache's mod_auth_gssapi, nginx, Python) reads 4 and
+        // refuses the whole AP-REQ. Once per origin: Kerberos without bindings, on a new
+        // connection. A server that requires bindings refuses that too.
+        pool.kerberos_without_bindings.store(true, Ordering::Relaxed);
+        tracing::info!(
+            origin = %route.origin,
+            "Kerberos with channel bindings refused: trying without them (servers using MIT Kerberos refuse sspi's \
+             encoding of the bindings flag; WindowsAuthBuilder::strict_channel_binding turns this off)"
+        );
+        let slot = self.fresh_slot(&pool).await;
+        let mut conn = self.open(&route, &uri, slot).await?;
+        match self.handshake(&mut conn, side, &route, &parts, &body, false).await {
+            Ok((res, authenticated)) => Ok(self.authenticated(&pool, conn, res, authenticated)),
+            Err(retry) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %err, "handshake failed: closing the connection");
-                drop(conn);
-                Err(err)
+                Err(retry.with_hint(
+                    "refused with channel bindings and without: the server may require bindings, which sspi's \
+                     Kerberos cannot give MIT acceptors (Credentials::from_cache with the `gssapi` feature can)",
+                ))
             }
         }
+    }
+
+    /// The response of a handshake that ended well, counted.
+    fn authenticated(
+        &self,
+        pool: &Arc<HostPool<B>>,
+        conn: Conn<B>,
+        res: Response<Incoming>,
+        authenticated: bool,
+    ) -> Response<ResponseBody> {
+        if authenticated {
+            self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.finish(pool, conn, res)
     }
 
     /// A slot for a new connection (one was just freed by closing the connection at hand).

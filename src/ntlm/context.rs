@@ -317,6 +317,13 @@ impl SecContext {
         matches!(&self.mech, Mech::Negotiate { negotiate, .. } if negotiate.negotiated_protocol().is_kerberos())
     }
 
+    /// Whether this is `sspi`'s Kerberos with channel bindings: its AP-REQ carries the MS-KILE
+    /// `KERB_AP_OPTIONS_CBT` element in 2 bytes, which MIT acceptors (krb5 >= 1.19) refuse.
+    pub(crate) fn sspi_kerberos_with_bindings(&self) -> bool {
+        self.bindings.is_some()
+            && matches!(&self.mech, Mech::Negotiate { negotiate, .. } if negotiate.negotiated_protocol().is_kerberos())
+    }
+
     /// Whether the context is established (the last token was produced or verified).
     pub(crate) fn is_complete(&self) -> bool {
         self.complete

@@ -17,6 +17,9 @@ pub struct Error {
     status: Option<StatusCode>,
     legs: u32,
     source: Option<BoxError>,
+    /// Refused after `sspi`'s Kerberos AP-REQ with channel bindings (see `WindowsAuth`'s
+    /// fallback without them).
+    kerberos_bindings_refused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,15 @@ pub(crate) enum Kind {
 
 impl Error {
     pub(crate) fn new(kind: Kind, peer: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error { kind, peer: peer.into(), detail: detail.into(), status: None, legs: 0, source: None }
+        Error {
+            kind,
+            peer: peer.into(),
+            detail: detail.into(),
+            status: None,
+            legs: 0,
+            source: None,
+            kerberos_bindings_refused: false,
+        }
     }
 
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
@@ -56,6 +67,15 @@ impl Error {
     pub(crate) fn with_legs(mut self, legs: u32) -> Self {
         self.legs = legs;
         self
+    }
+
+    pub(crate) fn with_kerberos_bindings_refused(mut self, refused: bool) -> Self {
+        self.kerberos_bindings_refused = refused;
+        self
+    }
+
+    pub(crate) fn kerberos_bindings_refused(&self) -> bool {
+        self.kerberos_bindings_refused
     }
 
     pub(crate) fn with_hint(mut self, hint: &str) -> Self {

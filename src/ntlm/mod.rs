@@ -31,7 +31,14 @@
 //!   origin's `401` reaches the caller.
 //! - Channel binding: over HTTPS the NTLM authenticate message carries the RFC 5929
 //!   `tls-server-end-point` hash of the server's certificate (servers with Extended Protection
-//!   set to required refuse clients without it).
+//!   set to required refuse clients without it), and so does the Kerberos authenticator.
+//!   `sspi` (0.23) writes the MS-KILE `KERB_AP_OPTIONS_CBT` element of a channel-bound Kerberos
+//!   AP-REQ in 2 bytes where MIT Kerberos (krb5 >= 1.19: Apache's mod_auth_gssapi, nginx,
+//!   Python services) reads 4, and refuses the AP-REQ: after such a refusal the client tries
+//!   once more without bindings, on a new connection, and that origin gets none from then on
+//!   ([`WindowsAuthBuilder::strict_channel_binding`] turns that off). The system's Kerberos
+//!   ([`Credentials::from_cache`], feature `gssapi`) sends bindings MIT reads: tested against an
+//!   MIT acceptor that requires them.
 //!
 //! User names: `user`, `DOMAIN\user` or `user@domain` ([`Credentials::new`]).
 //!
