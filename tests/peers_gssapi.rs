@@ -350,3 +350,24 @@ async fn channel_bound_kerberos_over_https_from_the_credential_cache() {
     let last = cbt_stats(&stats, p).await;
     assert_eq!(last["bad_bindings"].as_u64().unwrap() - after["bad_bindings"].as_u64().unwrap(), 1, "{last}");
 }
+
+/// `fetch --proxy-negotiate -U :` through Squid (negotiate_kerberos_auth): the ticket for
+/// `HTTP/localhost`, the proxy's name, from the credential cache; with a plain-http target.
+#[cfg(feature = "gssapi")]
+#[tokio::test]
+async fn fetch_proxy_negotiate_with_the_credential_cache() {
+    let Some(p) = peer() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ccache = kinit(p, dir.path(), None);
+    let env = [("KRB5_CONFIG", p.krb5_config.as_str()), ("KRB5CCNAME", ccache.as_str())];
+    // The target named by its address: a ticket asked for the target's name would not exist.
+    let url = format!("{}/health", p.url.replace("localhost", "127.0.0.1"));
+    let args = ["--proxy-negotiate", "-U", ":", "-x", &p.proxy_url, "-n", "20", "-c", "4", &url];
+    let run = fetch(&args, &env).await;
+    run.assert(0, "200:20", 20, PASS);
+    eprintln!("fetch --proxy-negotiate -U : -n 20 -c 4: {}", run.stderr.lines().last().unwrap());
+    let none = format!("FILE:{}/none", dir.path().display());
+    let env = [("KRB5_CONFIG", p.krb5_config.as_str()), ("KRB5CCNAME", none.as_str())];
+    let run = fetch(&["--proxy-negotiate", "-U", ":", "-x", &p.proxy_url, &url], &env).await;
+    run.assert(1, "err:1", 0, PASS);
+}
