@@ -170,7 +170,9 @@ impl WindowsAuthBuilder {
 
     /// Never retry Kerberos without channel bindings. By default, when an `https` origin
     /// refuses `sspi`'s Kerberos AP-REQ that carries them, the request is tried once more on a
-    /// new connection without them, and that origin gets none from then on: `sspi` (0.23) writes
+    /// new connection without them, and that origin gets none from then on (connections opened
+    /// before the first refusal came back, by concurrent requests, may each be refused once; with
+    /// `-c 8`, 8 refusals for the 8 first connections, then none): `sspi` (0.23) writes
     /// the MS-KILE `KERB_AP_OPTIONS_CBT` element in 2 bytes where MIT Kerberos (krb5 >= 1.19,
     /// behind Apache's mod_auth_gssapi, nginx and most Linux services) reads 4, and refuses every
     /// such AP-REQ. The retry gives up the binding's protection against a relay for that origin
