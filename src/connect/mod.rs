@@ -18,7 +18,12 @@
 //!     [`MAX_EXCHANGES`](crate::MAX_EXCHANGES) times. Digest state (the proxy's nonce) outlives
 //!     the tunnel, so later tunnels are pre-authorised: one `CONNECT` each. The loop takes any
 //!     [`Authenticator`](crate::Authenticator) and keeps the connection while the proxy does, so
-//!     a connection-bound scheme (NTLM, when it lands) plugs into it as it is.
+//!     a connection-bound scheme (NTLM, Negotiate: `ntlm::ConnectAuth`)
+//!     plugs into it as it is. Each `CONNECT` carries a [`ViaProxy`] in its extensions (the
+//!     proxy's host: Negotiate's service name). A scheme that answers [`Action::Retry`](crate::Action::Retry)
+//!     to a `2xx` refuses it (Negotiate's final token did not verify): the loop then calls
+//!     `authorize`, whose error is the [`ProxyError`]'s reason ([`ProxyError::is_protocol`]),
+//!     and the tunnel is not opened.
 //! - [`tls`] (feature `tls`): rustls over the tunnel (or directly), by wrapping a
 //!   `ProxyConnector` in hyper-rustls's `HttpsConnector`; also TLS to an `https://` proxy
 //!   itself.
