@@ -43,7 +43,7 @@ use percent_encoding::percent_decode_str;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_auth::connect::tls::TlsConfig;
-use tower_auth::connect::{Proxies, Proxy, ProxyAuth, ProxyConnector, redact_userinfo};
+use tower_auth::connect::{Proxies, Proxy, ProxyAuth, ProxyConnector, ThroughProxy, redact_userinfo};
 use tower_auth::engine::ModeBody;
 use tower_auth::ntlm::{ConnectAuth, Credentials as WinCredentials, Mechanism, WindowsAuth};
 use tower_auth::oauth2::{ClientAuth, JwtAlgorithm, OAuth2, PrivateKey, TokenProvider};
@@ -266,7 +266,7 @@ struct Creds {
     /// `--user` with `--digest` or `--anyauth`.
     digest: Option<Digest>,
     /// `--proxy-user` with `--proxy-digest` or `--proxy-anyauth`.
-    proxy_digest: Option<Digest>,
+    proxy_digest: Option<ThroughProxy<Digest>>,
     /// `--auth-for`: schemes bound to one origin each.
     routes: Option<RouteBuilder<Replay>>,
     /// Headers of API keys (for the log).
@@ -324,6 +324,8 @@ enum UserMode {
 /// A scheme that never retries.
 enum StaticScheme {
     Basic(Box<Basic>),
+    /// `Basic::proxy`, for the requests that go through the proxy only.
+    ProxyBasic(Box<ThroughProxy<Basic>>),
     Bearer(Bearer),
     Key(ApiKey),
     Netrc(Box<NetrcAuth>),
@@ -341,6 +343,7 @@ impl Authenticator for Statics {
         for scheme in &self.0 {
             match scheme {
                 StaticScheme::Basic(b) => b.authorize(req, state)?,
+                StaticScheme::ProxyBasic(b) => b.authorize(req, state)?,
                 StaticScheme::Bearer(b) => b.authorize(req, state)?,
                 StaticScheme::Key(k) => k.authorize(req, state)?,
                 StaticScheme::Netrc(n) => n.authorize(req, state)?,
@@ -886,10 +889,16 @@ fn connector(net: Net, url: &Uri, creds: &mut Creds) -> Result<(ProxyConnector, 
         .or_else(|| via.as_ref().and_then(Proxy::credentials).map(|(u, p)| (u.to_owned(), p.expose().to_owned())));
     if let (Some(_), Some((u, p)), Some("http")) = (&via, &user, url.scheme_str()) {
         let cfg = |e: ConfigError| config("--proxy-user", e);
+        // Only for the requests that go through the proxy: a redirect (-L) to a host in
+        // NO_PROXY goes direct, without Proxy-Authorization.
+        let only = |scheme| ThroughProxy::new(scheme, proxies.clone());
         match proxy_mode {
-            UserMode::Basic => creds.statics.push(StaticScheme::Basic(Box::new(Basic::proxy(u, p).map_err(cfg)?))),
-            UserMode::Digest => creds.proxy_digest = Some(Digest::proxy(u, p).map_err(cfg)?),
-            UserMode::Any => creds.proxy_digest = Some(Digest::proxy_guess(u, p).map_err(cfg)?),
+            UserMode::Basic => {
+                let basic = Basic::proxy(u, p).map_err(cfg)?;
+                creds.statics.push(StaticScheme::ProxyBasic(Box::new(ThroughProxy::new(basic, proxies.clone()))));
+            }
+            UserMode::Digest => creds.proxy_digest = Some(only(Digest::proxy(u, p).map_err(cfg)?)),
+            UserMode::Any => creds.proxy_digest = Some(only(Digest::proxy_guess(u, p).map_err(cfg)?)),
             UserMode::Ntlm => {
                 creds.windows_proxy = Some((Mechanism::Ntlm, WinCredentials::new(u.as_str(), p.as_str())))
             }
@@ -1166,34 +1175,33 @@ fn build<C: Connect + Clone + Send + Sync + 'static>(
     }
     if let Some(oauth) = oauth {
         // The OAuth2 token first, then everything else, erased to one type.
-        let rest = match (creds.routes, creds.digest, creds.proxy_digest) {
-            (Some(routes), d, p) => {
-                let others = match (d, p) {
-                    (None, None) => BoxAuthenticator::new(statics),
-                    (Some(d), None) | (None, Some(d)) => BoxAuthenticator::new(AllOf::new(d, statics)),
-                    (Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
-                };
-                BoxAuthenticator::new(AllOf::new(routes.into_router(), others))
-            }
-            (None, None, None) => BoxAuthenticator::new(statics),
-            (None, Some(d), None) | (None, None, Some(d)) => BoxAuthenticator::new(AllOf::new(d, statics)),
-            (None, Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
+        let others = digests_then(creds.digest, creds.proxy_digest, statics);
+        let rest = match creds.routes {
+            Some(routes) => BoxAuthenticator::new(AllOf::new(routes.into_router(), others)),
+            None => others,
         };
         return finish(AllOf::new(oauth, rest), count, connector);
     }
     if let Some(routes) = creds.routes {
         // Per-origin schemes first, then the rest, erased to one type.
-        let rest = match (creds.digest, creds.proxy_digest) {
-            (None, None) => BoxAuthenticator::new(statics),
-            (Some(d), None) | (None, Some(d)) => BoxAuthenticator::new(AllOf::new(d, statics)),
-            (Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
-        };
+        let rest = digests_then(creds.digest, creds.proxy_digest, statics);
         return finish(AllOf::new(routes.into_router(), rest), count, connector);
     }
     match (creds.digest, creds.proxy_digest) {
         (None, None) => finish(statics, count, connector),
-        (Some(d), None) | (None, Some(d)) => finish(AllOf::new(d, statics), count, connector),
+        (Some(d), None) => finish(AllOf::new(d, statics), count, connector),
+        (None, Some(p)) => finish(AllOf::new(p, statics), count, connector),
         (Some(d), Some(p)) => finish(AllOf::new(AllOf::new(d, p), statics), count, connector),
+    }
+}
+
+/// The server's and the proxy's Digest (if given), then the static schemes, erased to one type.
+fn digests_then(digest: Option<Digest>, proxy: Option<ThroughProxy<Digest>>, statics: Statics) -> BoxAuthenticator {
+    match (digest, proxy) {
+        (None, None) => BoxAuthenticator::new(statics),
+        (Some(d), None) => BoxAuthenticator::new(AllOf::new(d, statics)),
+        (None, Some(p)) => BoxAuthenticator::new(AllOf::new(p, statics)),
+        (Some(d), Some(p)) => BoxAuthenticator::new(AllOf::new(AllOf::new(d, p), statics)),
     }
 }
 

@@ -9,6 +9,7 @@
 mod support;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use http::HeaderMap;
 use tower_auth::testing::proxy::{Misbehaviour, TestProxy};
 use tower_auth::testing::{BasicCheck, DigestCheck};
@@ -253,4 +254,48 @@ async fn an_https_proxy_verified_with_the_same_cacert() {
     run.assert(1, "err:1", 1, PASS);
     assert!(run.stderr.contains(&format!("cannot connect to proxy {}", proxy.url())), "{run:?}");
     o.assert_no_leak();
+}
+
+/// `-L`: a plain-http URL through the proxy redirects to a host in `--noproxy`: the second hop
+/// goes direct, without the proxy's credentials (they apply only to requests the connector
+/// sends to the proxy: `connect::ThroughProxy`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_a_host_that_bypasses_the_proxy_gets_no_proxy_credentials() {
+    let direct = support_echo().await;
+    let landing = direct.url("/");
+    // A forward proxy that wants Basic (no check of the value here: the test is about where it
+    // goes) and answers the proxied request itself with a redirect to the direct host.
+    let app = Router::new().route(
+        "/start",
+        axum::routing::get(move |headers: HeaderMap| {
+            let landing = landing.clone();
+            async move {
+                if headers.contains_key("proxy-authorization") {
+                    return (http::StatusCode::FOUND, [("location", landing)]).into_response();
+                }
+                let mut res = http::StatusCode::PROXY_AUTHENTICATION_REQUIRED.into_response();
+                for challenge in ["Basic realm=\"p\"", "Digest realm=\"p\", nonce=\"n0nce\", qop=\"auth\""] {
+                    res.headers_mut().append("proxy-authenticate", http::HeaderValue::from_static(challenge));
+                }
+                res
+            }
+        }),
+    );
+    let proxy = tower_auth::testing::TestServer::start(app).await.unwrap();
+    for mode in ["--proxy-basic", "--proxy-digest", "--proxy-anyauth"] {
+        let args = [
+            "-x",
+            &proxy.url(""),
+            "-U",
+            &format!("alice:{PASS}"),
+            mode,
+            "--noproxy",
+            "127.0.0.1",
+            "-L",
+            "http://internal.example/start",
+        ];
+        let run = fetch(&args, &[]).await;
+        assert_eq!(run.code, 0, "{mode}: {run:?}");
+        assert_eq!(run.stdout, "proxy-authorization=-", "{mode}: {run:?}");
+    }
 }

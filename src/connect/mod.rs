@@ -44,7 +44,10 @@
 //!
 //! `Proxy-Authorization` goes to the proxy only: on `CONNECT` requests (this connector), or on
 //! plain-`http://` requests in absolute form (the layer; `AuthRequest::set_credential` refuses it
-//! on `https://` requests, which travel inside the tunnel). The origin's credentials (its layer)
+//! on `https://` requests, which travel inside the tunnel). With `NO_PROXY` (or a redirect
+//! followed above the layer to a host that goes direct), wrap the layer's proxy scheme in
+//! [`ThroughProxy`] with the connector's [`Proxies`]: it then applies exactly to the requests
+//! the connector sends to the proxy. The origin's credentials (its layer)
 //! travel inside TLS, through the tunnel. Errors ([`ProxyError`]) name the proxy and what
 //! happened, never a password.
 //!
@@ -68,6 +71,7 @@
 mod error;
 mod forward;
 mod proxy;
+mod through;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
@@ -93,6 +97,7 @@ use self::error::Kind;
 pub use self::error::ProxyError;
 pub use self::forward::{ForwardProxy, ProxiedStream};
 pub use self::proxy::{Proxies, Proxy, ProxyAuth, ViaProxy, redact_userinfo};
+pub use self::through::ThroughProxy;
 
 /// The default bound on the whole proxy handshake (TCP, TLS to the proxy, every `CONNECT`).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
