@@ -138,6 +138,9 @@ struct TokenEndpoint {
     browser: TestBrowser,
     requests: Arc<Mutex<Vec<HashMap<String, String>>>>,
     refusing_refresh: Arc<std::sync::atomic::AtomicBool>,
+    /// The refusal is a bare `400` without an OAuth2 body (Glewlwyd refuses a revoked refresh
+    /// token so), not `invalid_grant`.
+    bare_refusal: Arc<std::sync::atomic::AtomicBool>,
     wrong_nonce: Arc<std::sync::atomic::AtomicBool>,
     n: Arc<AtomicUsize>,
     expires_in: Arc<AtomicUsize>,
@@ -151,6 +154,7 @@ impl TokenEndpoint {
             browser: browser.clone(),
             requests: Default::default(),
             refusing_refresh: Default::default(),
+            bare_refusal: Default::default(),
             wrong_nonce: Default::default(),
             n: Default::default(),
             expires_in: Arc::new(AtomicUsize::new(60)),
@@ -218,6 +222,9 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
                     json(200, answer)
                 }
                 Some("refresh_token") if this.refusing_refresh.load(Ordering::SeqCst) => {
+                    if this.bare_refusal.load(Ordering::SeqCst) {
+                        return Ok(Response::builder().status(400).body(Full::new(Bytes::new())).unwrap());
+                    }
                     json(400, serde_json::json!({"error": "invalid_grant"}))
                 }
                 Some("refresh_token") => json(200, answer),
@@ -302,8 +309,20 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn refresh_without_the_browser_and_back_to_it_after_invalid_grant() {
+    back_to_the_browser_after_a_refused_refresh(false).await;
+}
+
+/// A refresh refused with a bare `400` (no OAuth2 body: Glewlwyd's answer to a revoked refresh
+/// token) sends the user back to the browser too.
+#[tokio::test]
+async fn refresh_without_the_browser_and_back_to_it_after_a_bare_400() {
+    back_to_the_browser_after_a_refused_refresh(true).await;
+}
+
+async fn back_to_the_browser_after_a_refused_refresh(bare: bool) {
     let browser = TestBrowser::new(Reply::Approve);
     let endpoint = TokenEndpoint::new(&browser);
+    endpoint.bare_refusal.store(bare, Ordering::SeqCst);
     endpoint.expires_in.store(2, Ordering::SeqCst); // replaced in the background from about 0.7 s
     let p = provider(&browser).build(endpoint.clone()).unwrap();
     p.token().await.unwrap();

@@ -334,3 +334,52 @@ async fn device_code_polling_backs_off_after_a_time_out_and_a_server_error_and_g
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
     idp.release_hung();
 }
+
+/// A store that hands out an expired access token with a refresh token Glewlwyd does not know
+/// (a revoked one), and keeps what the provider saves.
+struct RevokedRefreshToken {
+    saved: std::sync::Mutex<Option<tower_auth::oauth2::StoredToken>>,
+}
+
+impl tower_auth::oauth2::TokenStore for RevokedRefreshToken {
+    fn load<'a>(
+        &'a self,
+        _: &'a tower_auth::oauth2::CacheKey,
+    ) -> tower_auth::oauth2::StoreFuture<'a, Option<tower_auth::oauth2::StoredToken>> {
+        let stored = self.saved.lock().unwrap().clone().unwrap_or(tower_auth::oauth2::StoredToken {
+            access_token: "expired".into(),
+            expires_at: std::time::SystemTime::now() - Duration::from_secs(60),
+            refresh_token: Some("a-refresh-token-glewlwyd-does-not-know".into()),
+        });
+        Box::pin(std::future::ready(Ok(Some(stored))))
+    }
+
+    fn save<'a>(
+        &'a self,
+        _: &'a tower_auth::oauth2::CacheKey,
+        token: &'a tower_auth::oauth2::StoredToken,
+    ) -> tower_auth::oauth2::StoreFuture<'a, ()> {
+        *self.saved.lock().unwrap() = Some(token.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[tokio::test]
+async fn glewlwyd_refuses_an_unknown_refresh_token_with_a_bare_400_and_the_password_grant_logs_in_again() {
+    let Some(g) = glewlwyd() else { return };
+    // Glewlwyd answers an unknown (revoked) refresh token with 400 and no body, not RFC 6749's
+    // invalid_grant: the provider takes that as a refused refresh token too and logs in again
+    // with its grant, rather than failing (or, for the interactive grants, never reopening the
+    // browser).
+    let provider = TokenProvider::password(&g.token_url, &g.client_id, &g.username, &g.password)
+        .client_secret(&g.client_secret)
+        .scope(&g.scope)
+        .store(RevokedRefreshToken { saved: Default::default() })
+        .build(http())
+        .unwrap();
+    let token = provider.token().await.unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)));
+    let claims = jwt_claims(token.header_value().to_str().unwrap().trim_start_matches("Bearer "));
+    assert_eq!(claims["iss"], g.issuer.as_str());
+    let stats = provider.stats();
+    assert_eq!((stats.token_requests(), stats.failures()), (2, 0), "the refresh, then the password grant: {stats:?}");
+}

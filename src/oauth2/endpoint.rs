@@ -314,6 +314,17 @@ impl TokenError {
         }
     }
 
+    /// Whether the token endpoint refused a refresh token: `invalid_grant` (RFC 6749 §5.2), or a
+    /// bare `400` without an OAuth2 body, which some servers (Glewlwyd) give a revoked refresh
+    /// token. The provider then authorises again with its grant (the browser, a password).
+    pub(crate) fn refresh_token_refused(&self) -> bool {
+        match &self.kind {
+            TokenErrorKind::Server { error, .. } => error == "invalid_grant",
+            TokenErrorKind::Unexpected { status, .. } => *status == Some(StatusCode::BAD_REQUEST),
+            _ => false,
+        }
+    }
+
     /// Whether retrying cannot help until the configuration changes: `invalid_client`,
     /// `invalid_grant`, `unauthorized_client`, `invalid_scope`, `unsupported_grant_type`, or a
     /// configuration mistake. Everything else (5xx, 429, timeouts, connection errors, answers

@@ -22,7 +22,8 @@
 //! - One authorisation at a time per provider: it runs in the provider's single background task,
 //!   so 50 requests needing a token open one browser tab. The refresh token it yields is used for
 //!   later tokens (and kept in the provider's store); the browser opens again only when refreshing
-//!   fails with `invalid_grant`.
+//!   fails with `invalid_grant` (or a bare `400` without an OAuth2 body, Glewlwyd's answer to a
+//!   revoked refresh token).
 //!
 //! Written here: the listener and the checks (the `oauth2` crate builds PKCE values and exchanges
 //! the code; it has no listener).

@@ -451,7 +451,7 @@ impl Shared {
                 let refreshed = self.endpoint.request(&Grant::RefreshToken(rt.clone()), &self.params).await;
                 match refreshed {
                     Err(e)
-                        if e.oauth2_error() == Some("invalid_grant")
+                        if e.refresh_token_refused()
                             && (matches!(grant, Grant::Password { .. }) || grant.is_interactive()) =>
                     {
                         tracing::info!(grant = grant.name(), "the refresh token was refused; authorising again");
