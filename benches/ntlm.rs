@@ -22,9 +22,6 @@
 //!     cargo bench --bench ntlm -- --warm-up-time 1 --measurement-time 3
 //! ```
 
-#[path = "../tests/support/ntlm_acceptor.rs"]
-mod ntlm_acceptor;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,9 +36,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sspi::SecurityStatus;
 use tower::ServiceExt;
 use tower_auth::ntlm::WindowsAuth;
+use tower_auth::testing::ntlm::{Accepted, NtlmAcceptor};
 
 const USER: &str = r"TOWERAUTH\alice";
 const PASS: &str = "Passw0rd!";
@@ -157,7 +154,7 @@ fn start_server(rt: &tokio::runtime::Runtime) -> SocketAddr {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::new(Mutex::new((ntlm_acceptor::Acceptor::new(USER, PASS), false)));
+                let state = Arc::new(Mutex::new((NtlmAcceptor::new(USER, PASS), false)));
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let state = Arc::clone(&state);
@@ -172,7 +169,7 @@ fn start_server(rt: &tokio::runtime::Runtime) -> SocketAddr {
     })
 }
 
-fn answer<T>(req: &Request<T>, state: &Mutex<(ntlm_acceptor::Acceptor, bool)>) -> Response<Full<Bytes>> {
+fn answer<T>(req: &Request<T>, state: &Mutex<(NtlmAcceptor, bool)>) -> Response<Full<Bytes>> {
     let mut state = state.lock().unwrap();
     if req.uri().path() == "/open" || state.1 {
         return Response::new(Full::new(Bytes::from_static(b"ok")));
@@ -188,8 +185,8 @@ fn answer<T>(req: &Request<T>, state: &Mutex<(ntlm_acceptor::Acceptor, bool)>) -
         .and_then(|t| STANDARD.decode(t).ok());
     let Some(token) = token else { return challenge(None) };
     match state.0.accept(&token) {
-        Ok((SecurityStatus::ContinueNeeded, out)) => challenge(Some(out)),
-        Ok(_) => {
+        Ok(Accepted::Challenge(out)) => challenge(Some(out)),
+        Ok(Accepted::Authenticated) => {
             state.1 = true;
             Response::new(Full::new(Bytes::from_static(b"ok")))
         }

@@ -402,6 +402,11 @@ async fn main() -> Result<(), BoxError> {
     // the CONNECT, its 407, the answer, then the 3 requests in the reused tunnel).
     https_rows(&mut rows).await?;
 
+    // NTLM, bound to its connection: an embedded server with `sspi`'s acceptor (the password
+    // checked for real) that keeps a connection authenticated, as IIS does. 3 requests: the
+    // handshake's 2 legs on one connection, then 2 requests on it (4 round trips).
+    ntlm_row(&mut rows).await?;
+
     let mut failed = 0;
     println!("{:<34} {:<20} {:>8} {:>8} {:>11}  result", "scheme", "route", "expected", "actual", "round trips");
     for row in &rows {
@@ -470,5 +475,37 @@ async fn https_rows(rows: &mut Vec<Row>) -> Result<(), BoxError> {
         let trips = connector.connect_exchanges() + stats.requests();
         rows.push(Row { scheme, route, expected: StatusCode::OK, expected_trips, actual, trips });
     }
+    Ok(())
+}
+
+/// The NTLM row: `ntlm::WindowsAuth`, its own pooled connection authenticated once.
+async fn ntlm_row(rows: &mut Vec<Row>) -> Result<(), BoxError> {
+    use tower_auth::ntlm::WindowsAuth;
+    use tower_auth::testing::ntlm::NtlmServer;
+
+    let server = NtlmServer::start(r"TOUR\alice", "s3cret").await?;
+    let client = WindowsAuth::ntlm(r"TOUR\alice", "s3cret").build::<Full<Bytes>>()?;
+    let mut actual = Err("not sent".to_string());
+    for _ in 0..3 {
+        let req = Request::post(server.url("/ntlm")).body(Full::new(Bytes::from_static(b"tour body")))?;
+        actual = match client.clone().oneshot(req).await {
+            Ok(res) => {
+                let status = res.status();
+                // Read to its end, the body gives the connection back to the client's pool.
+                res.into_body().collect().await?;
+                Ok(status)
+            }
+            Err(err) => Err(err.to_string()),
+        };
+    }
+    let trips = server.requests();
+    rows.push(Row {
+        scheme: "NTLM (connection-bound)",
+        route: "/ntlm, 3 req",
+        expected: StatusCode::OK,
+        expected_trips: 4,
+        actual,
+        trips,
+    });
     Ok(())
 }

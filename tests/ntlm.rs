@@ -21,10 +21,10 @@ use hyper_util::rt::TokioIo;
 use sspi::SecurityStatus;
 use tokio::net::TcpListener;
 use tower_auth::ntlm::WindowsAuth;
+use tower_auth::testing::ntlm::{Accepted, NtlmAcceptor};
 
 mod support;
 
-use support::ntlm_acceptor::Acceptor;
 use support::windows::{Win, send};
 
 const USER: &str = r"TOWERAUTH\alice";
@@ -50,7 +50,7 @@ struct Seen {
 
 /// Per connection: the acceptor in progress, and whether the connection is authenticated.
 struct Conn {
-    ntlm: Acceptor,
+    ntlm: NtlmAcceptor,
     authenticated: bool,
     reauth_done: bool,
     no: usize,
@@ -68,9 +68,12 @@ fn challenge(token: Option<&[u8]>) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-/// Runs `sspi`'s acceptor on one token.
+/// Runs `sspi`'s acceptor (`testing::ntlm::NtlmAcceptor`) on one token.
 fn accept(conn: &mut Conn, token: &[u8]) -> Result<(SecurityStatus, Vec<u8>), sspi::Error> {
-    conn.ntlm.accept(token)
+    Ok(match conn.ntlm.accept(token)? {
+        Accepted::Challenge(out) => (SecurityStatus::ContinueNeeded, out),
+        Accepted::Authenticated => (SecurityStatus::Ok, Vec::new()),
+    })
 }
 
 async fn handle(req: Request<Incoming>, conn: Arc<Mutex<Conn>>, seen: Arc<Seen>) -> Response<Full<Bytes>> {
@@ -162,7 +165,7 @@ async fn server() -> (String, Arc<Seen>) {
             let Ok((stream, _)) = listener.accept().await else { return };
             let no = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
             let conn = Arc::new(Mutex::new(Conn {
-                ntlm: Acceptor::new(USER, PASS),
+                ntlm: NtlmAcceptor::new(USER, PASS),
                 authenticated: false,
                 reauth_done: false,
                 no,
@@ -347,7 +350,8 @@ async fn connect_through_a_proxy_that_closes_mid_handshake_fails_typed() {
                 })
                 .map(|t| STANDARD.decode(t.trim()).unwrap())
                 .unwrap_or_default();
-            let mut conn = Conn { ntlm: Acceptor::new(USER, PASS), authenticated: false, reauth_done: false, no: 1 };
+            let mut conn =
+                Conn { ntlm: NtlmAcceptor::new(USER, PASS), authenticated: false, reauth_done: false, no: 1 };
             let challenge = accept(&mut conn, &token).map(|(_, out)| out).unwrap_or_default();
             let res = format!(
                 "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",

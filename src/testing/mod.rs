@@ -57,6 +57,9 @@ pub mod idp;
 #[cfg(feature = "oauth2")]
 pub mod token;
 pub use idp::FakeIdp;
+#[cfg(feature = "ntlm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ntlm")))]
+pub mod ntlm;
 #[cfg(feature = "testing-tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing-tls")))]
 pub mod proxy;

@@ -3,7 +3,6 @@
 
 pub(crate) mod example;
 pub(crate) mod https;
-pub(crate) mod ntlm_acceptor;
 pub(crate) mod peers;
 pub(crate) mod redis_server;
 pub(crate) mod windows;
