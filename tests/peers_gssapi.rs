@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::process::{Command, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,20 +35,7 @@ fn peer() -> Option<&'static Kerberos> {
 /// A credential cache in `dir` with alice's ticket (lifetime `lifetime`, e.g. `"3s"`, if given).
 fn kinit(p: &Kerberos, dir: &std::path::Path, lifetime: Option<&str>) -> String {
     let ccache = format!("FILE:{}/cc", dir.display());
-    let mut cmd = Command::new("kinit");
-    if let Some(l) = lifetime {
-        cmd.args(["-l", l]);
-    }
-    let mut child = cmd
-        .arg(PRINCIPAL)
-        .env("KRB5_CONFIG", &p.krb5_config)
-        .env("KRB5CCNAME", &ccache)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("kinit (Debian krb5-user)");
-    writeln!(child.stdin.take().unwrap(), "{PASS}").unwrap();
-    assert!(child.wait().unwrap().success(), "kinit failed");
+    p.kinit(&ccache, lifetime);
     ccache
 }
 

@@ -127,17 +127,7 @@ async fn curl_negotiate_cross_check() {
     let Some(curl) = peers::curl() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ccache = format!("FILE:{}/cc", dir.path().display());
-    let mut kinit = std::process::Command::new("kinit")
-        .arg("alice@TOWERAUTH.TEST")
-        .env("KRB5_CONFIG", &p.krb5_config)
-        .env("KRB5CCNAME", &ccache)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("kinit (krb5-user)");
-    use std::io::Write as _;
-    writeln!(kinit.stdin.take().unwrap(), "{PASS}").unwrap();
-    assert!(kinit.wait().unwrap().success());
+    p.kinit(&ccache, None);
     let out = std::process::Command::new(curl)
         .args(["-sS", "--negotiate", "-u", ":", &format!("{}/negotiate/hello.txt", p.url)])
         .env("KRB5_CONFIG", &p.krb5_config)
@@ -426,7 +416,7 @@ async fn curl_proxy_negotiate_cross_check() {
     let Some(curl) = peers::curl() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ccache = format!("FILE:{}/cc", dir.path().display());
-    kinit(p, &ccache);
+    p.kinit(&ccache, None);
     let target = format!("{}/health", p.url.replace("localhost", "127.0.0.1"));
     let run = |extra: &[&str], url: &str| {
         let out = std::process::Command::new(&curl)
@@ -464,21 +454,6 @@ async fn curl_proxy_negotiate_cross_check() {
     assert!(connect.iter().any(|l| l.starts_with("< HTTP/1.1 200")), "{verbose}");
     assert!(!connect.iter().any(|l| l.to_ascii_lowercase().starts_with("< proxy-authenticat")), "{verbose}");
     origin.assert_no_leak();
-}
-
-/// `kinit alice` into `ccache` with the realm's krb5.conf (Debian krb5-user).
-fn kinit(p: &Kerberos, ccache: &str) {
-    let mut kinit = std::process::Command::new("kinit")
-        .arg(UPN)
-        .env("KRB5_CONFIG", &p.krb5_config)
-        .env("KRB5CCNAME", ccache)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("kinit (krb5-user)");
-    use std::io::Write as _;
-    writeln!(kinit.stdin.take().unwrap(), "{PASS}").unwrap();
-    assert!(kinit.wait().unwrap().success());
 }
 
 // The service name for the proxy is `HTTP/<proxy host>`, not the target's (a bug found here: the
@@ -592,7 +567,7 @@ async fn curl_negotiate_without_channel_binding_is_refused_over_https() {
     // the crate stopped sending bindings.
     let dir = tempfile::tempdir().unwrap();
     let ccache = format!("FILE:{}/cc", dir.path().display());
-    kinit(p, &ccache);
+    p.kinit(&ccache, None);
     let out = std::process::Command::new(curl)
         .args(["-sS", "-i", "--max-time", "10", "--cacert", &p.ca, "--negotiate", "-u", ":"])
         .arg(format!("{}/curl", p.https_url))
@@ -668,7 +643,7 @@ async fn curl_negotiate_over_https_to_mod_auth_gssapi() {
     let Some(curl) = peers::curl() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ccache = format!("FILE:{}/cc", dir.path().display());
-    kinit(p, &ccache);
+    p.kinit(&ccache, None);
     let out = std::process::Command::new(curl)
         .args(["-sS", "--max-time", "10", "--cacert", &p.ca, "--negotiate", "-u", ":"])
         .arg(format!("{base}/negotiate/hello.txt"))

@@ -973,6 +973,28 @@ pub struct Kerberos {
     pub ca: String,
 }
 
+#[allow(dead_code, unreachable_pub)]
+impl Kerberos {
+    /// `kinit alice@TOWERAUTH.TEST` into the credential cache `ccache` (`FILE:path`) with the
+    /// realm's `krb5.conf` (Debian krb5-user), for a ticket lasting `lifetime` (`"2s"`) if given.
+    pub fn kinit(&self, ccache: &str, lifetime: Option<&str>) {
+        let mut cmd = Command::new("kinit");
+        if let Some(l) = lifetime {
+            cmd.args(["-l", l]);
+        }
+        let mut child = cmd
+            .arg("alice@TOWERAUTH.TEST")
+            .env("KRB5_CONFIG", &self.krb5_config)
+            .env("KRB5CCNAME", ccache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kinit (Debian krb5-user)");
+        writeln!(child.stdin.take().expect("stdin"), "Passw0rd!").expect("the password to kinit");
+        assert!(child.wait().expect("kinit").success(), "kinit failed");
+    }
+}
+
 /// The Kerberos peer: from the `TOWER_AUTH_KERBEROS_*` env vars if set (all seven), otherwise
 /// acquired (once per process) with `tests/peers/kerberos.sh acquire target/peers/kerberos PID`
 /// and released when the process exits, as [`apache`] does.
