@@ -295,20 +295,7 @@ EOF
 }
 
 make_certificates() {
-    # A CA and a certificate for localhost signed by it (rustls refuses a self-signed CA as the
-    # server's certificate), SHA-256 (the binding hashes the certificate with SHA-256).
-    [ -s "$DIR/ca.pem" ] && [ -s "$DIR/tls.pem" ] && [ -s "$DIR/tls.key" ] && return 0
-    (
-        set -e
-        cd "$DIR"
-        openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=tower-auth Kerberos peer CA" \
-            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-            -keyout ca.key -out ca.pem
-        openssl req -newkey rsa:2048 -sha256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext
-        openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-            -extfile tls.ext -out tls.pem
-    ) >"$DIR/logs/openssl.log" 2>&1 || die "openssl could not make the certificates (see $DIR/logs/openssl.log)"
+    make_test_pki "$DIR" "tower-auth Kerberos peer CA" "$DIR/logs/openssl.log"
 }
 
 do_start() {

@@ -81,21 +81,7 @@ do_start() {
     fi
     mkdir -p "$DIR/run" "$DIR/users"
     rm -f "$DIR/ports"
-    if [ ! -s "$DIR/ca.pem" ] || [ ! -s "$DIR/tls.pem" ] || [ ! -s "$DIR/tls.key" ]; then
-        # A CA and a certificate for localhost signed by it (rustls refuses a self-signed CA as
-        # the server's certificate).
-        (
-            set -e
-            cd "$DIR"
-            openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=tower-auth NTLM peer CA" \
-                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-                -keyout ca.key -out ca.pem
-            openssl req -newkey rsa:2048 -sha256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr
-            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext
-            openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-                -extfile tls.ext -out tls.pem
-        ) >/dev/null 2>&1 || die "openssl could not make the certificates"
-    fi
+    make_test_pki "$DIR" "tower-auth NTLM peer CA" "$DIR/openssl.log"
     setsid "$PYTHON" "$HERE/ntlm_server.py" --dir "$DIR" --tls-cert "$DIR/tls.pem" --tls-key "$DIR/tls.key" </dev/null >>"$DIR/server.log" 2>&1 9>&- &
     pid=$!
     printf '%s\n' "$pid" >"$DIR/run/pid"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the peer scripts (apache, glewlwyd, redis, squid, oauthlib, ntlm, kerberos .sh), sourced, never run: process
 # liveness, free ports, and the reference-counted commands
 #
@@ -66,10 +67,9 @@ alive() {
 
 # Stops process $1 ($2 says what it is): TERM, up to 5 s, then KILL.
 terminate() {
-    local i
     say "stopping $2 (pid $1) in $DIR"
     kill -TERM "$1" 2>/dev/null || true
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         alive "$1" || return 0
         sleep 0.1
     done
@@ -95,6 +95,26 @@ live_users() {
         case $pid in '' | *[!0-9]*) rm -f -- "$f"; continue ;; esac
         if alive "$pid"; then printf '%s\n' "$pid"; else rm -f -- "$f"; fi
     done
+}
+
+# A CA and a certificate for localhost and 127.0.0.1 signed by it (rustls refuses a self-signed
+# CA as the server's certificate), SHA-256 (channel bindings hash the certificate with SHA-256),
+# in $1: ca.pem (+ ca.key), tls.pem and tls.key; nothing if they are there. $2: the CA's name;
+# $3: openssl's log.
+make_test_pki() {
+    local dir=$1 name=$2 log=$3
+    [ -s "$dir/ca.pem" ] && [ -s "$dir/tls.pem" ] && [ -s "$dir/tls.key" ] && return 0
+    (
+        set -e
+        cd "$dir"
+        openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=$name" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -sha256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext
+        openssl x509 -req -sha256 -days 30 -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile tls.ext -out tls.pem
+    ) >"$log" 2>&1 || die "openssl could not make the certificates (see $log)"
 }
 
 lock_dir() { # $1 dir; sets DIR and holds DIR/lock on fd 9
