@@ -12,9 +12,6 @@
 
 mod support;
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_auth::ntlm::WindowsAuth;
@@ -25,8 +22,6 @@ use support::windows::{Win, send_full as send};
 
 const PRINCIPAL: &str = "alice@TOWERAUTH.TEST";
 const PASS: &str = "Passw0rd!";
-/// Set in the child processes: the test body runs there.
-const CHILD: &str = "TOWER_AUTH_GSSAPI_CHILD";
 
 fn peer() -> Option<&'static Kerberos> {
     peers::kerberos()
@@ -39,36 +34,10 @@ fn kinit(p: &Kerberos, dir: &std::path::Path, lifetime: Option<&str>) -> String 
     ccache
 }
 
-/// In the parent: runs `test` again in a child process of this binary with `KRB5CCNAME=ccache`
-/// and the peer's `KRB5_CONFIG` in its environment, asserts it passed, and returns `false`.
-/// In that child: returns `true` (the caller runs the test's body).
+/// `test` again in a child process with `KRB5CCNAME=ccache` (see `Kerberos::rerun_in_child`):
+/// `true` in the child (run the body), `false` in the parent once the child passed.
 fn in_child(test: &str, p: &Kerberos, ccache: &str) -> bool {
-    if std::env::var_os(CHILD).is_some() {
-        return true;
-    }
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("KRB5_CONFIG", &p.krb5_config)
-        .env("KRB5CCNAME", ccache)
-        .envs(peers::KERBEROS_VARS.iter().zip([
-            &p.url,
-            &p.kdc,
-            &p.krb5_config,
-            &p.proxy_url,
-            &p.https_url,
-            &p.https_badcbt_url,
-            &p.ca,
-        ]))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{test} failed in its child process:\n{out}");
-    assert!(out.contains("1 passed"), "{test} did not run in its child process:\n{out}");
-    false
+    p.rerun_in_child(test, &[("KRB5CCNAME", ccache)])
 }
 
 #[cfg(feature = "gssapi")]
@@ -85,7 +54,7 @@ fn from_cache(max_connections: usize) -> Win {
 async fn a_ticket_from_the_credential_cache_authenticates_a_pool_of_connections() {
     let Some(p) = peer() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let ccache = if std::env::var_os(CHILD).is_some() { String::new() } else { kinit(p, dir.path(), None) };
+    let ccache = if peers::in_kerberos_child() { String::new() } else { kinit(p, dir.path(), None) };
     if !in_child("a_ticket_from_the_credential_cache_authenticates_a_pool_of_connections", p, &ccache) {
         return;
     }
@@ -135,7 +104,7 @@ async fn no_ticket_in_the_credential_cache_is_a_typed_error() {
 async fn an_expired_ticket_is_a_typed_error() {
     let Some(p) = peer() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let ccache = if std::env::var_os(CHILD).is_some() {
+    let ccache = if peers::in_kerberos_child() {
         String::new()
     } else {
         // Well past its end: MIT compares whole seconds.
@@ -272,7 +241,7 @@ async fn a_final_token_altered_in_transit_fails_the_request_sspi() {
 async fn a_final_token_altered_in_transit_fails_the_request_gssapi() {
     let Some(p) = peer() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let ccache = if std::env::var_os(CHILD).is_some() { String::new() } else { kinit(p, dir.path(), None) };
+    let ccache = if peers::in_kerberos_child() { String::new() } else { kinit(p, dir.path(), None) };
     if !in_child("a_final_token_altered_in_transit_fails_the_request_gssapi", p, &ccache) {
         return;
     }
@@ -305,7 +274,7 @@ async fn cbt_stats(client: &Win, p: &Kerberos) -> serde_json::Value {
 async fn channel_bound_kerberos_over_https_from_the_credential_cache() {
     let Some(p) = peer() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let ccache = if std::env::var_os(CHILD).is_some() { String::new() } else { kinit(p, dir.path(), None) };
+    let ccache = if peers::in_kerberos_child() { String::new() } else { kinit(p, dir.path(), None) };
     if !in_child("channel_bound_kerberos_over_https_from_the_credential_cache", p, &ccache) {
         return;
     }

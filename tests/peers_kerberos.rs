@@ -267,39 +267,10 @@ async fn squid_lines(p: &Kerberos, needle: &str, n: usize) -> Vec<String> {
     lines()
 }
 
-/// The variable that tells a re-run of this test binary that it is the child of
-/// [`with_krb5_config`].
-const CHILD_VAR: &str = "TOWER_AUTH_KERBEROS_TEST_CHILD";
-
-/// `ConnectAuth` has no KDC setting (`WindowsAuthBuilder::kdc` is not passed to the `ConnectAuth`
-/// that `proxy_auth` sets either): `sspi` finds the KDC in the realm's `krb5.conf` through
-/// `KRB5_CONFIG`, which a test cannot set in its own process (the crate forbids unsafe code,
-/// `std::env::set_var` is unsafe). So the test runs again as a child process of this test binary
-/// with `KRB5_CONFIG` set: true in that child (run the test's body), false in the parent (which
-/// has checked that the child ran the test and passed).
+/// The `CONNECT` tests run again in a child process with `KRB5_CONFIG` set, so that `sspi` finds
+/// the KDC in the realm's `krb5.conf` as a user's process would (`ConnectAuth::kdc` exists too).
 fn with_krb5_config(p: &Kerberos, test: &str) -> bool {
-    if std::env::var_os(CHILD_VAR).is_some() {
-        return true;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_VAR, "1")
-        .env("KRB5_CONFIG", &p.krb5_config)
-        .envs(peers::KERBEROS_VARS.iter().zip([
-            &p.url,
-            &p.kdc,
-            &p.krb5_config,
-            &p.proxy_url,
-            &p.https_url,
-            &p.https_badcbt_url,
-            &p.ca,
-        ]))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    eprint!("{stderr}");
-    assert!(out.status.success() && stdout.contains("1 passed"), "the child failed:\n{stdout}\n{stderr}");
-    false
+    p.rerun_in_child(test, &[])
 }
 
 #[tokio::test]

@@ -973,8 +973,51 @@ pub struct Kerberos {
     pub ca: String,
 }
 
+/// Set in a test binary re-run by [`Kerberos::rerun_in_child`].
+#[allow(dead_code)]
+const KERBEROS_CHILD_VAR: &str = "TOWER_AUTH_KERBEROS_TEST_CHILD";
+
+/// Whether this process is a test binary re-run by [`Kerberos::rerun_in_child`].
+#[allow(dead_code, unreachable_pub)]
+pub fn in_kerberos_child() -> bool {
+    std::env::var_os(KERBEROS_CHILD_VAR).is_some()
+}
+
 #[allow(dead_code, unreachable_pub)]
 impl Kerberos {
+    /// For a test that needs environment variables the system's Kerberos reads (`KRB5_CONFIG`,
+    /// `KRB5CCNAME`), which a test cannot set in its own process (`std::env::set_var` is unsafe
+    /// with threads, and the crate forbids unsafe code). In the parent: runs `test` again in a
+    /// child process of this test binary with the peer's variables, `KRB5_CONFIG` and `env` set,
+    /// asserts that it ran there and passed, and returns `false`. In that child: returns `true`
+    /// (the caller runs the test's body).
+    pub fn rerun_in_child(&self, test: &str, env: &[(&str, &str)]) -> bool {
+        if in_kerberos_child() {
+            return true;
+        }
+        let out = Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(KERBEROS_CHILD_VAR, "1")
+            .env("KRB5_CONFIG", &self.krb5_config)
+            .envs(KERBEROS_VARS.iter().zip([
+                &self.url,
+                &self.kdc,
+                &self.krb5_config,
+                &self.proxy_url,
+                &self.https_url,
+                &self.https_badcbt_url,
+                &self.ca,
+            ]))
+            .envs(env.iter().copied())
+            .output()
+            .expect("re-run the test binary");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprint!("{stderr}");
+        assert!(out.status.success(), "{test} failed in its child process:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{test} did not run in its child process:\n{stdout}");
+        false
+    }
+
     /// `kinit alice@TOWERAUTH.TEST` into the credential cache `ccache` (`FILE:path`) with the
     /// realm's `krb5.conf` (Debian krb5-user), for a ticket lasting `lifetime` (`"2s"`) if given.
     pub fn kinit(&self, ccache: &str, lifetime: Option<&str>) {
